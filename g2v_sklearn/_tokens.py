@@ -1,0 +1,854 @@
+"""Per-residue token trajectories and their on-disk, memory-mapped store.
+
+A *token trajectory* holds, for every stored frame of one MD trajectory and
+every residue, a block of equivariant features of shape ``(4, H)`` -- row 0
+the scalar channels, rows 1-3 the x, y, z components of the vector channels
+-- together with the residue positions in Angstrom.
+
+Large systems do not fit in memory, so a token trajectory can live in a
+*store*: a directory holding ``features.npy``, ``positions.npy`` and
+``meta.json``. Stores are written atomically. Data go to a sibling
+``<directory>.partial-<random>`` directory, ``meta.json`` is written last,
+and the directory is then renamed to its final name, so an interrupted write
+never leaves anything at ``directory`` that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+import os
+import re
+import secrets
+import shutil
+import uuid
+import warnings
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "TokenTrajectory",
+    "TokenStoreWriter",
+    "save_tokens",
+    "load_tokens",
+    "is_complete_store",
+]
+
+_FORMAT = "g2v_sklearn.token_store"
+_FORMAT_VERSION = 1
+_META = "meta.json"
+_FEATURES = "features.npy"
+_POSITIONS = "positions.npy"
+_META_KEYS = (
+    "store_id",
+    "dtype",
+    "positions_dtype",
+    "features_shape",
+    "positions_shape",
+    "residue_names",
+    "chain_ids",
+    "residue_ids",
+    "timestep",
+    "provenance",
+)
+_PARTIAL_RE = re.compile(r"\.partial-[0-9a-f]+$")
+_COPY_BLOCK_BYTES = 64 * 2**20  # frames copied per block by save_tokens
+
+
+# --------------------------------------------------------------------------- #
+# small helpers
+# --------------------------------------------------------------------------- #
+def _abspath(directory: str | os.PathLike) -> str:
+    return os.path.abspath(os.path.expanduser(os.fspath(directory)))
+
+
+def _json_default(obj: Any) -> Any:
+    """Turn numpy scalars/arrays into JSON types; reject anything else."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON-serialisable")
+
+
+def _fsync(path: str) -> None:
+    """Best-effort fsync of a file or directory (directories fail on Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _float_dtype(dtype: Any, what: str) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise ValueError(f"{what} dtype {dtype!r} is not a numpy dtype") from exc
+    if not np.issubdtype(dt, np.floating):
+        raise ValueError(f"{what} must be a floating-point dtype; got {dt}")
+    return dt
+
+
+def _check_count(value: Any, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer; got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1; got {value}")
+    return int(value)
+
+
+def _validate_metadata(
+    n_residues: int,
+    residue_names: Sequence[str],
+    chain_ids: Sequence[str | int],
+    residue_ids: Sequence[int],
+    timestep: float | None,
+    provenance: Mapping[str, Any] | None,
+) -> tuple[tuple[str, ...], tuple[str | int, ...], np.ndarray, float | None, dict]:
+    """Check per-residue metadata against ``n_residues`` and normalise it."""
+    if isinstance(residue_names, str):
+        raise ValueError("residue_names must be a sequence of str, not a single str")
+    names = tuple(str(n) for n in residue_names)
+    if len(names) != n_residues:
+        raise ValueError(
+            f"residue_names has {len(names)} entries but the features have "
+            f"{n_residues} residues"
+        )
+    if isinstance(chain_ids, str):
+        raise ValueError("chain_ids must be a sequence of str or int, not a single str")
+    chains: list[str | int] = []
+    for c in chain_ids:
+        if isinstance(c, (numbers.Integral, np.integer)) and not isinstance(c, bool):
+            chains.append(int(c))
+        elif isinstance(c, (str, np.str_)):
+            chains.append(str(c))
+        else:
+            raise ValueError(f"chain_ids must hold str or int values; got {c!r}")
+    if len(chains) != n_residues:
+        raise ValueError(
+            f"chain_ids has {len(chains)} entries but the features have "
+            f"{n_residues} residues"
+        )
+    resids = np.asarray(residue_ids)
+    if resids.ndim != 1 or len(resids) != n_residues:
+        raise ValueError(
+            f"residue_ids must be a 1-D sequence with one entry per residue; got "
+            f"shape {resids.shape} for {n_residues} residues"
+        )
+    if n_residues and not np.issubdtype(resids.dtype, np.integer):
+        raise ValueError(f"residue_ids must be integers; got dtype {resids.dtype}")
+    resids = resids.astype(np.int64)  # a copy: the caller's array stays writeable
+    resids.flags.writeable = False
+    if timestep is not None:
+        if isinstance(timestep, bool) or not isinstance(timestep, numbers.Real):
+            raise ValueError(f"timestep must be a number of picoseconds or None; got {timestep!r}")
+        timestep = float(timestep)
+        if not np.isfinite(timestep) or timestep <= 0:
+            raise ValueError(f"timestep must be a positive number of picoseconds; got {timestep}")
+    if provenance is None:
+        prov: dict = {}
+    elif isinstance(provenance, Mapping):
+        prov = dict(provenance)
+    else:
+        raise ValueError(f"provenance must be a dict; got {type(provenance).__name__}")
+    try:
+        json.dumps(prov, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"provenance must be JSON-serialisable: {exc}") from exc
+    return names, tuple(chains), resids, timestep, prov
+
+
+# --------------------------------------------------------------------------- #
+# TokenTrajectory
+# --------------------------------------------------------------------------- #
+class TokenTrajectory:
+    """Residue tokens of one trajectory.
+
+    Parameters
+    ----------
+    features : ndarray of shape (n_frames, n_residues, 4, H)
+        Equivariant residue features; row 0 holds the H scalar channels, rows
+        1-3 the x, y, z components of the H vector channels. May be an
+        ``np.memmap``. Not copied.
+    positions : ndarray of shape (n_frames, n_residues, 3)
+        Residue positions in Angstrom. Not copied.
+    residue_names : sequence of str of length n_residues
+        Residue names, e.g. ``"ALA"``.
+    chain_ids : sequence of str or int of length n_residues
+        Chain of every residue.
+    residue_ids : sequence of int of length n_residues
+        Residue sequence numbers (``resSeq``).
+    timestep : float or None, default=None
+        Picoseconds between consecutive stored frames.
+    provenance : dict or None, default=None
+        JSON-serialisable description of how the tokens were made.
+
+    Attributes
+    ----------
+    features : ndarray of shape (n_frames, n_residues, 4, H)
+    positions : ndarray of shape (n_frames, n_residues, 3)
+    residue_names : tuple of str
+    chain_ids : tuple of str or int
+    residue_ids : ndarray of shape (n_residues,), dtype int64, read-only
+    timestep : float or None
+    provenance : dict
+
+    Notes
+    -----
+    Indexing with an int, a slice or an integer array selects frames and
+    returns a new ``TokenTrajectory``; slices (and ints) give views. A token
+    trajectory opened from a store pickles by path (the store is reopened
+    read-only on unpickling); one held in RAM pickles by value.
+    """
+
+    def __init__(
+        self,
+        features: np.ndarray,
+        positions: np.ndarray,
+        *,
+        residue_names: Sequence[str],
+        chain_ids: Sequence[str | int],
+        residue_ids: Sequence[int],
+        timestep: float | None = None,
+        provenance: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(features, np.ndarray):
+            features = np.asarray(features)
+        if not isinstance(positions, np.ndarray):
+            positions = np.asarray(positions)
+        if features.ndim != 4 or features.shape[2] != 4:
+            raise ValueError(
+                "features must have shape (n_frames, n_residues, 4, H) -- one scalar "
+                f"row and three vector rows per residue; got shape {features.shape}"
+            )
+        if positions.ndim != 3 or positions.shape[2] != 3:
+            raise ValueError(
+                f"positions must have shape (n_frames, n_residues, 3); got shape "
+                f"{positions.shape}"
+            )
+        if features.shape[0] != positions.shape[0]:
+            raise ValueError(
+                f"features has {features.shape[0]} frames but positions has "
+                f"{positions.shape[0]}"
+            )
+        if features.shape[1] != positions.shape[1]:
+            raise ValueError(
+                f"features has {features.shape[1]} residues but positions has "
+                f"{positions.shape[1]}"
+            )
+        _float_dtype(features.dtype, "features")
+        _float_dtype(positions.dtype, "positions")
+        (
+            self.residue_names,
+            self.chain_ids,
+            self.residue_ids,
+            self.timestep,
+            self.provenance,
+        ) = _validate_metadata(
+            features.shape[1], residue_names, chain_ids, residue_ids, timestep, provenance
+        )
+        self.features = features
+        self.positions = positions
+        # Set by load_tokens: (store path, mmap_mode, store_id, frames as a range
+        # over the store's frames). None when the arrays are not a store's.
+        self._store: tuple[str, str, str, range] | None = None
+
+    # ---------------------------------------------------------------- shape
+    @property
+    def n_frames(self) -> int:
+        """Number of stored frames."""
+        return self.features.shape[0]
+
+    @property
+    def n_residues(self) -> int:
+        """Number of residues."""
+        return self.features.shape[1]
+
+    @property
+    def n_channels(self) -> int:
+        """Number of channels H."""
+        return self.features.shape[3]
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """Shape of ``features``, ``(n_frames, n_residues, 4, H)``."""
+        return tuple(self.features.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """dtype of ``features``."""
+        return self.features.dtype
+
+    @property
+    def path(self) -> str | None:
+        """Directory of the store the features are mapped from, or None in RAM."""
+        return None if self._store is None else self._store[0]
+
+    def __len__(self) -> int:
+        return self.n_frames
+
+    def __repr__(self) -> str:
+        where = "in RAM" if self.path is None else f"at {self.path!r}"
+        return (
+            f"TokenTrajectory(n_frames={self.n_frames}, n_residues={self.n_residues}, "
+            f"n_channels={self.n_channels}, {where})"
+        )
+
+    # ------------------------------------------------------------- indexing
+    def __getitem__(self, key: int | slice | Sequence[int] | np.ndarray) -> TokenTrajectory:
+        n = self.n_frames
+        timestep: float | None = None
+        if isinstance(key, (numbers.Integral, np.integer)) and not isinstance(key, bool):
+            i = int(key)
+            if not -n <= i < n:
+                raise IndexError(f"frame {i} is out of range for {n} frames")
+            i %= n
+            key = slice(i, i + 1)  # a one-frame view; it has no time step
+        elif isinstance(key, slice):
+            step = 1 if key.step is None else key.step
+            if step > 0 and self.timestep is not None:
+                timestep = self.timestep * step
+        else:
+            idx = np.asarray(key)
+            if idx.dtype == bool and idx.ndim == 1:
+                if len(idx) != n:
+                    raise IndexError(
+                        f"a boolean frame mask must have length {n}; got {len(idx)}"
+                    )
+                idx = np.flatnonzero(idx)
+            elif idx.size == 0:
+                idx = idx.astype(np.intp)
+            if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+                raise TypeError(
+                    "frames can be selected with an int, a slice or a 1-D integer "
+                    f"array; got {type(key).__name__} (dtype {idx.dtype}, shape {idx.shape})"
+                )
+            key = idx
+        new = TokenTrajectory.__new__(TokenTrajectory)
+        new.features = self.features[key]
+        new.positions = self.positions[key]
+        new.residue_names = self.residue_names
+        new.chain_ids = self.chain_ids
+        new.residue_ids = self.residue_ids
+        new.timestep = timestep
+        new.provenance = dict(self.provenance)
+        new._store = None
+        if self._store is not None and isinstance(key, slice):
+            path, mode, store_id, frames = self._store
+            new._store = (path, mode, store_id, frames[key])
+        return new
+
+    # -------------------------------------------------------------- pickling
+    def __reduce__(self):
+        meta = (
+            self.residue_names,
+            self.chain_ids,
+            self.residue_ids,
+            self.timestep,
+            self.provenance,
+        )
+        # Copy-on-write maps hold private changes the files do not have.
+        if self._store is not None and self._store[1] in ("r", "r+"):
+            if isinstance(self.features, np.memmap) and self._store[1] == "r+":
+                self.features.flush()
+                self.positions.flush()
+            path, _, store_id, frames = self._store
+            return _from_store, (path, store_id, _range_to_slice(frames), meta)
+        return _from_arrays, (np.asarray(self.features), np.asarray(self.positions), meta)
+
+
+def _range_to_slice(r: range) -> slice:
+    stop: int | None = r.stop
+    if r.step < 0 and r.stop < 0:
+        stop = None  # range(5, -1, -1) means "down to 0 included"
+    return slice(r.start, stop, r.step)
+
+
+def _from_arrays(features: np.ndarray, positions: np.ndarray, meta: tuple) -> TokenTrajectory:
+    names, chains, resids, timestep, prov = meta
+    return TokenTrajectory(
+        features,
+        positions,
+        residue_names=names,
+        chain_ids=chains,
+        residue_ids=resids,
+        timestep=timestep,
+        provenance=prov,
+    )
+
+
+def _from_store(path: str, store_id: str, frames: slice, meta: tuple) -> TokenTrajectory:
+    whole = load_tokens(path, mmap_mode="r")
+    if whole._store[2] != store_id:  # type: ignore[index]
+        raise ValueError(
+            f"the token store at {path!r} was replaced after this object was "
+            "pickled; it no longer holds the same data"
+        )
+    sub = whole[frames]
+    names, chains, resids, timestep, prov = meta
+    sub.residue_names, sub.chain_ids, sub.residue_ids = names, chains, resids
+    sub.timestep, sub.provenance = timestep, prov
+    return sub
+
+
+# --------------------------------------------------------------------------- #
+# store reading
+# --------------------------------------------------------------------------- #
+def _read_store(directory: str, mmap_mode: str | None) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Open a store; raise FileNotFoundError/ValueError if it is not complete."""
+    if not os.path.isdir(directory):
+        hint = ""
+        parent, name = os.path.split(directory)
+        try:
+            if any(
+                e.startswith(name + ".partial-") for e in os.listdir(parent or ".")
+            ):
+                hint = " (an incomplete, interrupted or ongoing write was found next to it)"
+        except OSError:
+            pass
+        raise FileNotFoundError(f"no token store at {directory!r}{hint}")
+    if _PARTIAL_RE.search(os.path.basename(directory)):
+        raise ValueError(
+            f"{directory!r} is the temporary directory of an unfinished write, "
+            "not a complete token store"
+        )
+    meta_path = os.path.join(directory, _META)
+    if not os.path.isfile(meta_path):
+        raise ValueError(
+            f"{directory!r} is not a complete token store: {_META} is missing "
+            "(it is written last, so the store is incomplete or not a token store)"
+        )
+    try:
+        with open(meta_path, encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{directory!r} is not a token store: unreadable {_META} ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+        raise ValueError(f"{directory!r} is not a token store: {_META} has the wrong format")
+    if meta.get("format_version") != _FORMAT_VERSION:
+        raise ValueError(
+            f"token store {directory!r} has format version {meta.get('format_version')}; "
+            f"this version of g2v_sklearn reads version {_FORMAT_VERSION}"
+        )
+    missing = [k for k in _META_KEYS if k not in meta]
+    if missing:
+        raise ValueError(f"{directory!r} is not a token store: {_META} lacks {missing}")
+    arrays = []
+    for fname, key, dkey in (
+        (_FEATURES, "features_shape", "dtype"),
+        (_POSITIONS, "positions_shape", "positions_dtype"),
+    ):
+        fpath = os.path.join(directory, fname)
+        try:
+            arr = np.load(fpath, mmap_mode=mmap_mode, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise ValueError(
+                f"token store {directory!r} is incomplete: cannot read {fname} ({exc})"
+            ) from exc
+        try:
+            want_shape, want_dtype = tuple(meta[key]), np.dtype(meta[dkey])
+        except TypeError as exc:
+            raise ValueError(f"{directory!r} is not a token store: bad {_META} ({exc})") from exc
+        if arr.shape != want_shape or arr.dtype != want_dtype:
+            raise ValueError(
+                f"token store {directory!r} is incomplete or corrupt: {fname} has "
+                f"shape {arr.shape} and dtype {arr.dtype}, {_META} says "
+                f"{want_shape} and {want_dtype}"
+            )
+        arrays.append(arr)
+    return meta, arrays[0], arrays[1]
+
+
+def is_complete_store(directory: str | os.PathLike) -> bool:
+    """Tell whether ``directory`` holds a complete token store.
+
+    Parameters
+    ----------
+    directory : str or path-like
+        Candidate store directory.
+
+    Returns
+    -------
+    bool
+        True when ``meta.json`` exists and the arrays' shapes and dtypes match
+        it; False for a missing directory or an unfinished write.
+    """
+    try:
+        _read_store(_abspath(directory), "r")
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
+
+
+def load_tokens(directory: str | os.PathLike, mmap_mode: str | None = "r") -> TokenTrajectory:
+    """Open a complete token store.
+
+    Parameters
+    ----------
+    directory : str or path-like
+        Store directory written by :func:`save_tokens` or
+        :class:`TokenStoreWriter`.
+    mmap_mode : {"r", "r+", "c"} or None, default="r"
+        Passed to :func:`numpy.load`. None reads the arrays into RAM.
+
+    Returns
+    -------
+    TokenTrajectory
+        Memory-mapped (read-only with the default ``"r"``) unless
+        ``mmap_mode`` is None.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``directory`` does not exist.
+    ValueError
+        If ``directory`` is an incomplete store or not a token store.
+    """
+    if mmap_mode not in ("r", "r+", "c", None):
+        raise ValueError(f"mmap_mode must be 'r', 'r+', 'c' or None; got {mmap_mode!r}")
+    directory = _abspath(directory)
+    meta, features, positions = _read_store(directory, mmap_mode)
+    tokens = TokenTrajectory(
+        features,
+        positions,
+        residue_names=meta["residue_names"],
+        chain_ids=meta["chain_ids"],
+        residue_ids=meta["residue_ids"],
+        timestep=meta["timestep"],
+        provenance=meta["provenance"],
+    )
+    if mmap_mode is not None:
+        tokens._store = (directory, mmap_mode, meta["store_id"], range(features.shape[0]))
+    return tokens
+
+
+# --------------------------------------------------------------------------- #
+# store writing
+# --------------------------------------------------------------------------- #
+def _remove_tree(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _check_target(directory: str) -> None:
+    """Refuse to overwrite anything but a complete store or an empty directory."""
+    if not os.path.lexists(directory):
+        return
+    if os.path.isdir(directory) and not os.path.islink(directory):
+        if not os.listdir(directory) or is_complete_store(directory):
+            return
+    raise FileExistsError(
+        f"{directory!r} exists and is not a token store; refusing to overwrite it"
+    )
+
+
+class TokenStoreWriter:
+    """Stream frames into a new token store, written atomically.
+
+    Parameters
+    ----------
+    directory : str or path-like
+        Final store directory. If it already holds a complete store, that store
+        is replaced only when :meth:`finalize` succeeds.
+    n_frames : int
+        Number of frames that will be written.
+    n_residues : int
+        Number of residues.
+    n_channels : int
+        Number of channels H.
+    dtype : dtype-like, default="float32"
+        Floating dtype of the stored features.
+    positions_dtype : dtype-like, default="float32"
+        Floating dtype of the stored positions.
+
+    Notes
+    -----
+    Use as a context manager::
+
+        with TokenStoreWriter(d, n_frames=T, n_residues=N, n_channels=H) as w:
+            for feats, pos in blocks:   # (k, N, 4, H) and (k, N, 3)
+                w.write(feats, pos)
+            tokens = w.finalize(residue_names=..., chain_ids=..., residue_ids=...)
+
+    The arrays are written into ``<directory>.partial-<random>``; ``meta.json``
+    is written last and that directory is then renamed to ``directory``. If
+    the block raises, :meth:`finalize` is not called, or the number of written
+    frames differs from ``n_frames``, the partial directory is removed and
+    ``directory`` is left as it was.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        n_frames: int,
+        n_residues: int,
+        n_channels: int,
+        dtype: Any = "float32",
+        positions_dtype: Any = "float32",
+    ) -> None:
+        self.directory = _abspath(directory)
+        self.n_frames = _check_count(n_frames, "n_frames")
+        self.n_residues = _check_count(n_residues, "n_residues")
+        self.n_channels = _check_count(n_channels, "n_channels")
+        self.dtype = _float_dtype(dtype, "dtype")
+        self.positions_dtype = _float_dtype(positions_dtype, "positions_dtype")
+        if _PARTIAL_RE.search(os.path.basename(self.directory)):
+            raise ValueError(f"store name {self.directory!r} looks like a temporary directory")
+        _check_target(self.directory)
+        self.n_written = 0
+        self._state = "new"  # new -> open -> finalized | aborted
+        self._partial: str | None = None
+        self._features: np.memmap | None = None
+        self._positions: np.memmap | None = None
+        self._cleanup: weakref.finalize | None = None
+
+    # ------------------------------------------------------------ lifecycle
+    def __enter__(self) -> TokenStoreWriter:
+        self._open()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self._state in ("new", "open"):
+            self._abort()
+            if exc_type is None:
+                warnings.warn(
+                    f"TokenStoreWriter for {self.directory!r} closed without finalize(); "
+                    "the partial store was discarded",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        return False
+
+    def close(self) -> None:
+        """Discard the partial store unless :meth:`finalize` succeeded."""
+        if self._state in ("new", "open"):
+            self._abort()
+
+    def _open(self) -> None:
+        if self._state == "open":
+            return
+        if self._state != "new":
+            raise RuntimeError(f"this TokenStoreWriter is already {self._state}")
+        parent, name = os.path.split(self.directory)
+        os.makedirs(parent, exist_ok=True)
+        while True:
+            partial = os.path.join(parent, f"{name}.partial-{secrets.token_hex(6)}")
+            try:
+                os.mkdir(partial)  # honours the umask, unlike tempfile.mkdtemp
+                break
+            except FileExistsError:
+                continue
+        self._partial = partial
+        self._cleanup = weakref.finalize(self, _remove_tree, partial)
+        self._state = "open"
+        try:
+            self._features = np.lib.format.open_memmap(
+                os.path.join(partial, _FEATURES),
+                mode="w+",
+                dtype=self.dtype,
+                shape=(self.n_frames, self.n_residues, 4, self.n_channels),
+            )
+            self._positions = np.lib.format.open_memmap(
+                os.path.join(partial, _POSITIONS),
+                mode="w+",
+                dtype=self.positions_dtype,
+                shape=(self.n_frames, self.n_residues, 3),
+            )
+        except BaseException:
+            self._abort()
+            raise
+
+    def _abort(self) -> None:
+        self._features = self._positions = None  # unmap before deleting
+        if self._cleanup is not None:
+            self._cleanup()  # removes the partial directory once
+        self._state = "aborted"
+
+    # ---------------------------------------------------------------- write
+    def write(self, features: np.ndarray, positions: np.ndarray) -> None:
+        """Append a block of consecutive frames.
+
+        Parameters
+        ----------
+        features : ndarray of shape (k, n_residues, 4, H)
+            Features of the next ``k`` frames; cast to the store dtype.
+        positions : ndarray of shape (k, n_residues, 3)
+            Positions of the same frames, in Angstrom.
+        """
+        self._open()
+        features = np.asarray(features)
+        positions = np.asarray(positions)
+        want_f = (self.n_residues, 4, self.n_channels)
+        if features.ndim != 4 or features.shape[1:] != want_f:
+            raise ValueError(
+                f"features block must have shape (k, {', '.join(map(str, want_f))}); "
+                f"got {features.shape}"
+            )
+        if positions.ndim != 3 or positions.shape[1:] != (self.n_residues, 3):
+            raise ValueError(
+                f"positions block must have shape (k, {self.n_residues}, 3); "
+                f"got {positions.shape}"
+            )
+        k = features.shape[0]
+        if positions.shape[0] != k:
+            raise ValueError(
+                f"features block has {k} frames but positions block has {positions.shape[0]}"
+            )
+        if self.n_written + k > self.n_frames:
+            done = self.n_written
+            self._abort()
+            raise ValueError(
+                f"writing {k} more frames after {done} would exceed n_frames="
+                f"{self.n_frames}; the partial store was discarded"
+            )
+        stop = self.n_written + k
+        self._features[self.n_written : stop] = features
+        self._positions[self.n_written : stop] = positions
+        self.n_written = stop
+
+    def finalize(
+        self,
+        *,
+        residue_names: Sequence[str],
+        chain_ids: Sequence[str | int],
+        residue_ids: Sequence[int],
+        timestep: float | None = None,
+        provenance: Mapping[str, Any] | None = None,
+    ) -> TokenTrajectory:
+        """Write the metadata and move the store into place.
+
+        Parameters
+        ----------
+        residue_names, chain_ids, residue_ids, timestep, provenance
+            As in :class:`TokenTrajectory`.
+
+        Returns
+        -------
+        TokenTrajectory
+            The new store, memory-mapped read-only.
+
+        Raises
+        ------
+        ValueError
+            If fewer than ``n_frames`` frames were written or the metadata is
+            invalid; the partial store is then discarded.
+        """
+        self._open()
+        try:
+            if self.n_written != self.n_frames:
+                raise ValueError(
+                    f"only {self.n_written} of n_frames={self.n_frames} frames were "
+                    "written; the partial store was discarded"
+                )
+            names, chains, resids, timestep, prov = _validate_metadata(
+                self.n_residues, residue_names, chain_ids, residue_ids, timestep, provenance
+            )
+            self._features.flush()
+            self._positions.flush()
+            self._features = self._positions = None
+            partial = self._partial
+            for fname in (_FEATURES, _POSITIONS):
+                _fsync(os.path.join(partial, fname))
+            meta = {
+                "format": _FORMAT,
+                "format_version": _FORMAT_VERSION,
+                "store_id": uuid.uuid4().hex,
+                "n_frames": self.n_frames,
+                "n_residues": self.n_residues,
+                "n_channels": self.n_channels,
+                "dtype": self.dtype.str,
+                "positions_dtype": self.positions_dtype.str,
+                "features_shape": [self.n_frames, self.n_residues, 4, self.n_channels],
+                "positions_shape": [self.n_frames, self.n_residues, 3],
+                "residue_names": list(names),
+                "chain_ids": list(chains),
+                "residue_ids": resids.tolist(),
+                "timestep": timestep,
+                "provenance": prov,
+            }
+            meta_path = os.path.join(partial, _META)
+            with open(meta_path, "w", encoding="utf-8") as fh:
+                json.dump(meta, fh, default=_json_default, indent=1)
+                fh.flush()
+                os.fsync(fh.fileno())
+            _fsync(partial)
+            self._commit(partial)
+        except BaseException:
+            if self._state == "open":
+                self._abort()
+            raise
+        self._state = "finalized"
+        self._cleanup.detach()
+        return load_tokens(self.directory, mmap_mode="r")
+
+    def _commit(self, partial: str) -> None:
+        """Rename ``partial`` to the final directory, replacing an old store."""
+        target = self.directory
+        _check_target(target)
+        if os.path.lexists(target) and not os.listdir(target):
+            os.rmdir(target)
+        if os.path.lexists(target):
+            parent, name = os.path.split(target)
+            aside = os.path.join(parent, f"{name}.old-{secrets.token_hex(6)}")
+            os.rename(target, aside)
+            try:
+                os.rename(partial, target)
+            except BaseException:
+                os.rename(aside, target)
+                raise
+            _fsync(parent)
+            _remove_tree(aside)
+        else:
+            os.rename(partial, target)
+        _fsync(os.path.dirname(target))
+
+
+def save_tokens(tokens: TokenTrajectory, directory: str | os.PathLike) -> TokenTrajectory:
+    """Write a token trajectory to a store, atomically.
+
+    Parameters
+    ----------
+    tokens : TokenTrajectory
+        Tokens to save; may itself be memory-mapped (it is copied in blocks).
+    directory : str or path-like
+        Store directory. An existing complete store there is replaced only once
+        the new one is complete.
+
+    Returns
+    -------
+    TokenTrajectory
+        The saved tokens, memory-mapped read-only from ``directory``.
+    """
+    if not isinstance(tokens, TokenTrajectory):
+        raise TypeError(f"tokens must be a TokenTrajectory; got {type(tokens).__name__}")
+    n = tokens.n_frames
+    frame_bytes = tokens.features[:1].nbytes + tokens.positions[:1].nbytes
+    block = max(1, _COPY_BLOCK_BYTES // max(1, frame_bytes))
+    with TokenStoreWriter(
+        directory,
+        n_frames=n,
+        n_residues=tokens.n_residues,
+        n_channels=tokens.n_channels,
+        dtype=tokens.dtype,
+        positions_dtype=tokens.positions.dtype,
+    ) as writer:
+        for start in range(0, n, block):
+            writer.write(
+                tokens.features[start : start + block], tokens.positions[start : start + block]
+            )
+        return writer.finalize(
+            residue_names=tokens.residue_names,
+            chain_ids=tokens.chain_ids,
+            residue_ids=tokens.residue_ids,
+            timestep=tokens.timestep,
+            provenance=tokens.provenance,
+        )

@@ -1,0 +1,391 @@
+"""Tests of g2v_sklearn._tokens: token trajectories and the atomic token store."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from g2v_sklearn._tokens import (
+    TokenStoreWriter,
+    TokenTrajectory,
+    is_complete_store,
+    load_tokens,
+    save_tokens,
+)
+
+N_FRAMES, N_RES, H = 12, 5, 3
+
+
+def _arrays(n_frames=N_FRAMES, n_res=N_RES, h=H, seed=0):
+    rng = np.random.default_rng(seed)
+    feats = rng.standard_normal((n_frames, n_res, 4, h)).astype(np.float32)
+    pos = rng.uniform(-20, 20, (n_frames, n_res, 3)).astype(np.float32)
+    return feats, pos
+
+
+def _meta(n_res=N_RES):
+    return dict(
+        residue_names=["ALA", "GLY", "SER", "LYS", "ASP"][:n_res],
+        chain_ids=["A", "A", "A", 1, 1][:n_res],
+        residue_ids=list(range(10, 10 + n_res)),
+    )
+
+
+def _tokens(seed=0, **kw):
+    feats, pos = _arrays(seed=seed)
+    return TokenTrajectory(
+        feats, pos, **_meta(), timestep=kw.pop("timestep", 2.0),
+        provenance=kw.pop("provenance", {"model": "toy", "seed": seed}), **kw,
+    )
+
+
+def _siblings(directory):
+    parent, name = os.path.split(directory)
+    return sorted(e for e in os.listdir(parent) if e.startswith(name))
+
+
+def _assert_same(a: TokenTrajectory, b: TokenTrajectory):
+    np.testing.assert_array_equal(a.features, b.features)
+    np.testing.assert_array_equal(a.positions, b.positions)
+    assert a.residue_names == b.residue_names
+    assert a.chain_ids == b.chain_ids
+    np.testing.assert_array_equal(a.residue_ids, b.residue_ids)
+    assert a.timestep == b.timestep
+    assert a.provenance == b.provenance
+
+
+# --------------------------------------------------------------- construction
+def test_construction_does_not_copy_and_reports_shape():
+    feats, pos = _arrays()
+    tok = TokenTrajectory(feats, pos, **_meta(), timestep=1.5)
+    assert tok.features is feats and tok.positions is pos
+    assert (tok.n_frames, tok.n_residues, tok.n_channels) == (N_FRAMES, N_RES, H)
+    assert tok.shape == feats.shape and len(tok) == N_FRAMES
+    assert tok.dtype == np.float32 and tok.path is None
+    assert tok.provenance == {}
+    assert repr(tok) == (
+        f"TokenTrajectory(n_frames={N_FRAMES}, n_residues={N_RES}, n_channels={H}, in RAM)"
+    )
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda f, p: (f[:-1], p), "features has 11 frames but positions has 12"),
+        (lambda f, p: (f[:, :-1], p), "features has 4 residues but positions has 5"),
+        (lambda f, p: (f[:, :, :3], p), r"shape \(n_frames, n_residues, 4, H\).*\(12, 5, 3, 3\)"),
+        (lambda f, p: (f[0], p), r"\(n_frames, n_residues, 4, H\)"),
+        (lambda f, p: (f, p[..., :2]), r"positions must have shape \(n_frames, n_residues, 3\)"),
+        (lambda f, p: (f.astype(np.int32), p), "features must be a floating-point dtype"),
+    ],
+)
+def test_construction_rejects_bad_arrays(change, match):
+    feats, pos = change(*_arrays())
+    with pytest.raises(ValueError, match=match):
+        TokenTrajectory(feats, pos, **_meta())
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ({"residue_names": ["ALA"] * 4}, "residue_names has 4 entries but .* 5 residues"),
+        ({"chain_ids": ["A"] * 6}, "chain_ids has 6 entries but the features have 5 residues"),
+        ({"residue_ids": [1, 2, 3]}, "residue_ids .* 5 residues"),
+        ({"residue_ids": [1.5] * 5}, "residue_ids must be integers"),
+        ({"timestep": -1.0}, "timestep must be a positive number"),
+        ({"provenance": {"f": object()}}, "provenance must be JSON-serialisable"),
+    ],
+)
+def test_construction_rejects_bad_metadata(override, match):
+    feats, pos = _arrays()
+    kw = {**_meta(), **override}
+    with pytest.raises(ValueError, match=match):
+        TokenTrajectory(feats, pos, **kw)
+
+
+# ----------------------------------------------------------------- save/load
+def test_save_load_round_trip_is_memory_mapped_and_read_only(tmp_path):
+    tok = _tokens(provenance={"model": "toy", "numpy_scalar": np.float32(0.5)})
+    d = tmp_path / "store"
+    saved = save_tokens(tok, d)
+    loaded = load_tokens(d)
+    assert is_complete_store(d)
+    assert _siblings(str(d)) == ["store"]  # no partial or old directories left
+    for t in (saved, loaded):
+        assert t.path == str(d)
+        assert isinstance(t.features, np.memmap) and isinstance(t.positions, np.memmap)
+        assert not t.features.flags.writeable and not t.positions.flags.writeable
+        assert t.provenance == {"model": "toy", "numpy_scalar": 0.5}
+        np.testing.assert_array_equal(t.features, tok.features)
+        np.testing.assert_array_equal(t.positions, tok.positions)
+        assert t.residue_names == tok.residue_names
+        assert t.chain_ids == ("A", "A", "A", 1, 1)  # str and int chain ids survive
+        np.testing.assert_array_equal(t.residue_ids, tok.residue_ids)
+        assert t.timestep == 2.0
+    assert repr(loaded).endswith(f"at {str(d)!r})")
+    with pytest.raises(ValueError, match="read-only"):
+        loaded.features[0, 0, 0, 0] = 1.0
+    in_ram = load_tokens(d, mmap_mode=None)
+    assert in_ram.path is None and not isinstance(in_ram.features, np.memmap)
+    _assert_same(in_ram, tok)
+
+
+def test_save_replaces_existing_store(tmp_path):
+    d = tmp_path / "store"
+    save_tokens(_tokens(seed=1), d)
+    new = _tokens(seed=2)
+    save_tokens(new, d)
+    _assert_same(load_tokens(d), new)
+    assert _siblings(str(d)) == ["store"]
+
+
+def test_save_refuses_to_overwrite_non_store(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "precious.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a token store"):
+        save_tokens(_tokens(), d)
+    assert (d / "precious.txt").read_text() == "keep me"
+    assert _siblings(str(d)) == ["data"]
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no token store"):
+        load_tokens(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="not a complete token store"):
+        load_tokens(tmp_path / "empty")
+    assert not is_complete_store(tmp_path / "empty")
+    assert not is_complete_store(tmp_path / "missing")
+
+
+def test_truncated_array_is_not_complete(tmp_path):
+    d = tmp_path / "store"
+    save_tokens(_tokens(), d)
+    f = d / "features.npy"
+    f.write_bytes(f.read_bytes()[:-100])
+    assert not is_complete_store(d)
+    with pytest.raises(ValueError, match="incomplete"):
+        load_tokens(d)
+
+
+# ------------------------------------------------------------------- writer
+def test_streaming_writer_uneven_blocks_equals_full_array(tmp_path):
+    feats, pos = _arrays()
+    d = tmp_path / "stream"
+    with TokenStoreWriter(d, n_frames=N_FRAMES, n_residues=N_RES, n_channels=H) as w:
+        start = 0
+        for k in (1, 4, 0, 2, 5):
+            w.write(feats[start : start + k], pos[start : start + k])
+            start += k
+        assert start == N_FRAMES
+        out = w.finalize(**_meta(), timestep=0.5, provenance={"stride": 5})
+    assert out.path == str(d) and isinstance(out.features, np.memmap)
+    np.testing.assert_array_equal(out.features, feats)
+    np.testing.assert_array_equal(out.positions, pos)
+    assert out.timestep == 0.5 and out.provenance == {"stride": 5}
+    assert _siblings(str(d)) == ["stream"]
+
+
+def test_writer_casts_to_requested_dtype(tmp_path):
+    feats, pos = _arrays()
+    with TokenStoreWriter(
+        tmp_path / "s", n_frames=N_FRAMES, n_residues=N_RES, n_channels=H, dtype="float16"
+    ) as w:
+        w.write(feats.astype(np.float64), pos)
+        out = w.finalize(**_meta())
+    assert out.dtype == np.float16 and out.positions.dtype == np.float32
+    np.testing.assert_array_equal(out.features, feats.astype(np.float16))
+
+
+@pytest.mark.parametrize("with_old_store", [False, True])
+def test_failure_midway_leaves_nothing_and_keeps_old_store(tmp_path, with_old_store):
+    d = tmp_path / "store"
+    old = _tokens(seed=7)
+    if with_old_store:
+        save_tokens(old, d)
+    feats, pos = _arrays(seed=3)
+    seen_partial = []
+    with pytest.raises(RuntimeError, match="injected"):
+        with TokenStoreWriter(d, n_frames=N_FRAMES, n_residues=N_RES, n_channels=H) as w:
+            for start in range(0, N_FRAMES, 3):
+                if start == 6:  # fail at frame k=6, after two blocks
+                    partial = [e for e in _siblings(str(d)) if ".partial-" in e]
+                    assert len(partial) == 1
+                    seen_partial.append(tmp_path / partial[0])
+                    assert not is_complete_store(seen_partial[0])
+                    raise RuntimeError("injected failure")
+                w.write(feats[start : start + 3], pos[start : start + 3])
+    assert not seen_partial[0].exists()
+    if with_old_store:
+        assert _siblings(str(d)) == ["store"]
+        _assert_same(load_tokens(d), old)
+    else:
+        assert _siblings(str(d)) == []
+        assert not is_complete_store(d)
+
+
+def test_too_few_frames_then_finalize_leaves_nothing(tmp_path):
+    d = tmp_path / "store"
+    feats, pos = _arrays()
+    with pytest.raises(ValueError, match="only 7 of n_frames=12 frames were written"):
+        with TokenStoreWriter(d, n_frames=N_FRAMES, n_residues=N_RES, n_channels=H) as w:
+            w.write(feats[:7], pos[:7])
+            w.finalize(**_meta())
+    assert _siblings(str(d)) == []
+
+
+def test_too_many_frames_leaves_nothing(tmp_path):
+    d = tmp_path / "store"
+    feats, pos = _arrays()
+    w = TokenStoreWriter(d, n_frames=N_FRAMES - 2, n_residues=N_RES, n_channels=H)
+    w.write(feats[:8], pos[:8])
+    with pytest.raises(ValueError, match="would exceed n_frames=10"):
+        w.write(feats[8:], pos[8:])
+    assert _siblings(str(d)) == []
+    with pytest.raises(RuntimeError, match="aborted"):
+        w.write(feats[:1], pos[:1])
+
+
+def test_exit_without_finalize_discards_with_warning(tmp_path):
+    d = tmp_path / "store"
+    feats, pos = _arrays()
+    with pytest.warns(RuntimeWarning, match="without finalize"):
+        with TokenStoreWriter(d, n_frames=N_FRAMES, n_residues=N_RES, n_channels=H) as w:
+            w.write(feats, pos)
+    assert _siblings(str(d)) == []
+
+
+def test_writer_block_shape_errors(tmp_path):
+    feats, pos = _arrays()
+    w = TokenStoreWriter(tmp_path / "s", n_frames=N_FRAMES, n_residues=N_RES, n_channels=H)
+    try:
+        with pytest.raises(ValueError, match=r"features block must have shape \(k, 5, 4, 3\)"):
+            w.write(feats[:, :4], pos[:, :4])
+        with pytest.raises(ValueError, match="features block has 2 frames but positions .* 3"):
+            w.write(feats[:2], pos[:3])
+    finally:
+        w.close()
+    assert _siblings(str(tmp_path / "s")) == []
+    with pytest.raises(ValueError, match="n_frames must be at least 1"):
+        TokenStoreWriter(tmp_path / "s", n_frames=0, n_residues=N_RES, n_channels=H)
+
+
+# ------------------------------------------------------------------ pickling
+def test_memmapped_pickles_by_path(tmp_path):
+    d = tmp_path / "store"
+    feats, pos = _arrays(n_frames=200, h=16)
+    meta = _meta()
+    tok = save_tokens(TokenTrajectory(feats, pos, **meta, timestep=1.0), d)
+    blob = pickle.dumps(tok)
+    assert len(blob) < 2000 < feats.nbytes // 50
+    back = pickle.loads(blob)
+    assert back.path == str(d) and isinstance(back.features, np.memmap)
+    assert not back.features.flags.writeable
+    _assert_same(back, tok)
+    # a slice of a mapped store also pickles by path and keeps its frames
+    sub = tok[150:10:-7]
+    sub_back = pickle.loads(pickle.dumps(sub))
+    assert len(pickle.dumps(sub)) < 2000
+    _assert_same(sub_back, sub)
+    twice = tok[::-1][::-1]  # composed slices map back to the same frames
+    twice_back = pickle.loads(pickle.dumps(twice))
+    np.testing.assert_array_equal(twice_back.features, tok.features)
+    assert twice_back.timestep is None  # reversal dropped the time step
+
+
+def test_pickle_of_replaced_store_fails_clearly(tmp_path):
+    d = tmp_path / "store"
+    blob = pickle.dumps(save_tokens(_tokens(seed=1), d))
+    save_tokens(_tokens(seed=2), d)
+    with pytest.raises(ValueError, match="was replaced"):
+        pickle.loads(blob)
+
+
+def test_in_ram_pickles_by_value():
+    tok = _tokens()
+    blob = pickle.dumps(tok)
+    assert len(blob) > tok.features.nbytes
+    back = pickle.loads(blob)
+    assert back.path is None
+    _assert_same(back, tok)
+
+
+# ------------------------------------------------------------------- slicing
+def test_slicing_semantics(tmp_path):
+    tok = _tokens(timestep=2.0)
+    sub = tok[2:11:3]
+    assert len(sub) == 3 and sub.timestep == 6.0
+    assert np.shares_memory(sub.features, tok.features)
+    assert np.shares_memory(sub.positions, tok.positions)
+    np.testing.assert_array_equal(sub.features, tok.features[2:11:3])
+    assert tok[:].timestep == 2.0 and tok[5:].timestep == 2.0
+    assert tok[::-1].timestep is None  # reversed time is not a trajectory step
+
+    one = tok[-1]
+    assert len(one) == 1 and one.timestep is None
+    np.testing.assert_array_equal(one.features[0], tok.features[-1])
+    assert np.shares_memory(one.features, tok.features)
+
+    picked = tok[np.array([0, 3, 4])]
+    assert len(picked) == 3 and picked.timestep is None
+    np.testing.assert_array_equal(picked.positions, tok.positions[[0, 3, 4]])
+    mask = np.zeros(N_FRAMES, bool)
+    mask[[1, 2]] = True
+    assert len(tok[mask]) == 2
+    assert picked.residue_names == tok.residue_names
+
+    with pytest.raises(IndexError):
+        tok[N_FRAMES]
+    with pytest.raises(TypeError, match="1-D integer"):
+        tok[np.array([0.5])]
+
+    mapped = save_tokens(tok, tmp_path / "s")
+    assert mapped[1:5].path == mapped.path  # slices stay views of the store
+    assert isinstance(mapped[1:5].features, np.memmap)
+    assert mapped[[1, 2]].path is None  # fancy indexing copies into RAM
+
+
+def test_killed_writer_leaves_nothing_that_looks_complete(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    from g2v_sklearn import _tokens
+
+    d = tmp_path / "store"
+    # Load _tokens.py by file so the child skips the package's heavy imports.
+    code = textwrap.dedent(
+        f"""
+        import importlib.util, os, signal, numpy as np
+        spec = importlib.util.spec_from_file_location("_tokens", {_tokens.__file__!r})
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        w = mod.TokenStoreWriter({str(d)!r}, n_frames=10, n_residues=3, n_channels=2)
+        with w:
+            w.write(np.ones((4, 3, 4, 2)), np.ones((4, 3, 3)))
+            os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], timeout=60)
+    assert proc.returncode != 0
+    leftovers = _siblings(str(d))
+    assert len(leftovers) == 1 and ".partial-" in leftovers[0]  # SIGKILL cannot clean up
+    assert not is_complete_store(d)
+    assert not is_complete_store(tmp_path / leftovers[0])
+    with pytest.raises(FileNotFoundError, match="incomplete, interrupted or ongoing write"):
+        load_tokens(d)
+
+
+def test_finished_but_unrenamed_partial_is_not_complete(tmp_path):
+    # A crash between writing meta.json and the rename leaves a full partial dir.
+    d = tmp_path / "store"
+    save_tokens(_tokens(), d)
+    partial = tmp_path / "store.partial-0123456789ab"
+    os.rename(d, partial)
+    assert not is_complete_store(partial)
+    with pytest.raises(ValueError, match="unfinished write"):
+        load_tokens(partial)
