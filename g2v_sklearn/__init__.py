@@ -1,0 +1,21 @@
+"""g2v_sklearn: learned geometric features for the slow dynamics of biomolecules.
+
+MD frames become residue tokens through a frozen, pretrained equivariant GNN
+(:class:`GeomEmbedder`); everything is a scikit-learn estimator, so the steps
+compose into Pipelines, clone, grid-search and pickle.
+"""
+
+from ._embedder import GeomEmbedder
+from ._neighbors import RadiusDistance, radius_graph
+from ._tokens import TokenTrajectory, load_tokens, save_tokens
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "GeomEmbedder",
+    "RadiusDistance",
+    "TokenTrajectory",
+    "load_tokens",
+    "radius_graph",
+    "save_tokens",
+]

@@ -1,0 +1,301 @@
+"""The frozen geometric backbone: building ViSNet and reading geom2vec checkpoints.
+
+torch-geometric's :class:`~torch_geometric.nn.models.ViSNet` is used as is,
+except that its neighbour search (``representation_model.distance``, which
+needs pyg-lib or torch-cluster) is replaced by :class:`RadiusDistance`.
+
+The architecture is read from the checkpoint whenever the user leaves a
+parameter at ``None``: the hidden size from the embedding table, the number
+of layers from the message-passing blocks, the number of radial basis
+functions from their means, and the cutoff from the first mean, which
+ViSNet's exponential-normal smearing sets to ``exp(-cutoff)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn.models.visnet import EquivariantScalar, ViSNetBlock
+
+from ._neighbors import RadiusDistance
+
+__all__ = [
+    "BackboneConfig",
+    "DenoisingHead",
+    "build_backbone",
+    "file_sha256",
+    "load_checkpoint",
+]
+
+_PREFIX = "representation_model."
+_HEAD_PREFIX = "vec_out."
+# Entries of a geom2vec checkpoint that belong to its pretraining, not to the backbone.
+_SET_ASIDE = ("vec_out.", "output_model", "output_model_noise.", "pos_normalizer.", "prior_model.")
+_SET_ASIDE_KEYS = ("mean", "std")
+_NAME_PATTERN = re.compile(r"_l(?P<layers>\d+)_h(?P<hidden>\d+)_rbf(?P<rbf>\d+)_r(?P<cutoff>\d+)")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Architecture of a ViSNet backbone.
+
+    Parameters
+    ----------
+    hidden_channels : int
+        Width of the scalar and vector channels, ``H``.
+    num_layers : int
+        Number of message-passing layers.
+    num_rbf : int
+        Number of radial basis functions.
+    cutoff : float
+        Interaction cutoff, in Angstrom.
+    lmax : int
+        Highest degree of the spherical harmonics (1 or 2). Tokens always use
+        the degree-1 (vector) part.
+    max_num_neighbors : int or None
+        Cap on neighbours per atom, ``None`` for every atom within the cutoff.
+    max_z : int
+        Size of the atomic-number embedding; elements with ``Z >= max_z``
+        have no embedding.
+    """
+
+    hidden_channels: int = 64
+    num_layers: int = 6
+    num_rbf: int = 64
+    cutoff: float = 7.5
+    lmax: int = 1
+    max_num_neighbors: int | None = None
+    max_z: int = 100
+    vecnorm_type: str | None = "max_min"
+    trainable_vecnorm: bool = True
+    num_heads: int = 8
+
+
+def build_backbone(config: BackboneConfig) -> ViSNetBlock:
+    """Build torch-geometric's ViSNet representation block with our neighbour search.
+
+    Parameters
+    ----------
+    config : BackboneConfig
+        The architecture.
+
+    Returns
+    -------
+    block : torch_geometric.nn.models.visnet.ViSNetBlock
+        Randomly initialised; ``block(z, pos, batch)`` returns per-atom
+        scalars of shape (n_atoms, H) and vectors of shape (n_atoms, 3, H)
+        (8 rows when ``lmax=2``).
+    """
+    block = ViSNetBlock(
+        lmax=config.lmax,
+        vecnorm_type=config.vecnorm_type,
+        trainable_vecnorm=config.trainable_vecnorm,
+        num_heads=config.num_heads,
+        num_layers=config.num_layers,
+        hidden_channels=config.hidden_channels,
+        num_rbf=config.num_rbf,
+        max_z=config.max_z,
+        cutoff=config.cutoff,
+        # torch-geometric's own Distance needs pyg-lib; it is replaced just below.
+        max_num_neighbors=config.max_num_neighbors or 32,
+    )
+    block.distance = RadiusDistance(
+        config.cutoff, max_num_neighbors=config.max_num_neighbors, add_self_loops=True
+    )
+    return block
+
+
+class DenoisingHead(nn.Module):
+    """Equivariant head that predicts per-atom coordinate noise.
+
+    Two gated equivariant blocks, as in geom2vec's ``vec_out`` head, so the
+    head of a geom2vec checkpoint loads into it.
+
+    Parameters
+    ----------
+    hidden_channels : int
+        Width ``H`` of the backbone.
+    """
+
+    def __init__(self, hidden_channels: int) -> None:
+        super().__init__()
+        self.output_network = EquivariantScalar(hidden_channels).output_network
+
+    def reset_parameters(self) -> None:
+        for block in self.output_network:
+            block.reset_parameters()
+
+    def forward(self, x: Tensor, vec: Tensor) -> Tensor:
+        """Noise prediction of shape (n_atoms, 3) from backbone features."""
+        vec = vec[:, :3]
+        for block in self.output_network:
+            x, vec = block(x, vec)
+        return vec.squeeze(-1)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Checkpoint file {os.fspath(path)!r} does not exist.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, unsafe globals, corrupt zip...
+        raise ValueError(
+            f"Could not read checkpoint {os.fspath(path)!r} as a weights-only torch file "
+            f"({type(exc).__name__}: {exc}). Only plain state_dicts of tensors are accepted."
+        ) from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]  # a Lightning-style wrapper
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(
+            f"Checkpoint {os.fspath(path)!r} is not a state_dict of tensors "
+            f"(got {type(state).__name__})."
+        )
+    return state
+
+
+def _infer_config(state: dict[str, Tensor], path: str | os.PathLike) -> dict:
+    """Architecture read from the weights (and the geom2vec file name as a check)."""
+    try:
+        hidden = state[_PREFIX + "embedding.weight"].shape[1]
+        max_z = state[_PREFIX + "embedding.weight"].shape[0]
+        means = state[_PREFIX + "distance_expansion.means"]
+    except KeyError as exc:
+        raise ValueError(
+            f"Checkpoint {os.fspath(path)!r} does not hold a ViSNet backbone: key {exc.args[0]!r} "
+            f"is missing. Expected geom2vec's 'visnet_*.pth' files, whose backbone keys start "
+            f"with {_PREFIX!r}."
+        ) from None
+    layers = {
+        int(m.group(1))
+        for key in state
+        if (m := re.match(re.escape(_PREFIX) + r"vis_mp_layers\.(\d+)\.", key))
+    }
+    if not layers:
+        raise ValueError(
+            f"Checkpoint {os.fspath(path)!r} does not hold a ViSNet backbone: it has no "
+            f"'{_PREFIX}vis_mp_layers.*' keys (is it another architecture, such as geom2vec's "
+            f"equivariant transformer or TensorNet?)."
+        )
+    inferred = {
+        "hidden_channels": int(hidden),
+        "max_z": int(max_z),
+        "num_rbf": int(means.numel()),
+        "num_layers": len(layers),
+        # ExpNormalSmearing starts its means at exp(-cutoff).
+        "cutoff": round(-math.log(float(means[0])), 4),
+        "trainable_vecnorm": (_PREFIX + "vec_out_norm.weight") in state,
+    }
+    match = _NAME_PATTERN.search(os.path.basename(os.fspath(path)))
+    if match is not None:
+        from_name = {
+            "num_layers": int(match["layers"]),
+            "hidden_channels": int(match["hidden"]),
+            "num_rbf": int(match["rbf"]),
+            "cutoff": int(match["cutoff"]) / 10,
+        }
+        for name, value in from_name.items():
+            if not math.isclose(inferred[name], value, rel_tol=1e-3):
+                raise ValueError(
+                    f"Checkpoint {os.fspath(path)!r} is named for {name}={value}, but its "
+                    f"weights have {name}={inferred[name]}."
+                )
+    return inferred
+
+
+def load_checkpoint(
+    path: str | os.PathLike, overrides: dict | None = None
+) -> tuple[ViSNetBlock, BackboneConfig, dict[str, Tensor]]:
+    """Build a backbone from a geom2vec-format checkpoint, strictly.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.pth`` file holding a plain state_dict (read with
+        ``weights_only=True``, so it cannot run code).
+    overrides : dict, optional
+        Architecture values the user set explicitly. A value that disagrees
+        with the weights is an error; the rest are read from the file.
+
+    Returns
+    -------
+    block : ViSNetBlock
+        The backbone with the checkpoint's weights.
+    config : BackboneConfig
+        Its architecture.
+    head_state : dict
+        The denoising head's weights (``vec_out.*``, prefix removed), empty
+        when the file has none.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If the file is not a weights-only state_dict, does not hold a ViSNet
+        backbone, disagrees with an explicit parameter, or its backbone keys
+        or shapes do not match the architecture one to one.
+    """
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    state = _read_state_dict(path)
+    inferred = _infer_config(state, path)
+    for name, value in overrides.items():
+        if name in inferred and not math.isclose(float(inferred[name]), float(value), rel_tol=1e-3):
+            raise ValueError(
+                f"The checkpoint {os.fspath(path)!r} has {name}={inferred[name]}, which "
+                f"conflicts with the explicit parameter {name}={value}. Leave {name}=None "
+                f"to read it from the checkpoint."
+            )
+    config = BackboneConfig(**{**inferred, **overrides})
+    block = build_backbone(config)
+
+    backbone_state = {k[len(_PREFIX):]: v for k, v in state.items() if k.startswith(_PREFIX)}
+    others = [
+        k
+        for k in state
+        if not k.startswith(_PREFIX) and not k.startswith(_SET_ASIDE) and k not in _SET_ASIDE_KEYS
+    ]
+    expected = block.state_dict()
+    missing = sorted(set(expected) - set(backbone_state))
+    unexpected = sorted(set(backbone_state) - set(expected)) + others
+    mismatched = [
+        f"{k}: file {tuple(backbone_state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in backbone_state and backbone_state[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        problems = []
+        if missing:
+            problems.append(f"missing keys {_shorten(missing)}")
+        if unexpected:
+            problems.append(f"unexpected keys {_shorten(unexpected)}")
+        if mismatched:
+            problems.append(f"shape mismatches {_shorten(mismatched)}")
+        raise ValueError(
+            f"Checkpoint {os.fspath(path)!r} does not fit the ViSNet backbone "
+            f"{asdict(config)}: " + "; ".join(problems) + "."
+        )
+    block.load_state_dict(backbone_state, strict=True)
+    head_state = {
+        k[len(_HEAD_PREFIX):]: v for k, v in state.items() if k.startswith(_HEAD_PREFIX)
+    }
+    return block, config, head_state
+
+
+def _shorten(items: list[str], limit: int = 5) -> str:
+    shown = ", ".join(repr(i) for i in items[:limit])
+    return f"[{shown}{', ...' if len(items) > limit else ''}] ({len(items)} in all)"

@@ -1,0 +1,753 @@
+"""GeomEmbedder: MD frames in, equivariant residue tokens out."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from numbers import Integral, Real
+
+import mdtraj as md
+import numpy as np
+import torch
+from joblib import Parallel, delayed
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+from tqdm.auto import tqdm
+
+from ._backbone import (
+    BackboneConfig,
+    DenoisingHead,
+    build_backbone,
+    file_sha256,
+    load_checkpoint,
+)
+from ._compat import Interval, Options, StrOptions, validate_parameter_constraints
+from ._tokens import TokenStoreWriter, TokenTrajectory, is_complete_store, load_tokens
+from ._topology import (
+    ResidueLayout,
+    atomic_numbers_of,
+    describe_topology,
+    residue_layout,
+    select_atoms,
+    topology_signature,
+)
+from ._utils import (
+    check_generator,
+    local_torch_seed,
+    resolve_device,
+    torch_generator,
+    weights_sha256,
+)
+
+__all__ = ["GeomEmbedder"]
+
+NM_TO_ANGSTROM = 10.0
+# No covalent bond is longer than this (S-S is about 2.05 Angstrom); a longer
+# one means a molecule split by periodic boundaries or a wrong topology.
+MAX_BOND_ANGSTROM = 3.0
+
+
+@dataclass
+class _Source:
+    """One input trajectory: an in-memory mdtraj.Trajectory or a file path."""
+
+    index: int
+    traj: md.Trajectory | None = None
+    path: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"trajectory {self.index}" + (f" ({self.path!r})" if self.path else "")
+
+
+def _as_sources(X) -> list[_Source]:
+    if isinstance(X, md.Trajectory):
+        raise TypeError(
+            "X is a single mdtraj.Trajectory; GeomEmbedder expects a list of trajectories "
+            "(each one a sample, so cross-validation splits whole trajectories). Wrap it in "
+            "a list: embedder.fit_transform([traj])."
+        )
+    if isinstance(X, (str, os.PathLike)):
+        raise TypeError(
+            f"X is a single path {os.fspath(X)!r}; GeomEmbedder expects a list of trajectories. "
+            f"Wrap it in a list: [{os.fspath(X)!r}]."
+        )
+    try:
+        items = list(X)
+    except TypeError:
+        raise TypeError(
+            f"X must be a list of mdtraj.Trajectory objects or trajectory file paths; "
+            f"got {type(X).__name__}."
+        ) from None
+    if not items:
+        raise ValueError("X is an empty list; GeomEmbedder needs at least one trajectory.")
+    sources = []
+    for index, item in enumerate(items):
+        if isinstance(item, md.Trajectory):
+            if item.n_frames == 0:
+                raise ValueError(f"Trajectory {index} has no frames.")
+            sources.append(_Source(index, traj=item))
+        elif isinstance(item, (str, os.PathLike)):
+            path = os.fspath(item)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"Trajectory file {path!r} (X[{index}]) does not exist.")
+            sources.append(_Source(index, path=path))
+        else:
+            raise TypeError(
+                f"X[{index}] is a {type(item).__name__}; each trajectory must be an "
+                f"mdtraj.Trajectory or a file path."
+            )
+    return sources
+
+
+class _Engine:
+    """Everything needed to embed one trajectory; picklable, so joblib workers get a copy.
+
+    Knows nothing of scikit-learn: the estimator builds it from its fitted state.
+    """
+
+    def __init__(self, *, module, atomic_numbers, atom_indices, layout, topology, bonds,
+                 pooling, residue_position, batch_size, chunk_size, stride, dtype, device,
+                 progress, provenance):
+        self.module = module
+        self.atomic_numbers = atomic_numbers
+        self.atom_indices = atom_indices
+        self.layout = layout
+        self.topology = topology
+        self.bonds = bonds
+        self.pooling = pooling
+        self.residue_position = residue_position
+        self.batch_size = batch_size
+        self.chunk_size = chunk_size
+        self.stride = stride
+        self.dtype = dtype
+        self.device = device
+        self.progress = progress
+        self.provenance = provenance
+
+    # -- reading -----------------------------------------------------------------------
+    def n_frames(self, source: _Source) -> int:
+        if source.traj is not None:
+            total = source.traj.n_frames
+        else:
+            with md.open(source.path) as handle:
+                total = len(handle)
+        return -(-total // self.stride)
+
+    def chunks(self, source: _Source):
+        """Yield (xyz in Angstrom float32 of the selected atoms, chunk trajectory)."""
+        if source.traj is not None:
+            frames = np.arange(0, source.traj.n_frames, self.stride)
+            for start in range(0, len(frames), self.chunk_size):
+                chunk = source.traj[frames[start:start + self.chunk_size]]
+                yield chunk.atom_slice(self.atom_indices)
+        else:
+            yield from md.iterload(
+                source.path, top=self.topology, chunk=self.chunk_size, stride=self.stride,
+                atom_indices=self.atom_indices,
+            )
+
+    def coordinates(self, chunk: md.Trajectory, source: _Source, first_frame: int) -> np.ndarray:
+        """Validated positions in Angstrom, molecules made whole when there is a unit cell."""
+        if not np.isfinite(chunk.xyz).all():
+            bad = int(np.flatnonzero(~np.isfinite(chunk.xyz).all(axis=(1, 2)))[0])
+            raise ValueError(
+                f"{source.label.capitalize()} has NaN or infinite coordinates at frame "
+                f"{(first_frame + bad) * self.stride}."
+            )
+        if chunk.unitcell_vectors is not None and len(self.bonds):
+            chunk.make_molecules_whole(inplace=True)
+        xyz = chunk.xyz.astype(np.float32) * np.float32(NM_TO_ANGSTROM)
+        if len(self.bonds):
+            lengths = np.linalg.norm(xyz[:, self.bonds[:, 0]] - xyz[:, self.bonds[:, 1]], axis=-1)
+            if lengths.max() > MAX_BOND_ANGSTROM:
+                frame, bond = np.unravel_index(int(lengths.argmax()), lengths.shape)
+                a, b = (self.topology.atom(int(self.atom_indices[i])) for i in self.bonds[bond])
+                raise ValueError(
+                    f"In {source.label}, frame {(first_frame + frame) * self.stride}, the bond "
+                    f"{a}-{b} is {lengths[frame, bond]:.1f} Angstrom long, longer than any "
+                    f"covalent bond: the molecule is broken (split across periodic boundaries "
+                    f"with no unit cell to make it whole) or the topology does not match the "
+                    f"trajectory."
+                )
+        return xyz
+
+    # -- embedding ---------------------------------------------------------------------
+    def embed_batch(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens (b, n_residues, 4, H) and residue positions (b, n_residues, 3) of a batch."""
+        device = self.device
+        n_frames, n_atoms, _ = pos.shape
+        pos_t = torch.from_numpy(pos).to(device)
+        z = self.atomic_numbers.to(device).repeat(n_frames)
+        batch = torch.arange(n_frames, device=device).repeat_interleave(n_atoms)
+        autocast = (
+            torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+            if self.dtype == "bfloat16"
+            else nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            x, vec = self.module(z, pos_t.reshape(-1, 3), batch)
+        hidden = x.shape[-1]
+        atoms = torch.cat([x.float().unsqueeze(1), vec[:, :3].float()], dim=1)
+        atoms = atoms.view(n_frames, n_atoms, 4, hidden)
+        index = torch.as_tensor(self.layout.atom_to_residue, device=device)
+        counts = torch.as_tensor(self.layout.counts, device=device, dtype=torch.float32)
+        n_res = self.layout.n_residues
+        tokens = atoms.new_zeros(n_frames, n_res, 4, hidden).index_add_(1, index, atoms)
+        centroid = pos_t.new_zeros(n_frames, n_res, 3).index_add_(1, index, pos_t)
+        centroid /= counts.view(1, -1, 1)
+        if self.pooling == "mean":
+            tokens /= counts.view(1, -1, 1, 1)
+        if self.residue_position == "ca":
+            has_ca = torch.as_tensor(self.layout.ca_local >= 0, device=device)
+            ca = pos_t[:, torch.as_tensor(np.maximum(self.layout.ca_local, 0), device=device)]
+            centroid = torch.where(has_ca.view(1, -1, 1), ca, centroid)
+        return tokens.cpu().numpy(), centroid.cpu().numpy()
+
+    def embed(self, source: _Source, directory: str | None) -> TokenTrajectory:
+        """Embed one trajectory, into RAM or into a memory-mapped store at ``directory``."""
+        self.module.to(self.device).eval()
+        n_frames = self.n_frames(source)
+        layout = self.layout
+        hidden = int(self.module.hidden_channels)
+        shape = (n_frames, layout.n_residues)
+        if directory is None:
+            writer = _RamWriter(shape, hidden)
+        else:
+            writer = TokenStoreWriter(
+                directory, n_frames=n_frames, n_residues=layout.n_residues,
+                n_channels=hidden, dtype="float32",
+            )
+        timestep = None
+        bar = tqdm(total=n_frames, unit="frame", desc=f"embedding {source.label}",
+                   disable=not self.progress, leave=False)
+        with writer, bar:
+            done = 0
+            for chunk in self.chunks(source):
+                if timestep is None and chunk.n_frames > 1:
+                    timestep = float(chunk.timestep)
+                xyz = self.coordinates(chunk, source, done)
+                for start in range(0, len(xyz), self.batch_size):
+                    tokens, positions = self.embed_batch(xyz[start:start + self.batch_size])
+                    writer.write(tokens, positions)
+                    bar.update(len(tokens))
+                done += len(xyz)
+            if timestep is None and source.traj is not None and source.traj.n_frames > 1:
+                timestep = float(source.traj.timestep) * self.stride
+            provenance = dict(self.provenance, source=source.path or "mdtraj.Trajectory")
+            return writer.finalize(
+                residue_names=layout.residue_names, chain_ids=layout.chain_ids,
+                residue_ids=layout.residue_ids, timestep=timestep, provenance=provenance,
+            )
+
+
+class _RamWriter:
+    """In-memory twin of TokenStoreWriter, with the same write/finalize protocol."""
+
+    def __init__(self, shape, hidden):
+        self.features = np.empty((*shape, 4, hidden), dtype=np.float32)
+        self.positions = np.empty((*shape, 3), dtype=np.float32)
+        self.n_written = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def write(self, features, positions):
+        stop = self.n_written + len(features)
+        self.features[self.n_written:stop] = features
+        self.positions[self.n_written:stop] = positions
+        self.n_written = stop
+
+    def finalize(self, **metadata):
+        if self.n_written != len(self.features):
+            raise ValueError(
+                f"Read {self.n_written} frames, but the trajectory announced {len(self.features)}."
+            )
+        return TokenTrajectory(self.features, self.positions, **metadata)
+
+
+def _embed_one(engine: _Engine, source: _Source, directory: str | None) -> TokenTrajectory:
+    return engine.embed(source, directory)
+
+
+class GeomEmbedder(TransformerMixin, BaseEstimator):
+    """Embed MD frames into equivariant residue tokens with a frozen pretrained GNN.
+
+    Each frame's selected atoms (by default the heavy atoms of everything
+    but water and ions) go through a pretrained ViSNet; the per-atom scalar
+    and vector features are pooled per residue into tokens of shape
+    (n_residues, 4, H): row 0 the scalars, rows 1-3 the x, y and z
+    components of the vector channels, which turn with the molecule.
+
+    Parameters
+    ----------
+    checkpoint : str or path-like, default=None
+        A geom2vec-format ViSNet checkpoint (e.g.
+        ``visnet_l6_h64_rbf64_r75.pth``), read with ``weights_only=True`` and
+        strict key checking.
+    topology : str, path-like, mdtraj.Topology or mdtraj.Trajectory, default=None
+        Topology for trajectories given as file paths.
+    selection : str, default=None
+        mdtraj selection string of the atoms to embed; ``None`` selects the
+        heavy atoms of everything but water and monatomic ions.
+    atomic_numbers : array-like of int of shape (n_atoms,), default=None
+        Atomic numbers of every topology atom, overriding its elements (for
+        topologies whose elements are unreliable).
+    pretrain : {"denoise", "random"}, default=None
+        ``"denoise"`` learns (or, with a checkpoint, fine-tunes) the backbone
+        in ``fit`` by coordinate denoising on the frames given. ``"random"``
+        uses an untrained backbone, as an ablation only.
+    hidden_channels, num_layers, num_rbf : int, default=None
+        Architecture; ``None`` reads them from the checkpoint (or uses
+        geom2vec's 64, 6, 64 without one). An explicit value that disagrees
+        with the checkpoint is an error.
+    cutoff : float, default=None
+        Interaction cutoff in Angstrom; ``None`` reads it from the checkpoint
+        (7.5 without one).
+    lmax : {1, 2}, default=None
+        Highest spherical-harmonic degree (``None``: 1).
+    max_num_neighbors : int, default=None
+        Keep only this many nearest neighbours per atom; ``None`` keeps every
+        atom within the cutoff.
+    pooling : {"sum", "mean"}, default="sum"
+        How atom features are pooled per residue.
+    residue_position : {"centroid", "ca"}, default="centroid"
+        Residue positions: centroid of the selected atoms, or the C-alpha
+        (the centroid for residues without one).
+    stride : int, default=1
+        Embed every ``stride``-th frame.
+    batch_size : int, default=32
+        Frames per forward pass.
+    chunk_size : int, default=1000
+        Frames read at a time from trajectory files.
+    dtype : {"float32", "bfloat16"}, default="float32"
+        Precision of the backbone's forward pass; tokens are stored in float32.
+    device : str or torch.device, default="auto"
+        ``"auto"`` is CUDA when available, else CPU.
+    store_dir : str or path-like, default=None
+        Write tokens into memory-mapped files under this directory instead
+        of RAM (one sub-directory per trajectory, written atomically).
+    memory : str or path-like, default=None
+        Directory of a token cache keyed by the coordinates, the topology,
+        the parameters and the backbone weights: identical inputs are never
+        embedded twice. Cached tokens are memory-mapped.
+    n_jobs : int, default=None
+        Trajectories embedded in parallel through joblib (so
+        ``joblib.parallel_config(backend="dask")`` sends them to a cluster).
+    noise_std : float, default=0.2
+        Standard deviation, in Angstrom, of the denoising noise.
+    pretrain_steps : int, default=1000
+        Optimizer steps of denoising pretraining.
+    pretrain_lr : float, default=1e-4
+        Learning rate of denoising pretraining.
+    progress : bool, default=True
+        Show progress bars.
+    random_state : int, numpy.random.Generator or None, default=None
+        Seeds the local generators of pretraining and random initialisation.
+
+    Attributes
+    ----------
+    module_ : torch.nn.Module
+        The backbone (torch-geometric ViSNetBlock), in eval mode.
+    config_ : dict
+        Its architecture.
+    checkpoint_sha256_ : str or None
+        SHA-256 of the checkpoint file.
+    weights_sha256_ : str
+        SHA-256 of the backbone weights actually used.
+    atom_indices_ : ndarray of shape (n_selected,)
+        Embedded atoms (topology indices).
+    atomic_numbers_ : ndarray of shape (n_selected,)
+    residue_names_ : list of str of length n_residues
+    n_residues_ : int
+    pretrain_history_ : list of float
+        Denoising loss per step (empty without pretraining).
+
+    See Also
+    --------
+    TokenTrajectory : what ``transform`` returns, one per trajectory.
+
+    Notes
+    -----
+    Positions go into the network in Angstrom (mdtraj gives nm). Tokens are
+    rotation-equivariant: rotating a frame by :math:`R` leaves row 0 unchanged
+    and maps rows 1-3, as 3-vectors per channel, to :math:`R v`.
+
+    References
+    ----------
+    .. [1] Pengmei, Lorpaiboon, Guo, Weare, Dinner, "Using pretrained graph
+       neural networks with token mixers as geometric featurizers for
+       conformational dynamics", J. Chem. Phys. 162 (2025).
+    .. [2] Pengmei, Guo, Lorpaiboon, Dinner, "Hierarchical geometric deep
+       learning enables scalable analysis of molecular dynamics" (2025).
+
+    Examples
+    --------
+    >>> import mdtraj as md
+    >>> from g2v_sklearn import GeomEmbedder
+    >>> traj = md.load("traj.xtc", top="top.pdb")  # doctest: +SKIP
+    >>> emb = GeomEmbedder(checkpoint="visnet_l6_h64_rbf64_r75.pth")  # doctest: +SKIP
+    >>> tokens = emb.fit_transform([traj])  # doctest: +SKIP
+    >>> tokens[0].features.shape  # doctest: +SKIP
+    (n_frames, n_residues, 4, 64)
+    """
+
+    _parameter_constraints: dict = {
+        "checkpoint": [str, os.PathLike, None],
+        "topology": [str, os.PathLike, md.Topology, md.Trajectory, None],
+        "selection": [str, None],
+        "atomic_numbers": ["array-like", None],
+        "pretrain": [StrOptions({"denoise", "random"}), None],
+        "hidden_channels": [Interval(Integral, 1, None, closed="left"), None],
+        "num_layers": [Interval(Integral, 1, None, closed="left"), None],
+        "num_rbf": [Interval(Integral, 1, None, closed="left"), None],
+        "cutoff": [Interval(Real, 0, None, closed="neither"), None],
+        "lmax": [Options(Integral, {1, 2}), None],
+        "max_num_neighbors": [Interval(Integral, 1, None, closed="left"), None],
+        "pooling": [StrOptions({"sum", "mean"})],
+        "residue_position": [StrOptions({"centroid", "ca"})],
+        "stride": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "chunk_size": [Interval(Integral, 1, None, closed="left")],
+        "dtype": [StrOptions({"float32", "bfloat16"})],
+        "device": [str, torch.device],
+        "store_dir": [str, os.PathLike, None],
+        "memory": [str, os.PathLike, None],
+        "n_jobs": [Integral, None],
+        "noise_std": [Interval(Real, 0, None, closed="neither")],
+        "pretrain_steps": [Interval(Integral, 1, None, closed="left")],
+        "pretrain_lr": [Interval(Real, 0, None, closed="neither")],
+        "progress": ["boolean"],
+        "random_state": ["random_state", np.random.Generator],
+    }
+
+    def __init__(
+        self,
+        checkpoint=None,
+        *,
+        topology=None,
+        selection=None,
+        atomic_numbers=None,
+        pretrain=None,
+        hidden_channels=None,
+        num_layers=None,
+        num_rbf=None,
+        cutoff=None,
+        lmax=None,
+        max_num_neighbors=None,
+        pooling="sum",
+        residue_position="centroid",
+        stride=1,
+        batch_size=32,
+        chunk_size=1000,
+        dtype="float32",
+        device="auto",
+        store_dir=None,
+        memory=None,
+        n_jobs=None,
+        noise_std=0.2,
+        pretrain_steps=1000,
+        pretrain_lr=1e-4,
+        progress=True,
+        random_state=None,
+    ):
+        self.checkpoint = checkpoint
+        self.topology = topology
+        self.selection = selection
+        self.atomic_numbers = atomic_numbers
+        self.pretrain = pretrain
+        self.hidden_channels = hidden_channels
+        self.num_layers = num_layers
+        self.num_rbf = num_rbf
+        self.cutoff = cutoff
+        self.lmax = lmax
+        self.max_num_neighbors = max_num_neighbors
+        self.pooling = pooling
+        self.residue_position = residue_position
+        self.stride = stride
+        self.batch_size = batch_size
+        self.chunk_size = chunk_size
+        self.dtype = dtype
+        self.device = device
+        self.store_dir = store_dir
+        self.memory = memory
+        self.n_jobs = n_jobs
+        self.noise_std = noise_std
+        self.pretrain_steps = pretrain_steps
+        self.pretrain_lr = pretrain_lr
+        self.progress = progress
+        self.random_state = random_state
+
+    # -- scikit-learn plumbing ---------------------------------------------------------
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.requires_fit = True
+        tags.non_deterministic = self.pretrain == "denoise" and self.device != "cpu"
+        return tags
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        if "module_" in state:  # unpickles on a CPU-only machine whatever it ran on
+            state["module_"] = copy.deepcopy(state["module_"]).to("cpu")
+        return state
+
+    # -- fitting -----------------------------------------------------------------------
+    def fit(self, X, y=None):
+        """Load (or pretrain) the backbone and record the topology.
+
+        Parameters
+        ----------
+        X : list of mdtraj.Trajectory or of str
+            Trajectories, or file paths read with ``topology``. Only their
+            topology is used, unless ``pretrain="denoise"``.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : GeomEmbedder
+        """
+        validate_parameter_constraints(
+            self._parameter_constraints, self.get_params(deep=False),
+            caller_name=type(self).__name__,
+        )
+        if self.store_dir is not None and self.memory is not None:
+            raise ValueError(
+                "Set either store_dir (memory-mapped outputs) or memory (a cache, whose "
+                "outputs are memory-mapped in the cache directory), not both."
+            )
+        sources = _as_sources(X)
+        topology = self._topology_of(sources[0])
+        numbers = atomic_numbers_of(topology, self.atomic_numbers)
+        atom_indices = select_atoms(topology, self.selection, numbers)
+        module, config, head_state = self._make_backbone()
+        too_heavy = numbers[atom_indices] >= config.max_z
+        if too_heavy.any():
+            atom = topology.atom(int(atom_indices[np.flatnonzero(too_heavy)[0]]))
+            raise ValueError(
+                f"Atom {atom} has atomic number {numbers[atom.index]}, but the backbone has "
+                f"embeddings for atomic numbers below {config.max_z} only. Exclude it with "
+                f"`selection`."
+            )
+
+        self.topology_ = topology
+        self.atom_indices_ = atom_indices
+        self.atomic_numbers_ = numbers[atom_indices]
+        self.layout_ = residue_layout(topology, atom_indices)
+        self.residue_names_ = list(self.layout_.residue_names)
+        self.n_residues_ = self.layout_.n_residues
+        self.topology_signature_ = topology_signature(topology, atom_indices, numbers)
+        self.config_ = {k: v for k, v in vars(config).items()}
+        self.pretrain_history_ = []
+        if self.pretrain == "denoise":
+            self.pretrain_history_ = self._pretrain(module, head_state, config, sources)
+        self.module_ = module.eval().requires_grad_(False)
+        self.weights_sha256_ = weights_sha256(self.module_)
+        return self
+
+    def _make_backbone(self):
+        explicit = {
+            "hidden_channels": self.hidden_channels,
+            "num_layers": self.num_layers,
+            "num_rbf": self.num_rbf,
+            "cutoff": self.cutoff,
+            "lmax": self.lmax,
+            "max_num_neighbors": self.max_num_neighbors,
+        }
+        if self.checkpoint is not None:
+            if self.pretrain == "random":
+                raise ValueError(
+                    "pretrain='random' asks for an untrained backbone, but a checkpoint was "
+                    "given; drop one of them."
+                )
+            module, config, head_state = load_checkpoint(self.checkpoint, explicit)
+            self.checkpoint_sha256_ = file_sha256(self.checkpoint)
+            return module, config, head_state
+        if self.pretrain is None:
+            raise ValueError(
+                "GeomEmbedder has no weights: pass checkpoint= (a geom2vec-format file such as "
+                "'visnet_l6_h64_rbf64_r75.pth'), or pretrain='denoise' to learn the backbone "
+                "by coordinate denoising on the frames given to fit. (pretrain='random' gives "
+                "an untrained backbone, for ablations only.)"
+            )
+        self.checkpoint_sha256_ = None
+        config = BackboneConfig(**{k: v for k, v in explicit.items() if v is not None})
+        with local_torch_seed(check_generator(self.random_state)):
+            module = build_backbone(config)
+        return module, config, {}
+
+    def _pretrain(self, module, head_state, config, sources) -> list[float]:
+        """Coordinate denoising: predict Gaussian noise added to the positions."""
+        rng = check_generator(self.random_state)
+        device = resolve_device(self.device)
+        generator = torch_generator(rng, device=device)
+        engine = self._engine(module, device)
+        frames = np.concatenate(
+            [np.concatenate([engine.coordinates(c, s, 0) for c in engine.chunks(s)])
+             for s in sources]
+        )
+        with local_torch_seed(rng):
+            head = DenoisingHead(config.hidden_channels)
+        if head_state:
+            head.load_state_dict(head_state, strict=True)
+        module.to(device).train().requires_grad_(True)
+        head.to(device).train()
+        params = list(module.parameters()) + list(head.parameters())
+        optimizer = torch.optim.AdamW(params, lr=self.pretrain_lr)
+        n_atoms = frames.shape[1]
+        z = torch.as_tensor(self.atomic_numbers_, device=device)
+        history = []
+        for _ in tqdm(range(self.pretrain_steps), desc="denoising pretraining",
+                      disable=not self.progress, leave=False):
+            pick = rng.integers(0, len(frames), size=min(self.batch_size, len(frames)))
+            pos = torch.from_numpy(frames[pick]).to(device)
+            noise = torch.randn(pos.shape, generator=generator, device=device)
+            batch = torch.arange(len(pick), device=device).repeat_interleave(n_atoms)
+            x, vec = module(z.repeat(len(pick)), (pos + self.noise_std * noise).reshape(-1, 3), batch)
+            loss = torch.nn.functional.mse_loss(head(x, vec), noise.reshape(-1, 3))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"Denoising loss became {loss.item()} after {len(history)} steps; "
+                    f"try a smaller pretrain_lr."
+                )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            history.append(loss.item())
+        module.to("cpu")
+        return history
+
+    def _topology_of(self, source: _Source) -> md.Topology:
+        if source.traj is not None:
+            return source.traj.topology
+        topology = self.topology
+        if topology is None:
+            raise ValueError(
+                f"X[{source.index}] is a file path ({source.path!r}), so GeomEmbedder needs "
+                f"topology= (a PDB/PSF/GRO file, an mdtraj.Topology or an mdtraj.Trajectory)."
+            )
+        if isinstance(topology, md.Trajectory):
+            return topology.topology
+        if isinstance(topology, md.Topology):
+            return topology
+        if not os.path.isfile(topology):
+            raise FileNotFoundError(f"Topology file {os.fspath(topology)!r} does not exist.")
+        return md.load_topology(os.fspath(topology))
+
+    # -- transforming ------------------------------------------------------------------
+    def _engine(self, module, device) -> _Engine:
+        local = {a: i for i, a in enumerate(self.atom_indices_)}
+        bonds = np.array(
+            [[local[a.index], local[b.index]] for a, b in self.topology_.bonds
+             if a.index in local and b.index in local],
+            dtype=np.int64,
+        ).reshape(-1, 2)
+        provenance = {
+            "checkpoint_sha256": getattr(self, "checkpoint_sha256_", None),
+            "weights_sha256": getattr(self, "weights_sha256_", None),
+            "selection": self.selection,
+            "stride": int(self.stride),
+            "pooling": self.pooling,
+            "residue_position": self.residue_position,
+            "dtype": self.dtype,
+            "n_atoms": int(len(self.atom_indices_)),
+            "backbone": {k: v for k, v in self.config_.items()} if hasattr(self, "config_") else None,
+        }
+        return _Engine(
+            module=module, atomic_numbers=torch.as_tensor(self.atomic_numbers_),
+            atom_indices=self.atom_indices_, layout=self.layout_, topology=self.topology_,
+            bonds=bonds, pooling=self.pooling, residue_position=self.residue_position,
+            batch_size=int(self.batch_size), chunk_size=int(self.chunk_size),
+            stride=int(self.stride), dtype=self.dtype, device=device,
+            progress=bool(self.progress), provenance=provenance,
+        )
+
+    def _check_topology(self, source: _Source) -> None:
+        topology = self._topology_of(source)
+        if topology is self.topology_:
+            return
+        same = topology.n_atoms == self.topology_.n_atoms
+        if same:
+            numbers = atomic_numbers_of(topology, self.atomic_numbers)
+            same = topology_signature(topology, self.atom_indices_, numbers) == self.topology_signature_
+        if not same:
+            raise ValueError(
+                f"{source.label.capitalize()} has a topology ({describe_topology(topology)}) "
+                f"that differs from the one GeomEmbedder was fitted on "
+                f"({describe_topology(self.topology_)}). Fit one embedder per system."
+            )
+
+    def _cache_key(self, source: _Source) -> str:
+        digest = hashlib.sha256()
+        if source.traj is not None:
+            digest.update(np.ascontiguousarray(source.traj.xyz).tobytes())
+            if source.traj.unitcell_vectors is not None:
+                digest.update(np.ascontiguousarray(source.traj.unitcell_vectors).tobytes())
+            digest.update(np.ascontiguousarray(source.traj.time).tobytes())
+        else:
+            digest.update(file_sha256(source.path).encode())
+        params = {
+            k: v for k, v in self.get_params(deep=False).items()
+            if k in ("selection", "pooling", "residue_position", "stride", "dtype",
+                     "max_num_neighbors")
+        }
+        digest.update(json.dumps(params, sort_keys=True).encode())
+        digest.update(self.topology_signature_.encode())
+        digest.update(self.weights_sha256_.encode())
+        return digest.hexdigest()[:32]
+
+    def transform(self, X):
+        """Embed each trajectory into residue tokens.
+
+        Parameters
+        ----------
+        X : list of mdtraj.Trajectory or of str
+            Trajectories with the topology seen in ``fit``.
+
+        Returns
+        -------
+        tokens : list of TokenTrajectory
+            One per trajectory: ``features`` of shape
+            (n_frames, n_residues, 4, H) and ``positions`` of shape
+            (n_frames, n_residues, 3), in Angstrom.
+        """
+        check_is_fitted(self, "module_")
+        sources = _as_sources(X)
+        for source in sources:
+            self._check_topology(source)
+        device = resolve_device(self.device)
+        engine = self._engine(self.module_, device)
+        root = self.memory if self.memory is not None else self.store_dir
+        results: list[TokenTrajectory | None] = [None] * len(sources)
+        todo = []
+        for source in sources:
+            directory = None
+            if root is not None:
+                directory = os.path.join(os.fspath(root), self._cache_key(source))
+                if self.memory is not None and is_complete_store(directory):
+                    results[source.index] = load_tokens(directory)
+                    continue
+            todo.append((source, directory))
+        if todo:
+            if self.n_jobs in (None, 1) or len(todo) == 1:
+                embedded = [_embed_one(engine, s, d) for s, d in todo]
+            else:
+                embedded = Parallel(n_jobs=self.n_jobs)(
+                    delayed(_embed_one)(engine, s, d) for s, d in todo
+                )
+            for (source, _), tokens in zip(todo, embedded):
+                results[source.index] = tokens
+        return results
+
+    def fit_transform(self, X, y=None):
+        """Fit, then embed ``X``; see :meth:`fit` and :meth:`transform`."""
+        return self.fit(X, y).transform(X)

@@ -1,0 +1,82 @@
+"""Small helpers shared by the estimators: devices, random generators, hashing."""
+
+from __future__ import annotations
+
+import hashlib
+from contextlib import contextmanager
+from numbers import Integral
+
+import numpy as np
+import torch
+
+__all__ = [
+    "check_generator",
+    "local_torch_seed",
+    "resolve_device",
+    "torch_generator",
+    "weights_sha256",
+]
+
+
+def resolve_device(device) -> torch.device:
+    """Turn ``"auto"``, a string or a :class:`torch.device` into a usable device.
+
+    ``"auto"`` is CUDA when available, else CPU. Asking for CUDA on a machine
+    without it is an error, not a silent fallback.
+    """
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"Unknown device {device!r}: {exc}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={str(device)!r} was requested, but CUDA is not available on this machine. "
+            f"Use device='auto' or 'cpu'."
+        )
+    return device
+
+
+def check_generator(random_state) -> np.random.Generator:
+    """A local NumPy Generator from ``None``, an int, a Generator or a RandomState.
+
+    Never touches NumPy's global state.
+    """
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    if isinstance(random_state, np.random.RandomState):
+        return np.random.default_rng(random_state.randint(0, 2**31 - 1))
+    if random_state is None or isinstance(random_state, Integral):
+        return np.random.default_rng(random_state)
+    raise ValueError(f"random_state must be None, an int or a Generator; got {random_state!r}.")
+
+
+def torch_generator(rng: np.random.Generator, device="cpu") -> torch.Generator:
+    """A torch Generator seeded from a NumPy Generator (a local generator, not a global seed)."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(rng.integers(0, 2**63 - 1)))
+    return generator
+
+
+@contextmanager
+def local_torch_seed(rng: np.random.Generator):
+    """Seed torch's CPU generator from ``rng`` for the block, then restore it.
+
+    For code that draws from torch's global generator internally (module
+    initialisers): what runs inside is reproducible, and the caller's global
+    random state is left exactly as it was.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(rng.integers(0, 2**63 - 1)))
+        yield
+
+
+def weights_sha256(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's state (names, shapes, dtypes and values)."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()

@@ -1,0 +1,216 @@
+"""Every error GeomEmbedder promises, in the user's terms, and nothing half-written."""
+
+from __future__ import annotations
+
+import os
+
+import mdtraj as md
+import numpy as np
+import pytest
+import torch
+from sklearn.utils._param_validation import InvalidParameterError
+
+from g2v_sklearn import GeomEmbedder
+from g2v_sklearn import _embedder as embedder_module
+
+
+@pytest.fixture(scope="module")
+def small_ala2(ala2_trajs):
+    return ala2_trajs[0][:6]
+
+
+@pytest.fixture(scope="module")
+def fitted(visnet_checkpoint, small_ala2):
+    return GeomEmbedder(visnet_checkpoint, progress=False).fit([small_ala2])
+
+
+def test_empty_list(visnet_checkpoint):
+    with pytest.raises(ValueError, match="empty list"):
+        GeomEmbedder(visnet_checkpoint).fit([])
+
+
+def test_bare_trajectory_is_rejected(visnet_checkpoint, small_ala2, fitted):
+    with pytest.raises(TypeError, match=r"wrap it in a list|Wrap it in a list"):
+        GeomEmbedder(visnet_checkpoint).fit(small_ala2)
+    with pytest.raises(TypeError, match="Wrap it in a list"):
+        fitted.transform(small_ala2)
+
+
+def test_other_topology_is_rejected(fitted, adk_traj):
+    with pytest.raises(ValueError, match="differs from the one GeomEmbedder was fitted on"):
+        fitted.transform([adk_traj[:1]])
+
+
+def test_element_without_embedding(visnet_checkpoint, small_ala2):
+    numbers = np.array([a.element.number for a in small_ala2.topology.atoms])
+    numbers[4] = 101  # a heavy atom of ALA
+    with pytest.raises(ValueError, match="atomic number 101.*below 100"):
+        GeomEmbedder(visnet_checkpoint, atomic_numbers=numbers).fit([small_ala2])
+
+
+def _repartitioned(traj):
+    """The topology a mass-based reader builds with hydrogen mass repartitioning (H -> He)."""
+    broken = traj[:]
+    broken.topology = traj.topology.copy()
+    for atom in broken.topology.atoms:
+        if atom.element.symbol == "H":
+            atom.element = md.element.helium
+    return broken
+
+
+def test_impossible_elements_from_masses(visnet_checkpoint, small_ala2, fitted):
+    broken = _repartitioned(small_ala2)
+    with pytest.raises(ValueError, match=r"element He .*repartition.*atomic_numbers="):
+        GeomEmbedder(visnet_checkpoint).fit([broken])
+    # the documented way out gives the same tokens as the correct topology
+    numbers = np.array([a.element.number for a in small_ala2.topology.atoms])
+    fixed = GeomEmbedder(visnet_checkpoint, atomic_numbers=numbers, progress=False)
+    np.testing.assert_array_equal(
+        fixed.fit_transform([broken])[0].features, fitted.transform([small_ala2])[0].features
+    )
+
+
+def test_heavy_atom_turned_into_lighter_element(visnet_checkpoint, small_ala2):
+    broken = small_ala2[:]
+    broken.topology = small_ala2.topology.copy()
+    atom = next(a for a in broken.topology.atoms if a.name == "N" and a.residue.name == "ALA")
+    atom.element = md.element.carbon  # N with one H moved onto it weighs like C
+    with pytest.raises(ValueError, match="element C .*cannot be right"):
+        GeomEmbedder(visnet_checkpoint).fit([broken])
+
+
+def test_non_finite_coordinates(fitted, small_ala2):
+    bad = small_ala2[:]
+    bad.xyz = bad.xyz.copy()
+    bad.xyz[3, 5, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite coordinates at frame 3"):
+        fitted.transform([bad])
+    bad.xyz[3, 5, 1] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        fitted.transform([bad])
+
+
+def test_selection_that_selects_nothing(visnet_checkpoint, small_ala2):
+    with pytest.raises(ValueError, match="selects no atom"):
+        GeomEmbedder(visnet_checkpoint, selection="resname XYZ").fit([small_ala2])
+    with pytest.raises(ValueError, match="Invalid atom selection"):
+        GeomEmbedder(visnet_checkpoint, selection="resname and and").fit([small_ala2])
+
+
+def test_missing_paths(visnet_checkpoint, ala2_files, tmp_path):
+    pdb, _ = ala2_files
+    missing = str(tmp_path / "nope.xtc")
+    with pytest.raises(FileNotFoundError, match="nope.xtc.*does not exist"):
+        GeomEmbedder(visnet_checkpoint, topology=pdb).fit([missing])
+    with pytest.raises(FileNotFoundError, match="Checkpoint file .*does not exist"):
+        GeomEmbedder(str(tmp_path / "none.pth"), topology=pdb).fit([ala2_files[1][0]])
+    with pytest.raises(ValueError, match="needs topology="):
+        GeomEmbedder(visnet_checkpoint).fit([ala2_files[1][0]])
+
+
+def test_checkpoint_of_another_architecture(small_ala2, visnet_checkpoint):
+    et = os.path.join(os.path.dirname(visnet_checkpoint), "et_l6_h64_rbf64_r75.pth")
+    if not os.path.exists(et):
+        pytest.skip(f"needs {et}")
+    with pytest.raises(ValueError, match="does not fit the ViSNet backbone|does not hold a ViSNet"):
+        GeomEmbedder(et).fit([small_ala2])
+
+
+def test_partial_or_corrupt_checkpoint(small_ala2, visnet_checkpoint, tmp_path):
+    state = torch.load(visnet_checkpoint, map_location="cpu", weights_only=True)
+    partial = dict(state)
+    del partial["representation_model.vis_mp_layers.2.q_proj.weight"]
+    torch.save(partial, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match=r"missing keys \['vis_mp_layers.2.q_proj.weight'\]"):
+        GeomEmbedder(str(tmp_path / "partial.pth")).fit([small_ala2])
+
+    extra = dict(state)
+    extra["representation_model.extra.weight"] = torch.zeros(3)
+    torch.save(extra, tmp_path / "extra.pth")
+    with pytest.raises(ValueError, match="unexpected keys"):
+        GeomEmbedder(str(tmp_path / "extra.pth")).fit([small_ala2])
+
+    reshaped = dict(state)
+    reshaped["representation_model.vis_mp_layers.0.q_proj.weight"] = torch.zeros(64, 32)
+    torch.save(reshaped, tmp_path / "reshaped.pth")
+    with pytest.raises(ValueError, match="shape mismatches"):
+        GeomEmbedder(str(tmp_path / "reshaped.pth")).fit([small_ala2])
+
+    (tmp_path / "garbage.pth").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="weights-only torch file"):
+        GeomEmbedder(str(tmp_path / "garbage.pth")).fit([small_ala2])
+
+
+def test_explicit_parameters_that_conflict_with_the_checkpoint(visnet_checkpoint, small_ala2):
+    with pytest.raises(ValueError, match="hidden_channels=64, which conflicts .*hidden_channels=128"):
+        GeomEmbedder(visnet_checkpoint, hidden_channels=128).fit([small_ala2])
+    with pytest.raises(ValueError, match="cutoff=7.5, which conflicts"):
+        GeomEmbedder(visnet_checkpoint, cutoff=5.0).fit([small_ala2])
+    # agreeing values are fine
+    GeomEmbedder(visnet_checkpoint, hidden_channels=64, cutoff=7.5, num_layers=6,
+                 progress=False).fit([small_ala2])
+
+
+def test_neither_checkpoint_nor_pretraining(small_ala2):
+    with pytest.raises(ValueError, match=r"checkpoint=.*pretrain='denoise'"):
+        GeomEmbedder().fit([small_ala2])
+    with pytest.raises(ValueError, match="pretrain='random'.*checkpoint"):
+        GeomEmbedder("x.pth", pretrain="random").fit([small_ala2])
+
+
+def test_parameter_validation(visnet_checkpoint, small_ala2):
+    with pytest.raises(InvalidParameterError, match="'pooling' parameter of GeomEmbedder"):
+        GeomEmbedder(visnet_checkpoint, pooling="max").fit([small_ala2])
+    with pytest.raises(InvalidParameterError, match="'batch_size' parameter"):
+        GeomEmbedder(visnet_checkpoint, batch_size=0).fit([small_ala2])
+
+
+def test_transform_before_fit(small_ala2):
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        GeomEmbedder("x.pth").transform([small_ala2])
+
+
+def test_broken_molecule_is_reported(fitted, small_ala2):
+    broken = small_ala2[:]
+    broken.xyz = broken.xyz.copy()
+    nme = [a.index for a in broken.topology.residue(2).atoms]
+    broken.xyz[:, nme, 0] += 3.0  # NME moved 30 Angstrom away, no unit cell to fix it
+    broken.unitcell_vectors = None
+    with pytest.raises(ValueError, match="longer than any covalent bond"):
+        fitted.transform([broken])
+
+
+def test_molecules_made_whole_across_periodic_boundaries(fitted, small_ala2):
+    expected = fitted.transform([small_ala2])[0]
+    wrapped = small_ala2[:]
+    wrapped.xyz = wrapped.xyz.copy()
+    nme = [a.index for a in wrapped.topology.residue(2).atoms]
+    wrapped.xyz[:, nme, 0] += 3.0  # one box length
+    wrapped.unitcell_vectors = np.tile(np.eye(3, dtype=np.float32) * 3.0, (len(wrapped), 1, 1))
+    got = fitted.transform([wrapped])[0]
+    np.testing.assert_allclose(got.features, expected.features, rtol=1e-4, atol=1e-4)
+
+
+def test_interrupted_store_leaves_nothing_complete(fitted, small_ala2, tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    emb = fitted.set_params(store_dir=str(store), batch_size=2)
+    calls = {"n": 0}
+    original = embedder_module._Engine.embed_batch
+
+    def failing(self, pos):
+        calls["n"] += 1
+        if calls["n"] == 2:  # fail at frame k = 2
+            raise RuntimeError("injected failure at frame 2")
+        return original(self, pos)
+
+    monkeypatch.setattr(embedder_module._Engine, "embed_batch", failing)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        emb.transform([small_ala2])
+    leftovers = list(store.iterdir()) if store.exists() else []
+    assert leftovers == []
+    monkeypatch.setattr(embedder_module._Engine, "embed_batch", original)
+    tok = emb.transform([small_ala2])[0]
+    assert tok.path is not None and os.path.dirname(tok.path) == str(store)
+    fitted.set_params(store_dir=None, batch_size=32)

@@ -1,0 +1,157 @@
+"""GeomEmbedder's run-time features: cache, parallel embedding, pretraining, stores."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import mdtraj as md
+import numpy as np
+import pytest
+import torch
+
+from g2v_sklearn import GeomEmbedder
+from g2v_sklearn import _embedder as embedder_module
+
+
+@pytest.fixture(scope="module")
+def two_short(ala2_trajs):
+    return [ala2_trajs[0][:40], ala2_trajs[1][:30]]
+
+
+@pytest.fixture(scope="module")
+def reference(visnet_checkpoint, two_short):
+    emb = GeomEmbedder(visnet_checkpoint, progress=False).fit(two_short)
+    return emb, emb.transform(two_short)
+
+
+@pytest.fixture
+def count_batches(monkeypatch):
+    calls = {"frames": 0}
+    original = embedder_module._Engine.embed_batch
+
+    def counting(self, pos):
+        calls["frames"] += len(pos)
+        return original(self, pos)
+
+    monkeypatch.setattr(embedder_module._Engine, "embed_batch", counting)
+    return calls
+
+
+def test_memory_cache_embeds_each_trajectory_once(visnet_checkpoint, two_short, reference,
+                                                  tmp_path, count_batches):
+    _, expected = reference
+    emb = GeomEmbedder(visnet_checkpoint, memory=str(tmp_path / "cache"), progress=False)
+    first = emb.fit_transform(two_short)
+    assert count_batches["frames"] == 70
+    second = emb.fit_transform(two_short)  # a refit, as in a grid search
+    assert count_batches["frames"] == 70
+    for a, b, c in zip(first, second, expected):
+        np.testing.assert_array_equal(a.features, c.features)
+        np.testing.assert_array_equal(b.features, c.features)
+        assert b.path is not None and b.path == a.path
+    # other parameters, other entry
+    emb.set_params(pooling="mean").fit_transform(two_short[:1])
+    assert count_batches["frames"] == 110
+
+
+def test_rewritten_file_is_never_served_stale(visnet_checkpoint, ala2_files, tmp_path,
+                                              count_batches):
+    pdb, paths = ala2_files
+    path = str(tmp_path / "traj.xtc")
+    source = md.load(paths[0], top=pdb, stride=5000)  # 20 frames
+    source.save_xtc(path)
+    emb = GeomEmbedder(visnet_checkpoint, topology=pdb, memory=str(tmp_path / "cache"),
+                       progress=False)
+    before = emb.fit_transform([path])[0]
+    changed = source[:]
+    changed.xyz = changed.xyz.copy()
+    changed.xyz[:, :, 0] *= 1.02  # stretch: a different conformation
+    changed.save_xtc(path)  # same path, new content
+    after = emb.transform([path])[0]
+    assert count_batches["frames"] == 40
+    assert not np.allclose(after.features, before.features)
+    fresh = GeomEmbedder(visnet_checkpoint, progress=False).fit_transform([md.load(path, top=pdb)])
+    np.testing.assert_allclose(after.features, fresh[0].features, rtol=1e-5, atol=1e-5)
+
+
+def test_parallel_embedding_with_joblib(visnet_checkpoint, two_short, reference):
+    _, expected = reference
+    emb = GeomEmbedder(visnet_checkpoint, n_jobs=2, progress=False)
+    got = emb.fit_transform(two_short)
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a.features, b.features, rtol=1e-6, atol=1e-6)
+
+
+def test_parallel_embedding_on_a_dask_cluster(visnet_checkpoint, two_short, reference):
+    distributed = pytest.importorskip("distributed", reason="needs the 'dask' extra")
+    import joblib
+
+    _, expected = reference
+    emb = GeomEmbedder(visnet_checkpoint, n_jobs=2, progress=False).fit(two_short)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client, joblib.parallel_config(backend="dask"), \
+            distributed.get_task_stream(client) as stream:
+        got = emb.transform(two_short)
+    assert len(stream.data) >= 1  # the work went through the cluster
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a.features, b.features, rtol=1e-6, atol=1e-6)
+
+
+def test_memory_mapped_store(visnet_checkpoint, two_short, reference, tmp_path):
+    _, expected = reference
+    emb = GeomEmbedder(visnet_checkpoint, store_dir=str(tmp_path), progress=False)
+    got = emb.fit_transform(two_short)
+    for a, b in zip(got, expected):
+        assert isinstance(a.features, np.memmap)
+        assert a.path is not None and a.path.startswith(str(tmp_path))
+        np.testing.assert_array_equal(a.features, b.features)
+        np.testing.assert_array_equal(a.positions, b.positions)
+
+
+def test_store_and_memory_together_is_an_error(visnet_checkpoint, two_short, tmp_path):
+    with pytest.raises(ValueError, match="either store_dir .* or memory"):
+        GeomEmbedder(visnet_checkpoint, store_dir=str(tmp_path), memory=str(tmp_path)).fit(two_short)
+
+
+def test_denoising_pretraining_learns_and_is_reproducible(two_short, visnet_checkpoint):
+    global_state = torch.get_rng_state()
+    kw = dict(pretrain="denoise", pretrain_steps=25, pretrain_lr=1e-3, batch_size=8,
+              hidden_channels=32, num_layers=2, num_rbf=16, progress=False, random_state=0)
+    a = GeomEmbedder(**kw).fit(two_short)
+    b = GeomEmbedder(**kw).fit(two_short)
+    assert torch.equal(torch.get_rng_state(), global_state)  # no global seeding
+    assert len(a.pretrain_history_) == 25
+    assert np.isfinite(a.pretrain_history_).all()
+    assert a.pretrain_history_ == b.pretrain_history_
+    assert a.weights_sha256_ == b.weights_sha256_
+    # learning happened: late losses below early ones (unit-variance noise: start near 1)
+    assert np.mean(a.pretrain_history_[-5:]) < np.mean(a.pretrain_history_[:5])
+    tok = a.transform(two_short[:1])[0]
+    assert tok.features.shape == (40, 3, 4, 32)
+    # fine-tuning from a checkpoint changes its weights
+    tuned = GeomEmbedder(visnet_checkpoint, pretrain="denoise", pretrain_steps=2, batch_size=4,
+                         progress=False, random_state=0).fit(two_short)
+    plain = GeomEmbedder(visnet_checkpoint, progress=False).fit(two_short)
+    assert tuned.weights_sha256_ != plain.weights_sha256_
+    assert tuned.checkpoint_sha256_ == plain.checkpoint_sha256_
+
+
+def test_random_backbone_is_an_explicit_ablation(two_short):
+    kw = dict(pretrain="random", hidden_channels=16, num_layers=1, num_rbf=8, progress=False)
+    a = GeomEmbedder(random_state=1, **kw).fit(two_short)
+    b = GeomEmbedder(random_state=1, **kw).fit(two_short)
+    c = GeomEmbedder(random_state=2, **kw).fit(two_short)
+    assert a.weights_sha256_ == b.weights_sha256_ != c.weights_sha256_
+    assert a.checkpoint_sha256_ is None
+
+
+def test_stride_and_timestep(visnet_checkpoint, two_short, reference):
+    _, expected = reference
+    emb = GeomEmbedder(visnet_checkpoint, stride=3, progress=False)
+    got = emb.fit_transform(two_short[:1])[0]
+    assert len(got) == 14
+    np.testing.assert_allclose(got.features, expected[0].features[::3], rtol=1e-5, atol=1e-5)
+    assert got.timestep == pytest.approx(60.0)
+    assert got.provenance["stride"] == 3
