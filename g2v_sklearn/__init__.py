@@ -6,6 +6,7 @@ compose into Pipelines, clone, grid-search and pickle.
 """
 
 from ._embedder import GeomEmbedder
+from ._merger import MergedTokens, TokenMerger
 from ._neighbors import RadiusDistance, radius_graph
 from ._tokens import TokenTrajectory, load_tokens, save_tokens
 
@@ -13,7 +14,9 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "GeomEmbedder",
+    "MergedTokens",
     "RadiusDistance",
+    "TokenMerger",
     "TokenTrajectory",
     "load_tokens",
     "radius_graph",

@@ -1,0 +1,446 @@
+"""The token-merging module (TMM): residue tokens -> fragment tokens.
+
+Two halves, kept apart on purpose:
+
+* :class:`TokenMergerModule` and its parts are plain ``torch.nn.Module``\\ s:
+  a fragment-graph convolution on the residue graph, a merging MLP over
+  windows of ``window`` consecutive residues, and a sinusoidal positional
+  encoding over fragment index.
+* :class:`TokenMerger` is the scikit-learn pipeline step. It validates token
+  trajectories and attaches its :class:`MergeSpec` to them (without copying
+  any array); the learner that follows in the pipeline builds, owns and
+  trains the module end to end. A downstream ``fit`` therefore never mutates
+  this step.
+
+Equivariance is kept exactly: the vector rows only pass through bias-free
+linear maps over channels (shared by x, y and z) and are multiplied by gates
+computed from invariants; nonlinearities, biases, norms and the positional
+encoding touch the scalar row only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+from torch import Tensor, nn
+
+from ._compat import Interval, StrOptions, validate_parameter_constraints
+from ._neighbors import radius_graph
+from ._tokens import TokenTrajectory
+
+__all__ = [
+    "FragmentConv",
+    "MergeSpec",
+    "MergedTokens",
+    "TokenMerger",
+    "TokenMergerModule",
+    "sinusoidal_encoding",
+]
+
+
+# --------------------------------------------------------------------------- specification
+@dataclass(frozen=True)
+class MergeSpec:
+    """What a learner needs to build the merging module.
+
+    Attributes
+    ----------
+    window : int
+        Residues per fragment; 1 means no merging.
+    operator : str
+        Fragment-graph convolution: ``"graphconv"``, ``"rggc"`` or ``"none"``.
+    cutoff : float
+        Residue-graph cutoff in Angstrom.
+    in_channels, hidden_channels : int
+        Token width in and out.
+    n_residues, n_fragments : int
+        Sequence length before and after merging.
+    positional_encoding : bool
+        Whether a sinusoidal encoding of the fragment index is added.
+    """
+
+    window: int
+    operator: str
+    cutoff: float
+    in_channels: int
+    hidden_channels: int
+    n_residues: int
+    n_fragments: int
+    positional_encoding: bool = True
+
+    def fragment_of_residue(self) -> np.ndarray:
+        """Fragment index of every residue, shape (n_residues,)."""
+        return np.arange(self.n_residues) // self.window
+
+
+class MergedTokens:
+    """A token trajectory with the merge specification of a :class:`TokenMerger` attached.
+
+    Shares the arrays of ``tokens`` (nothing is copied); indexing selects
+    frames like :class:`TokenTrajectory` and keeps the specification.
+
+    Parameters
+    ----------
+    tokens : TokenTrajectory
+    spec : MergeSpec
+    """
+
+    def __init__(self, tokens: TokenTrajectory, spec: MergeSpec) -> None:
+        self.tokens = tokens
+        self.spec = spec
+
+    features = property(lambda self: self.tokens.features)
+    positions = property(lambda self: self.tokens.positions)
+    timestep = property(lambda self: self.tokens.timestep)
+    residue_names = property(lambda self: self.tokens.residue_names)
+    n_residues = property(lambda self: self.tokens.n_residues)
+    n_channels = property(lambda self: self.tokens.n_channels)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, key) -> MergedTokens:
+        return MergedTokens(self.tokens[key], self.spec)
+
+    def __repr__(self) -> str:
+        return f"MergedTokens({self.tokens!r}, window={self.spec.window}, operator={self.spec.operator!r})"
+
+
+# --------------------------------------------------------------------------- torch modules
+def sinusoidal_encoding(n_positions: int, channels: int, *, device=None, dtype=None) -> Tensor:
+    """Sinusoidal positional encoding of shape (n_positions, channels).
+
+    .. math::
+        PE_{p, 2i} = \\sin(p / 10000^{2i/C}), \\quad PE_{p, 2i+1} = \\cos(p / 10000^{2i/C})
+    """
+    position = torch.arange(n_positions, device=device, dtype=torch.float32).unsqueeze(1)
+    half = torch.arange(0, channels, 2, device=device, dtype=torch.float32)
+    angle = position / torch.pow(10000.0, half / channels)
+    encoding = torch.zeros(n_positions, channels, device=device)
+    encoding[:, 0::2] = torch.sin(angle)
+    encoding[:, 1::2] = torch.cos(angle[:, : channels // 2])
+    return encoding.to(dtype or torch.float32)
+
+
+class VectorLinear(nn.Module):
+    """Bias-free linear map over channels, shared by the x, y and z rows."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_channels, out_channels, bias=False)
+
+    def reset_parameters(self) -> None:
+        self.linear.reset_parameters()
+
+    def forward(self, vec: Tensor) -> Tensor:  # (..., 3, C_in) -> (..., 3, C_out)
+        return self.linear(vec)
+
+
+def _gather_sum(values: Tensor, edge_index: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Sum ``values`` of source nodes into target nodes (values: (n_nodes, ...))."""
+    source, target = edge_index
+    messages = values[source]
+    if weights is not None:
+        messages = messages * weights
+    out = torch.zeros_like(values)
+    return out.index_add_(0, target, messages)
+
+
+class GraphConv(nn.Module):
+    """Root + neighbour-sum convolution, equivariant.
+
+    Scalars: :math:`s_i' = \\mathrm{SiLU}(\\mathrm{LN}(W_r s_i + W_n \\sum_j s_j + b))`;
+    vectors: :math:`v_i' = \\sigma(g(s_i')) \\odot (U_r v_i + U_n \\sum_j v_j)`,
+    both added residually.
+    """
+
+    def __init__(self, channels: int, cutoff: float | None = None) -> None:
+        super().__init__()
+        self.root = nn.Linear(channels, channels)
+        self.neighbour = nn.Linear(channels, channels, bias=False)
+        self.norm = nn.LayerNorm(channels)
+        self.vec_root = VectorLinear(channels, channels)
+        self.vec_neighbour = VectorLinear(channels, channels)
+        self.gate = nn.Linear(channels, channels)
+
+    def forward(self, s: Tensor, v: Tensor, edge_index: Tensor, edge_length: Tensor):
+        s_new = nn.functional.silu(self.norm(self.root(s) + self.neighbour(_gather_sum(s, edge_index))))
+        v_new = self.vec_root(v) + self.vec_neighbour(_gather_sum(v, edge_index))
+        v_new = v_new * torch.sigmoid(self.gate(s_new)).unsqueeze(-2)
+        return s + s_new, v + v_new
+
+
+class ResGatedGraphConv(nn.Module):
+    """Residual gated graph convolution ("RGGC") with gates from invariants.
+
+    Edge gates :math:`\\eta_{ij} = \\sigma(A s_i + B s_j + C\\,\\rho(d_{ij}))` (with
+    :math:`\\rho` a Gaussian expansion of the residue distance) weight both the
+    scalar messages :math:`V s_j` and the vector messages :math:`U v_j`.
+    """
+
+    def __init__(self, channels: int, cutoff: float, n_rbf: int = 16) -> None:
+        super().__init__()
+        self.register_buffer("centers", torch.linspace(0.0, cutoff, n_rbf))
+        self.width = cutoff / n_rbf
+        self.gate_target = nn.Linear(channels, channels)
+        self.gate_source = nn.Linear(channels, channels, bias=False)
+        self.gate_edge = nn.Linear(n_rbf, channels, bias=False)
+        self.root = nn.Linear(channels, channels)
+        self.message = nn.Linear(channels, channels, bias=False)
+        self.norm = nn.LayerNorm(channels)
+        self.vec_root = VectorLinear(channels, channels)
+        self.vec_message = VectorLinear(channels, channels)
+        self.vec_gate = nn.Linear(channels, channels)
+
+    def forward(self, s: Tensor, v: Tensor, edge_index: Tensor, edge_length: Tensor):
+        source, target = edge_index
+        rbf = torch.exp(-(((edge_length.unsqueeze(-1) - self.centers) / self.width) ** 2))
+        eta = torch.sigmoid(
+            self.gate_target(s)[target] + self.gate_source(s)[source] + self.gate_edge(rbf)
+        )
+        scalar_messages = torch.zeros_like(s).index_add_(0, target, eta * self.message(s)[source])
+        s_new = nn.functional.silu(self.norm(self.root(s) + scalar_messages))
+        vec_messages = self.vec_message(v)[source] * eta.unsqueeze(-2)
+        v_new = self.vec_root(v) + torch.zeros_like(v).index_add_(0, target, vec_messages)
+        v_new = v_new * torch.sigmoid(self.vec_gate(s_new)).unsqueeze(-2)
+        return s + s_new, v + v_new
+
+
+class _NoConv(nn.Module):
+    """Identity: no fragment-graph convolution."""
+
+    def __init__(self, channels: int | None = None, cutoff: float | None = None) -> None:
+        super().__init__()
+
+    def forward(self, s, v, edge_index, edge_length):
+        return s, v
+
+
+FragmentConv = {"graphconv": GraphConv, "rggc": ResGatedGraphConv, "none": _NoConv}
+"""Registry of fragment-graph operators by name."""
+
+
+class TokenMergerModule(nn.Module):
+    """Residue tokens (B, N, 4, H) and positions (B, N, 3) -> fragment tokens (B, F, 4, C).
+
+    Parameters
+    ----------
+    spec : MergeSpec
+    """
+
+    def __init__(self, spec: MergeSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        h, c, w = spec.in_channels, spec.hidden_channels, spec.window
+        self.embed = nn.Linear(h, c)
+        self.vec_embed = VectorLinear(h, c)
+        self.conv = FragmentConv[spec.operator](c, spec.cutoff)
+        self.merge = nn.Sequential(nn.Linear(w * c, c), nn.SiLU(), nn.Linear(c, c))
+        self.vec_merge = VectorLinear(w * c, c)
+        self.vec_gate = nn.Linear(c, c)
+        self.norm = nn.LayerNorm(c)
+        pe = sinusoidal_encoding(spec.n_fragments, c)
+        self.register_buffer("pe", pe if spec.positional_encoding else torch.zeros_like(pe),
+                             persistent=False)
+        mask = torch.zeros(spec.n_fragments * w, dtype=torch.bool)
+        mask[: spec.n_residues] = True
+        self.register_buffer("valid", mask, persistent=False)
+
+    def graph(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """Residue graph of every frame: edges within the cutoff, no self-loops."""
+        b, n, _ = positions.shape
+        flat = positions.reshape(-1, 3).float()
+        batch = torch.arange(b, device=positions.device).repeat_interleave(n)
+        edge_index = radius_graph(flat, self.spec.cutoff, batch, loop=False)
+        length = (flat[edge_index[0]] - flat[edge_index[1]]).norm(dim=-1)
+        return edge_index, length
+
+    def forward(self, features: Tensor, positions: Tensor) -> Tensor:
+        b, n, _, _ = features.shape
+        s = self.embed(features[:, :, 0])
+        v = self.vec_embed(features[:, :, 1:])
+        if self.spec.operator != "none":
+            edge_index, length = self.graph(positions)
+            c = s.shape[-1]
+            s, v = self.conv(s.reshape(b * n, c), v.reshape(b * n, 3, c), edge_index, length.to(s.dtype))
+            s, v = s.reshape(b, n, c), v.reshape(b, n, 3, c)
+        return self.merge_windows(s, v)
+
+    def merge_windows(self, s: Tensor, v: Tensor) -> Tensor:
+        """Merge windows of ``window`` residues; padding is masked out, never mixed in."""
+        spec = self.spec
+        b, n, c = s.shape
+        pad = spec.n_fragments * spec.window - n
+        if pad:
+            s = torch.cat([s, s.new_zeros(b, pad, c)], dim=1)
+            v = torch.cat([v, v.new_zeros(b, pad, 3, c)], dim=1)
+        valid = self.valid.view(1, -1, 1)
+        s = torch.where(valid, s, torch.zeros((), dtype=s.dtype, device=s.device))
+        v = torch.where(valid.unsqueeze(-1), v, torch.zeros((), dtype=v.dtype, device=v.device))
+        f, w = spec.n_fragments, spec.window
+        s = s.reshape(b, f, w * c)
+        v = v.reshape(b, f, w, 3, c).transpose(2, 3).reshape(b, f, 3, w * c)
+        s_frag = self.norm(self.merge(s)) + self.pe.to(s.dtype)
+        v_frag = self.vec_merge(v) * torch.sigmoid(self.vec_gate(s_frag)).unsqueeze(-2)
+        return torch.cat([s_frag.unsqueeze(2), v_frag], dim=2)
+
+
+# --------------------------------------------------------------------------- the pipeline step
+def check_token_list(X, who: str) -> list:
+    """Validate a list of token trajectories of one system; returns the list."""
+    if isinstance(X, (TokenTrajectory, MergedTokens)):
+        raise TypeError(
+            f"X is a single token trajectory; {who} expects a list of them (one per "
+            f"trajectory). Wrap it in a list."
+        )
+    items = list(X)
+    if not items:
+        raise ValueError(f"X is an empty list; {who} needs at least one token trajectory.")
+    for i, item in enumerate(items):
+        if not isinstance(item, (TokenTrajectory, MergedTokens)):
+            raise TypeError(
+                f"X[{i}] is a {type(item).__name__}; {who} expects token trajectories "
+                f"(the output of GeomEmbedder)."
+            )
+    first = items[0]
+    for i, item in enumerate(items[1:], start=1):
+        if (item.n_residues, item.n_channels) != (first.n_residues, first.n_channels):
+            raise ValueError(
+                f"Token trajectory {i} has {item.n_residues} residues and {item.n_channels} "
+                f"channels, but token trajectory 0 has {first.n_residues} residues and "
+                f"{first.n_channels} channels; all must come from one system."
+            )
+    return items
+
+
+class TokenMerger(TransformerMixin, BaseEstimator):
+    """Pipeline step that sets up the token-merging module for the learner after it.
+
+    Residue tokens go through one fragment-graph convolution on the residue
+    graph (edges between residues closer than ``cutoff``), then an MLP merges
+    windows of ``window`` consecutive residues into one fragment token
+    (``ceil(n_residues / window)`` fragments; a short last window is padded
+    and the padding masked), then a sinusoidal encoding of the fragment index
+    is added. The module's weights are trained end to end by the learner that
+    follows (:class:`VAMPNetEstimator`, :class:`SPIBEstimator`): this step
+    only validates the tokens and attaches its :class:`MergeSpec`, so its
+    ``transform`` copies no array and no downstream ``fit`` ever changes it.
+
+    Parameters
+    ----------
+    window : int, default=4
+        Residues per fragment; 1 means no merging.
+    operator : {"graphconv", "rggc", "none"}, default="graphconv"
+        Fragment-graph convolution.
+    cutoff : float, default=8.0
+        Residue-graph cutoff in Angstrom.
+    hidden_channels : int, default=None
+        Width of the fragment tokens; ``None`` keeps the input's.
+    positional_encoding : bool, default=True
+        Add a sinusoidal encoding of the fragment index.
+
+    Attributes
+    ----------
+    spec_ : MergeSpec
+    n_residues_ : int
+    n_fragments_ : int
+    n_channels_in_ : int
+
+    See Also
+    --------
+    VAMPNetEstimator : a learner that trains the merger end to end.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from g2v_sklearn import TokenMerger, TokenTrajectory
+    >>> tok = TokenTrajectory(np.zeros((5, 10, 4, 8), np.float32), np.zeros((5, 10, 3), np.float32),
+    ...                       residue_names=["ALA"] * 10, chain_ids=["A"] * 10, residue_ids=range(10))
+    >>> merged = TokenMerger(window=4).fit_transform([tok])
+    >>> merged[0].spec.n_fragments
+    3
+    """
+
+    _parameter_constraints: dict = {
+        "window": [Interval(Integral, 1, None, closed="left")],
+        "operator": [StrOptions(set(FragmentConv))],
+        "cutoff": [Interval(Real, 0, None, closed="neither")],
+        "hidden_channels": [Interval(Integral, 1, None, closed="left"), None],
+        "positional_encoding": ["boolean"],
+    }
+
+    def __init__(self, window=4, *, operator="graphconv", cutoff=8.0, hidden_channels=None,
+                 positional_encoding=True):
+        self.window = window
+        self.operator = operator
+        self.cutoff = cutoff
+        self.hidden_channels = hidden_channels
+        self.positional_encoding = positional_encoding
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.requires_fit = True
+        return tags
+
+    def fit(self, X, y=None):
+        """Validate the token trajectories and fix the merge specification.
+
+        Parameters
+        ----------
+        X : list of TokenTrajectory
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : TokenMerger
+        """
+        validate_parameter_constraints(
+            self._parameter_constraints, self.get_params(deep=False),
+            caller_name=type(self).__name__,
+        )
+        items = [t.tokens if isinstance(t, MergedTokens) else t for t in check_token_list(X, "TokenMerger")]
+        n_res, h = items[0].n_residues, items[0].n_channels
+        if self.window > n_res:
+            raise ValueError(
+                f"window={self.window} is larger than the number of residues ({n_res}); "
+                f"use a window between 1 and {n_res}."
+            )
+        self.n_residues_ = n_res
+        self.n_channels_in_ = h
+        self.n_fragments_ = math.ceil(n_res / self.window)
+        self.spec_ = MergeSpec(
+            window=int(self.window), operator=self.operator, cutoff=float(self.cutoff),
+            in_channels=h, hidden_channels=int(self.hidden_channels or h), n_residues=n_res,
+            n_fragments=self.n_fragments_, positional_encoding=bool(self.positional_encoding),
+        )
+        return self
+
+    def transform(self, X):
+        """Attach the merge specification (no copy of the token arrays).
+
+        Parameters
+        ----------
+        X : list of TokenTrajectory
+
+        Returns
+        -------
+        merged : list of MergedTokens
+        """
+        check_is_fitted(self, "spec_")
+        items = check_token_list(X, "TokenMerger")
+        for i, item in enumerate(items):
+            if (item.n_residues, item.n_channels) != (self.n_residues_, self.n_channels_in_):
+                raise ValueError(
+                    f"Token trajectory {i} has {item.n_residues} residues and {item.n_channels} "
+                    f"channels, but TokenMerger was fitted on {self.n_residues_} residues and "
+                    f"{self.n_channels_in_} channels."
+                )
+        return [MergedTokens(t.tokens if isinstance(t, MergedTokens) else t, self.spec_) for t in items]

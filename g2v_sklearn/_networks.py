@@ -1,0 +1,169 @@
+"""Torch networks shared by the learners: token lobes and MLP lobes.
+
+Plain ``nn.Module``\\ s with typed ``forward``; nothing here knows scikit-learn.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ._merger import MergeSpec, TokenMergerModule, VectorLinear, sinusoidal_encoding
+
+__all__ = ["MLPLobe", "MixerBlock", "TokenLobe", "attention", "attention_backend"]
+
+_FLASH = None  # flash_attn.flash_attn_func once looked up; False when not installed
+
+
+def _flash_attn_func():
+    global _FLASH
+    if _FLASH is None:
+        try:
+            from flash_attn import flash_attn_func
+        except Exception:  # not installed, or built for another CUDA
+            _FLASH = False
+        else:
+            _FLASH = flash_attn_func
+    return _FLASH or None
+
+
+def attention_backend(q: Tensor) -> str:
+    """Which kernel :func:`attention` uses for queries like ``q``.
+
+    ``"flash_attn"`` when the flash-attn package is importable and ``q`` is a
+    CUDA tensor in float16/bfloat16; otherwise ``"sdpa"``, torch's
+    ``scaled_dot_product_attention``, which itself picks FlashAttention
+    kernels on CUDA in half precision (no mask is ever passed, so it can).
+    """
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and _flash_attn_func():
+        return "flash_attn"
+    return "sdpa"
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, *, need_weights: bool = False):
+    """Unmasked multi-head attention on (batch, heads, tokens, head_dim) tensors.
+
+    Returns ``(out, weights)``; ``weights`` (batch, heads, tokens, tokens) is
+    computed explicitly only when ``need_weights`` (for interpretation), else None.
+    """
+    if need_weights:
+        scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+        weights = scores.softmax(dim=-1)
+        return weights @ v, weights
+    if attention_backend(q) == "flash_attn":
+        out = _flash_attn_func()(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return out.transpose(1, 2), None
+    return F.scaled_dot_product_attention(q, k, v), None
+
+
+class MixerBlock(nn.Module):
+    """Pre-norm transformer block: attention then a feed-forward network."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}.")
+        self.n_heads = n_heads
+        self.norm1 = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.ff = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.GELU(), nn.Linear(2 * d_model, d_model))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, need_weights: bool = False):
+        b, n, d = x.shape
+        qkv = self.qkv(self.norm1(x)).view(b, n, 3, self.n_heads, d // self.n_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        mixed, weights = attention(q, k, v, need_weights=need_weights)
+        x = x + self.dropout(self.out(mixed.transpose(1, 2).reshape(b, n, d)))
+        x = x + self.dropout(self.ff(self.norm2(x)))
+        return x, weights
+
+
+class TokenLobe(nn.Module):
+    """Tokens -> outputs: [merger] -> invariant projection -> transformer -> pooling -> MLP head.
+
+    Parameters
+    ----------
+    in_channels : int
+        Token width ``H`` of the input.
+    n_tokens : int
+        Residues per frame.
+    merge : MergeSpec or None
+        Build a :class:`TokenMergerModule` first (trained end to end).
+    d_model, n_heads, n_layers : int
+        Transformer size.
+    pooling : {"cls", "mean"}
+    n_outputs : int
+    dropout : float
+    """
+
+    def __init__(self, *, in_channels: int, n_tokens: int, merge: MergeSpec | None, d_model: int,
+                 n_heads: int, n_layers: int, pooling: str, n_outputs: int, dropout: float = 0.0):
+        super().__init__()
+        self.merger = TokenMergerModule(merge) if merge is not None else None
+        channels = merge.hidden_channels if merge is not None else in_channels
+        n_fragments = merge.n_fragments if merge is not None else n_tokens
+        self.vec_proj = VectorLinear(channels, channels)
+        self.project = nn.Sequential(nn.Linear(2 * channels, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
+        # The merger adds its own positional encoding; raw residue tokens get one here.
+        pe = sinusoidal_encoding(n_fragments, d_model)
+        self.register_buffer("pe", torch.zeros_like(pe) if merge is not None else pe, persistent=False)
+        self.pooling = pooling
+        self.cls = nn.Parameter(torch.zeros(1, 1, d_model)) if pooling == "cls" else None
+        self.blocks = nn.ModuleList(MixerBlock(d_model, n_heads, dropout) for _ in range(n_layers))
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, n_outputs))
+
+    def embed(self, features: Tensor, positions: Tensor) -> Tensor:
+        """Invariant fragment embeddings (B, F, d_model)."""
+        tokens = self.merger(features, positions) if self.merger is not None else features
+        scalars, vectors = tokens[:, :, 0], tokens[:, :, 1:]
+        norms = torch.sqrt(self.vec_proj(vectors).pow(2).sum(dim=-2) + 1e-8)
+        return self.project(torch.cat([scalars, norms], dim=-1)) + self.pe.to(scalars.dtype)
+
+    def forward(self, features: Tensor, positions: Tensor, return_attention: bool = False):
+        x = self.embed(features, positions)
+        if self.cls is not None:
+            x = torch.cat([self.cls.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        maps = []
+        for block in self.blocks:
+            x, weights = block(x, need_weights=return_attention)
+            maps.append(weights)
+        x = self.norm(x)
+        pooled = x[:, 0] if self.cls is not None else x.mean(dim=1)
+        out = self.head(pooled)
+        return (out, maps) if return_attention else out
+
+
+class MLPLobe(nn.Module):
+    """Feature vectors -> outputs, with input standardisation fixed at fit.
+
+    Parameters
+    ----------
+    n_features : int
+    hidden_layer_sizes : tuple of int
+    n_outputs : int
+    dropout : float
+    """
+
+    def __init__(self, n_features: int, hidden_layer_sizes: tuple, n_outputs: int, dropout: float = 0.0):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_features))
+        self.register_buffer("scale", torch.ones(n_features))
+        layers: list[nn.Module] = []
+        width = n_features
+        for size in hidden_layer_sizes:
+            layers += [nn.Linear(width, size), nn.ELU(), nn.Dropout(dropout)]
+            width = size
+        layers.append(nn.Linear(width, n_outputs))
+        self.net = nn.Sequential(*layers)
+
+    def set_standardization(self, mean: Tensor, std: Tensor) -> None:
+        self.mean.copy_(mean)
+        self.scale.copy_(torch.where(std > 0, std, torch.ones_like(std)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net((x - self.mean) / self.scale)
