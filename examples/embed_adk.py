@@ -39,7 +39,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"Checkpoint {args.checkpoint} not found; pass --checkpoint PATH.")
 
     traj = md.load(DCD, top=PSF)[: args.frames]
-    embedder = GeomEmbedder(args.checkpoint, dtype=args.dtype, batch_size=4).fit([traj])
+    embedder = GeomEmbedder(args.checkpoint, dtype=args.dtype).fit([traj])
     start = time.perf_counter()
     (tokens,) = embedder.transform([traj])
     seconds = time.perf_counter() - start

@@ -46,6 +46,8 @@ from ._utils import (
 __all__ = ["GeomEmbedder"]
 
 NM_TO_ANGSTROM = 10.0
+# Atoms per forward pass with batch_size="auto" (see the benchmark in benchmarks/).
+ATOMS_PER_BATCH = 2048
 # No covalent bond is longer than this (S-S is about 2.05 Angstrom); a longer
 # one means a molecule split by periodic boundaries or a wrong topology.
 MAX_BOND_ANGSTROM = 3.0
@@ -323,8 +325,11 @@ class GeomEmbedder(TransformerMixin, BaseEstimator):
         (the centroid for residues without one).
     stride : int, default=1
         Embed every ``stride``-th frame.
-    batch_size : int, default=32
-        Frames per forward pass.
+    batch_size : int or "auto", default="auto"
+        Frames per forward pass. ``"auto"`` batches about
+        ``ATOMS_PER_BATCH`` (2,048) atoms: many frames of a small molecule,
+        one frame of a protein, whose edge tensors alone take hundreds of MB
+        a frame (batching large frames on a CPU costs memory and no speed).
     chunk_size : int, default=1000
         Frames read at a time from trajectory files.
     dtype : {"float32", "bfloat16"}, default="float32"
@@ -414,7 +419,7 @@ class GeomEmbedder(TransformerMixin, BaseEstimator):
         "pooling": [StrOptions({"sum", "mean"})],
         "residue_position": [StrOptions({"centroid", "ca"})],
         "stride": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "chunk_size": [Interval(Integral, 1, None, closed="left")],
         "dtype": [StrOptions({"float32", "bfloat16"})],
         "device": [str, torch.device],
@@ -445,7 +450,7 @@ class GeomEmbedder(TransformerMixin, BaseEstimator):
         pooling="sum",
         residue_position="centroid",
         stride=1,
-        batch_size=32,
+        batch_size="auto",
         chunk_size=1000,
         dtype="float32",
         device="auto",
@@ -608,7 +613,7 @@ class GeomEmbedder(TransformerMixin, BaseEstimator):
         history = []
         for _ in tqdm(range(self.pretrain_steps), desc="denoising pretraining",
                       disable=not self.progress, leave=False):
-            pick = rng.integers(0, len(frames), size=min(self.batch_size, len(frames)))
+            pick = rng.integers(0, len(frames), size=min(engine.batch_size, len(frames)))
             pos = torch.from_numpy(frames[pick]).to(device)
             noise = torch.randn(pos.shape, generator=generator, device=device)
             batch = torch.arange(len(pick), device=device).repeat_interleave(n_atoms)
@@ -666,10 +671,15 @@ class GeomEmbedder(TransformerMixin, BaseEstimator):
             module=module, atomic_numbers=torch.as_tensor(self.atomic_numbers_),
             atom_indices=self.atom_indices_, layout=self.layout_, topology=self.topology_,
             bonds=bonds, pooling=self.pooling, residue_position=self.residue_position,
-            batch_size=int(self.batch_size), chunk_size=int(self.chunk_size),
+            batch_size=self._frames_per_batch(), chunk_size=int(self.chunk_size),
             stride=int(self.stride), dtype=self.dtype, device=device,
             progress=bool(self.progress), provenance=provenance,
         )
+
+    def _frames_per_batch(self) -> int:
+        if self.batch_size == "auto":
+            return max(1, ATOMS_PER_BATCH // len(self.atom_indices_))
+        return int(self.batch_size)
 
     def _check_topology(self, source: _Source) -> None:
         topology = self._topology_of(source)
