@@ -7,18 +7,32 @@ compose into Pipelines, clone, grid-search and pickle.
 
 from ._embedder import GeomEmbedder
 from ._merger import MergedTokens, TokenMerger
+from ._msm import (
+    ContiguousSplit,
+    KMeansDiscretizer,
+    MSMEstimator,
+    msm_vamp2_scorer,
+    split_trajectory,
+)
 from ._neighbors import RadiusDistance, radius_graph
 from ._tokens import TokenTrajectory, load_tokens, save_tokens
+from ._vampnet import VAMPNetEstimator
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "ContiguousSplit",
     "GeomEmbedder",
+    "KMeansDiscretizer",
+    "MSMEstimator",
     "MergedTokens",
     "RadiusDistance",
     "TokenMerger",
     "TokenTrajectory",
+    "VAMPNetEstimator",
     "load_tokens",
+    "msm_vamp2_scorer",
     "radius_graph",
     "save_tokens",
+    "split_trajectory",
 ]

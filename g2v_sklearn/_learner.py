@@ -1,0 +1,374 @@
+"""What the learners share: input dispatch, time-lagged pairs, the torch training loop.
+
+VAMPNetEstimator and SPIBEstimator differ in their loss and what they do
+after training; everything else lives here, once.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_array, validate_data
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ._compat import Interval, StrOptions, validate_parameter_constraints
+from ._merger import MergedTokens, MergeSpec, check_token_list
+from ._networks import MLPLobe, TokenLobe
+from ._tokens import TokenTrajectory
+from ._utils import check_generator, local_torch_seed, resolve_device
+
+__all__ = ["TimeSeries", "TorchLearner", "lagged_pairs"]
+
+
+@dataclass
+class TimeSeries:
+    """A list of trajectories of one kind, as the learners see them.
+
+    Attributes
+    ----------
+    kind : {"array", "tokens"}
+    items : list
+        2-D float arrays, or token trajectories.
+    single : bool
+        The input was one array (one trajectory): outputs are one array too.
+    spec : MergeSpec or None
+        The merge specification a TokenMerger attached.
+    timestep : float or None
+        Time between frames (ps) when the tokens carry it.
+    """
+
+    kind: str
+    items: list
+    single: bool = False
+    spec: MergeSpec | None = None
+    timestep: float | None = None
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.items]
+
+    def frames(self, traj: int, index: np.ndarray, device) -> tuple[Tensor, ...]:
+        """The network inputs of frames ``index`` of trajectory ``traj``."""
+        item = self.items[traj]
+        if self.kind == "array":
+            return (torch.as_tensor(item[index], device=device),)
+        order = np.argsort(index, kind="stable")  # sorted reads are kind to memory maps
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        features = np.asarray(item.features[index[order]], dtype=np.float32)[inverse]
+        positions = np.asarray(item.positions[index[order]], dtype=np.float32)[inverse]
+        return torch.as_tensor(features, device=device), torch.as_tensor(positions, device=device)
+
+
+def lagged_pairs(lengths: list[int], lagtime: int, who: str) -> np.ndarray:
+    """All (trajectory, t) with t + lagtime inside the trajectory, shape (n_pairs, 2).
+
+    Trajectories too short for one pair are skipped with a warning naming them;
+    if none is long enough, a ValueError gives every length.
+    """
+    short = [i for i, n in enumerate(lengths) if n <= lagtime]
+    if len(short) == len(lengths):
+        if len(lengths) == 1:
+            raise ValueError(
+                f"The trajectory has {lengths[0]} sample{'s' if lengths[0] != 1 else ''}, too "
+                f"short to form one time-lagged pair at lagtime={lagtime} (n_samples={lengths[0]}); "
+                f"{who} needs more than lagtime frames."
+            )
+        raise ValueError(
+            f"lagtime={lagtime} is not shorter than any trajectory (lengths {lengths}); "
+            f"{who} cannot form a single time-lagged pair. Use a smaller lagtime."
+        )
+    if short:
+        warnings.warn(
+            f"Trajectories {short} (lengths {[lengths[i] for i in short]}) are not longer than "
+            f"lagtime={lagtime} and are skipped.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return np.concatenate(
+        [np.stack([np.full(n - lagtime, i), np.arange(n - lagtime)], axis=1)
+         for i, n in enumerate(lengths) if n > lagtime]
+    ).astype(np.int64)
+
+
+class TorchLearner(BaseEstimator):
+    """Base class of the torch learners (not public).
+
+    Subclasses define ``_n_outputs()``, ``_loss(out_0, out_t, weights)`` (a
+    scalar tensor to minimise) and ``_validation_score(out_0, out_t, weights)``
+    (a float, higher is better), and call :meth:`_train`.
+    """
+
+    _common_constraints: dict = {
+        "lagtime": [Interval(Integral, 1, None, closed="left")],
+        "hidden_layer_sizes": [tuple, list],
+        "d_model": [Interval(Integral, 1, None, closed="left")],
+        "n_heads": [Interval(Integral, 1, None, closed="left")],
+        "n_layers": [Interval(Integral, 0, None, closed="left")],
+        "pooling": [StrOptions({"cls", "mean"})],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "optimizer": [StrOptions({"adamw", "adam", "sgd"})],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 2, None, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "patience": [Interval(Integral, 1, None, closed="left"), None],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "precision": [StrOptions({"float32", "bfloat16"})],
+        "device": [str, torch.device],
+        "progress": ["boolean"],
+        "random_state": ["random_state", np.random.Generator],
+    }
+
+    # ------------------------------------------------------------------ input dispatch
+    def _as_time_series(self, X, *, reset: bool) -> TimeSeries:
+        who = type(self).__name__
+        is_list = isinstance(X, (list, tuple)) and len(X) > 0
+        if isinstance(X, (TokenTrajectory, MergedTokens)) or (
+            is_list and isinstance(X[0], (TokenTrajectory, MergedTokens))
+        ):
+            if is_list and not all(isinstance(x, (TokenTrajectory, MergedTokens)) for x in X):
+                raise TypeError(f"X mixes token trajectories with other inputs; {who} takes one kind.")
+            items = check_token_list(X, who)
+            specs = {x.spec if isinstance(x, MergedTokens) else None for x in items}
+            if len(specs) > 1:
+                raise ValueError("X mixes token trajectories with different merge specifications.")
+            for i, item in enumerate(items):
+                data = item.tokens if isinstance(item, MergedTokens) else item
+                if not np.isfinite(data.features).all():  # streams through memory maps
+                    raise ValueError(f"Token trajectory {i} has NaN or infinite features.")
+            series = TimeSeries("tokens", items, spec=specs.pop(), timestep=items[0].timestep)
+            shape = (series.items[0].n_residues, series.items[0].n_channels)
+            if reset:
+                self.input_shape_ = shape
+            elif getattr(self, "input_shape_", None) != shape:
+                raise ValueError(
+                    f"X has {shape[0]} residues with {shape[1]} channels, but {who} was fitted "
+                    f"on {self._describe_input()}."
+                )
+            return series
+        if is_list and isinstance(X[0], np.ndarray) and X[0].ndim == 2:
+            if not all(isinstance(x, np.ndarray) for x in X):
+                raise TypeError(f"X mixes arrays with other inputs; {who} takes one kind.")
+            items = [check_array(x, dtype=[np.float32, np.float64]) for x in X]
+            widths = {x.shape[1] for x in items}
+            if len(widths) > 1:
+                raise ValueError(f"The trajectories in X have different numbers of features: {sorted(widths)}.")
+            width = widths.pop()
+            if reset:
+                self.n_features_in_ = width
+                self.input_shape_ = (width,)
+            elif getattr(self, "input_shape_", None) != (width,):
+                raise ValueError(
+                    f"X has {width} features, but {who} is expecting {self._describe_input()} as input."
+                )
+            return TimeSeries("array", [x.astype(np.float32) for x in items])
+        array = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32])
+        if reset:
+            self.input_shape_ = (array.shape[1],)
+        return TimeSeries("array", [array.astype(np.float32)], single=True)
+
+    def _describe_input(self) -> str:
+        shape = getattr(self, "input_shape_", None)
+        if shape is None:
+            return "nothing yet"
+        if len(shape) == 1:
+            return f"{shape[0]} features"
+        return f"token trajectories of {shape[0]} residues with {shape[1]} channels"
+
+    @staticmethod
+    def _sample_weights(sample_weight, series: TimeSeries) -> list[np.ndarray] | None:
+        if sample_weight is None:
+            return None
+        weights = [sample_weight] if series.single else list(sample_weight)
+        if len(weights) != len(series.items):
+            raise ValueError(
+                f"sample_weight has {len(weights)} entries, but X has {len(series.items)} trajectories."
+            )
+        out = []
+        for i, (w, n) in enumerate(zip(weights, series.lengths)):
+            w = np.asarray(w, dtype=np.float64)
+            if w.shape != (n,):
+                raise ValueError(
+                    f"sample_weight for trajectory {i} has shape {w.shape}, expected ({n},): one "
+                    f"weight per frame."
+                )
+            if not np.isfinite(w).all() or (w < 0).any():
+                raise ValueError("sample_weight must be finite and non-negative.")
+            out.append(w)
+        return out
+
+    # ------------------------------------------------------------------ networks
+    def _build_network(self, series: TimeSeries, n_outputs: int):
+        if series.kind == "array":
+            return MLPLobe(series.items[0].shape[1], tuple(self.hidden_layer_sizes), n_outputs, self.dropout)
+        first = series.items[0]
+        return TokenLobe(
+            in_channels=first.n_channels, n_tokens=first.n_residues, merge=series.spec,
+            d_model=self.d_model, n_heads=self.n_heads, n_layers=self.n_layers,
+            pooling=self.pooling, n_outputs=n_outputs, dropout=self.dropout,
+        )
+
+    def _autocast(self, device: torch.device):
+        enabled = self.precision == "bfloat16"
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _forward_pairs(self, net, series, pairs, device, *, lag: int | None = None):
+        """Network outputs at t and t + lag for the given pairs, float32, in pair order."""
+        lag = self.lagtime if lag is None else lag
+        chunks_0, chunks_t, order = [], [], []
+        for traj in np.unique(pairs[:, 0]):
+            rows = np.flatnonzero(pairs[:, 0] == traj)
+            t = pairs[rows, 1]
+            both = np.concatenate([t, t + lag])
+            with self._autocast(device):
+                out = net(*series.frames(int(traj), both, device)).float()
+            chunks_0.append(out[: len(t)])
+            chunks_t.append(out[len(t):])
+            order.append(rows)
+        order = np.concatenate(order)
+        inverse = torch.as_tensor(np.argsort(order), device=device)
+        out_0 = torch.cat(chunks_0)[inverse]
+        out_t = torch.cat(chunks_t)[inverse]
+        return out_0, out_t
+
+    def _outputs(self, net, series, device, batch_size: int | None = None) -> list[np.ndarray]:
+        """Network outputs of every frame of every trajectory (eval mode, no grad)."""
+        batch_size = batch_size or self.batch_size
+        net.eval()
+        results = []
+        with torch.no_grad():
+            for traj, n in enumerate(series.lengths):
+                chunks = []
+                for start in range(0, n, batch_size):
+                    index = np.arange(start, min(n, start + batch_size))
+                    with self._autocast(device):
+                        chunks.append(net(*series.frames(traj, index, device)).float().cpu())
+                results.append(torch.cat(chunks).numpy().astype(np.float64) if chunks else np.zeros((0, 0)))
+        return results
+
+    # ------------------------------------------------------------------ training
+    def _split(self, series: TimeSeries, pairs: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
+        """Hold out whole trajectories (or, for one trajectory, its final block)."""
+        if self.validation_fraction == 0:
+            return pairs, pairs[:0]
+        used = np.unique(pairs[:, 0])
+        if len(used) > 1:
+            n_val = min(len(used) - 1, max(1, round(self.validation_fraction * len(used))))
+            val_trajs = rng.choice(used, size=n_val, replace=False)
+            is_val = np.isin(pairs[:, 0], val_trajs)
+            return pairs[~is_val], pairs[is_val]
+        # one trajectory: a contiguous final block, with a gap of lagtime so no frame is shared
+        n = len(pairs)
+        n_val = int(round(self.validation_fraction * n))
+        cut = n - n_val
+        if n_val < 2 or cut - self.lagtime < 2:
+            return pairs, pairs[:0]
+        return pairs[: cut - self.lagtime], pairs[cut:]
+
+    def _make_optimizer(self, net):
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(net.parameters(), lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
+        cls = torch.optim.AdamW if self.optimizer == "adamw" else torch.optim.Adam
+        return cls(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+    def _pair_weights(self, weights, pairs, device):
+        if weights is None:
+            return None
+        return torch.as_tensor(np.array([weights[i][t] for i, t in pairs]), device=device)
+
+    def _evaluate(self, net, series, pairs, weights, device) -> float:
+        net.eval()
+        with torch.no_grad():
+            outs_0, outs_t = [], []
+            for start in range(0, len(pairs), self.batch_size):
+                o0, ot = self._forward_pairs(net, series, pairs[start:start + self.batch_size], device)
+                outs_0.append(o0)
+                outs_t.append(ot)
+            return float(self._validation_score(torch.cat(outs_0), torch.cat(outs_t),
+                                                self._pair_weights(weights, pairs, device)))
+
+    def _train(self, net, series, train, val, weights, device, rng, *, epochs=None, history=None):
+        """Mini-batch training with early stopping that restores the best weights.
+
+        Returns the history dict (``train``, ``validation`` score per epoch,
+        ``best_epoch``). Without validation pairs the final weights are kept.
+        """
+        epochs = epochs or self.max_epochs
+        history = history if history is not None else {"train": [], "validation": [], "best_epoch": None}
+        optimizer = self._make_optimizer(net)
+        best_score, best_state, stale = -np.inf, None, 0
+        last_good = copy.deepcopy(net.state_dict())
+        bar = tqdm(range(epochs), desc=type(self).__name__, disable=not self.progress, leave=False)
+        for epoch in bar:
+            net.train()
+            order = rng.permutation(len(train))
+            scores = []
+            for start in range(0, len(order) - 1, self.batch_size):
+                batch = train[order[start:start + self.batch_size]]
+                if len(batch) < 2:
+                    continue
+                out_0, out_t = self._forward_pairs(net, series, batch, device)
+                loss = self._loss(out_0, out_t, self._pair_weights(weights, batch, device))
+                if not torch.isfinite(loss):
+                    net.load_state_dict(last_good)
+                    raise FloatingPointError(
+                        f"{type(self).__name__}: the loss became {loss.item()} in epoch {epoch}; "
+                        f"training stopped and the last good weights were restored. Try a smaller "
+                        f"lr (now {self.lr}) or a larger epsilon."
+                    )
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                last_good = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                scores.append(-loss.item())
+            history["train"].append(float(np.mean(scores)) if scores else float("nan"))
+            if len(val):
+                score = self._evaluate(net, series, val, weights, device)
+                history["validation"].append(score)
+                bar.set_postfix(validation=f"{score:.4f}")
+                if score > best_score:
+                    best_score, stale = score, 0
+                    best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                    history["best_epoch"] = epoch
+                else:
+                    stale += 1
+                    if self.patience is not None and stale >= self.patience:
+                        break
+        if best_state is not None:
+            net.load_state_dict(best_state)
+        else:
+            history["best_epoch"] = len(history["train"]) - 1
+        net.eval()
+        return history
+
+    def _setup(self, X, sample_weight):
+        """Validate parameters and data; return what every fit needs."""
+        validate_parameter_constraints(
+            self._parameter_constraints, self.get_params(deep=False), caller_name=type(self).__name__,
+        )
+        series = self._as_time_series(X, reset=True)
+        weights = self._sample_weights(sample_weight, series)
+        pairs = lagged_pairs(series.lengths, self.lagtime, type(self).__name__)
+        rng = check_generator(self.random_state)
+        device = resolve_device(self.device)
+        return series, weights, pairs, rng, device
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        if "module_" in state:  # unpickles on a CPU-only machine whatever it trained on
+            state["module_"] = copy.deepcopy(state["module_"]).to("cpu")
+        return state
+
+    def _net(self):
+        """The fitted network on the device asked for now."""
+        device = resolve_device(self.device)
+        return self.module_.to(device), device
+
