@@ -14,7 +14,7 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator
-from sklearn.utils.validation import check_array, validate_data
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -371,4 +371,55 @@ class TorchLearner(BaseEstimator):
         """The fitted network on the device asked for now."""
         device = resolve_device(self.device)
         return self.module_.to(device), device
+
+    def attention_importance(self, X, *, batch_size: int | None = None) -> np.ndarray:
+        """Per-residue importance from the token mixer's attention.
+
+        Attention weights are read out batch by batch and averaged over
+        frames, heads and layers: with ``pooling="cls"`` the attention the
+        class token pays to each fragment, with ``"mean"`` the attention each
+        fragment receives. Fragments map back to residues through the window
+        boundaries (every residue of a fragment gets its importance).
+
+        Parameters
+        ----------
+        X : list of token trajectories
+            Frames to average over (the training data, typically).
+        batch_size : int, default=None
+            Frames per forward pass (``None``: the estimator's ``batch_size``).
+
+        Returns
+        -------
+        importance : ndarray of shape (n_residues,)
+            Non-negative, one value per residue; plot it along the sequence
+            or write it into a PDB's B-factor column.
+        """
+        check_is_fitted(self, "module_")
+        series = self._as_time_series(X, reset=False)
+        if series.kind != "tokens":
+            raise ValueError("attention_importance needs token trajectories, not feature arrays.")
+        net, device = self._net()
+        lobe = net if isinstance(net, TokenLobe) else net.lobe
+        if not lobe.blocks:
+            raise ValueError("The network has no attention layers (n_layers=0).")
+        net.eval()
+        batch_size = batch_size or self.batch_size
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for traj, n in enumerate(series.lengths):
+                for start in range(0, n, batch_size):
+                    index = np.arange(start, min(n, start + batch_size))
+                    with self._autocast(device):
+                        _, maps = lobe(*series.frames(traj, index, device), return_attention=True)
+                    weights = torch.stack(maps).float()  # (layers, frames, heads, L, L)
+                    if lobe.cls is not None:
+                        received = weights[..., 0, 1:]  # what the class token reads
+                    else:
+                        received = weights.mean(dim=-2)  # what each token is read, on average
+                    total = total + received.mean(dim=(0, 2)).sum(dim=0).double().cpu()
+                    count += len(index)
+        fragments = (total / count).numpy()
+        n_residues = series.items[0].n_residues
+        window = series.spec.window if series.spec is not None else 1
+        return fragments[np.arange(n_residues) // window]
 

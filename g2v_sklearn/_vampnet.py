@@ -218,7 +218,7 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
             self.history_ = self._train(net, series, train, val, weights, device, rng)
         self.module_ = net
         self.timestep_ = series.timestep
-        self._fit_decomposition(series, train, weights)
+        self._fit_decomposition(series, pairs, weights)  # all of X, validation included
         return self
 
     def _fit_decomposition(self, series, pairs, weights):
@@ -284,6 +284,57 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         y = np.concatenate([outputs[i][t + self.lagtime] for i, t in _grouped(pairs)])
         k = min(self.score_k or self.n_components, len(self.vamp_.singular_values))
         return float(vamp_cv_score(self.vamp_, x, y, k=k, epsilon=self.epsilon))
+
+    def _koopman_models(self, X, lagtimes):
+        from deeptime.decomposition import VAMP
+
+        outputs, _ = self._network_outputs(X)
+        return [
+            VAMP(lagtime=int(lag), dim=self.n_components, epsilon=self.epsilon).fit(outputs).fetch_model()
+            for lag in lagtimes
+        ]
+
+    def implied_timescales(self, X, lagtimes, *, n_its: int | None = None):
+        """Implied timescales of the learned coordinates at several lag times.
+
+        The network is fixed; a VAMP model of its outputs is estimated with
+        deeptime at each lag time.
+
+        Parameters
+        ----------
+        X : like in :meth:`fit`
+        lagtimes : sequence of int
+            Lag times in frames.
+        n_its : int, default=None
+            Timescales per lag time (``None``: ``n_components``).
+
+        Returns
+        -------
+        its : deeptime.util.validation.ImpliedTimescales
+        """
+        from deeptime.util.validation import implied_timescales
+
+        return implied_timescales(self._koopman_models(X, lagtimes), n_its=n_its or self.n_components)
+
+    def ck_test(self, X, lagtime_multiples=(1, 2, 3, 4, 5), *, n_observables: int | None = None):
+        """Chapman-Kolmogorov test of the learned model through deeptime.
+
+        Compares the Koopman model at ``lagtime`` propagated ``n`` times
+        with models estimated at ``n * lagtime``, on the network outputs of X.
+
+        Parameters
+        ----------
+        X : like in :meth:`fit`
+        lagtime_multiples : sequence of int, default=(1, 2, 3, 4, 5)
+        n_observables : int, default=None
+            Observables (and statistics) tested (``None``: all components).
+
+        Returns
+        -------
+        test : deeptime.util.validation.ChapmanKolmogorovTest
+        """
+        models = self._koopman_models(X, [self.lagtime * int(m) for m in lagtime_multiples])
+        return models[0].ck_test(models, n_observables=n_observables)
 
     def timescales(self, unit: str = "frames") -> np.ndarray:
         """Implied timescales in frames, or in the input's time unit (ps) with ``unit="time"``."""

@@ -1,0 +1,238 @@
+"""VAMPNetEstimator: dispatch, training contract, score oracle, errors, interpretation."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from deeptime.decomposition import VAMP
+from sklearn.base import clone
+
+from g2v_sklearn import TokenMerger, TokenTrajectory, VAMPNetEstimator
+from g2v_sklearn import _networks
+from g2v_sklearn._networks import attention, attention_backend
+
+FAST = dict(max_epochs=3, batch_size=128, hidden_layer_sizes=(16,), progress=False, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def dihedral_features(ala2_trajs):
+    """(cos, sin) of (phi, psi) of the four alanine-dipeptide trajectories."""
+    import mdtraj as md
+
+    out = []
+    for t in ala2_trajs:
+        phi, psi = md.compute_phi(t)[1][:, 0], md.compute_psi(t)[1][:, 0]
+        out.append(np.stack([np.cos(phi), np.sin(phi), np.cos(psi), np.sin(psi)], 1))
+    return out
+
+
+def test_input_dispatch(dihedral_features):
+    x = dihedral_features[0][:600]
+    est = VAMPNetEstimator(lagtime=5, **FAST).fit(x)
+    assert est.n_features_in_ == 4
+    single = est.transform(x)
+    assert isinstance(single, np.ndarray) and single.shape == (600, 2)
+    as_list = est.transform([x, x[:100]])
+    assert isinstance(as_list, list) and [a.shape for a in as_list] == [(600, 2), (100, 2)]
+    np.testing.assert_allclose(as_list[0], single)
+    rows = est.transform(x[:50].tolist())  # a list of scalar rows is one trajectory
+    assert isinstance(rows, np.ndarray) and rows.shape == (50, 2)
+
+
+def test_fits_are_repeatable_and_refits_forget(dihedral_features):
+    x = [t[:1500] for t in dihedral_features[:2]]
+    a = VAMPNetEstimator(lagtime=5, **FAST).fit(x)
+    b = VAMPNetEstimator(lagtime=5, **FAST).fit(x)
+    np.testing.assert_array_equal(a.transform(x)[0], b.transform(x)[0])
+    assert a.history_ == b.history_
+    b.set_params(n_components=1).fit(x)
+    assert b.transform(x)[0].shape[1] == 1
+
+
+def test_score_is_deeptime_cross_validated_vamp2(dihedral_features):
+    train, test = dihedral_features[:3], dihedral_features[3:]
+    est = VAMPNetEstimator(lagtime=5, n_components=2, score_k=2, epsilon=1e-10, **FAST).fit(train)
+    with torch.no_grad():
+        out = [est.module_(torch.as_tensor(x, dtype=torch.float32)).double().numpy() for x in (*train, *test)]
+    model = VAMP(lagtime=5, epsilon=1e-10).fit(out[:3]).fetch_model()
+    expected = model.score(r=2, test_model=VAMP(lagtime=5, epsilon=1e-10).fit(out[3:]).fetch_model(), dim=2)
+    assert est.score(test) == pytest.approx(expected, rel=1e-6)
+    assert 1.0 <= est.score(train) <= 3.0
+    np.testing.assert_allclose(est.singular_values_, model.singular_values[:2], rtol=1e-5)
+
+
+def test_timescales_its_and_ck_test(dihedral_features):
+    est = VAMPNetEstimator(lagtime=5, **FAST).fit(dihedral_features)
+    assert est.timescales_.shape == (2,) and np.all(est.timescales_ > 0)
+    assert est.timescales_[0] >= est.timescales_[1]
+    its = est.implied_timescales(dihedral_features, [2, 5, 10])
+    assert its.n_lagtimes == 3 and np.all(np.asarray(its.timescales_for_process(0)) > 0)
+    ck = est.ck_test(dihedral_features, [1, 2, 3])
+    assert ck.estimates.shape == ck.predictions.shape
+    with pytest.raises(ValueError, match="no timestep"):
+        est.timescales(unit="time")
+
+
+def test_kinetic_map_scaling(dihedral_features):
+    x = dihedral_features[0][:800]
+    plain = VAMPNetEstimator(lagtime=5, **FAST).fit(x)
+    scaled = clone(plain).set_params(scaling="kinetic_map").fit(x)
+    np.testing.assert_allclose(scaled.transform(x), plain.transform(x) * plain.singular_values_, rtol=1e-5)
+
+
+def test_sample_weight(dihedral_features):
+    x = [t[:1500] for t in dihedral_features[:2]]
+    plain = VAMPNetEstimator(lagtime=5, **FAST).fit(x)
+    ones = VAMPNetEstimator(lagtime=5, **FAST).fit(x, sample_weight=[np.ones(len(t)) for t in x])
+    np.testing.assert_allclose(ones.transform(x)[0], plain.transform(x)[0], rtol=1e-5, atol=1e-6)
+    biased = VAMPNetEstimator(lagtime=5, **FAST).fit(x, sample_weight=[np.linspace(0.1, 2, len(t)) for t in x])
+    assert not np.allclose(biased.transform(x)[0], plain.transform(x)[0])
+    with pytest.raises(ValueError, match="sample_weight for trajectory 1 has shape \\(3,\\), expected \\(1500,\\)"):
+        VAMPNetEstimator(lagtime=5, **FAST).fit(x, sample_weight=[np.ones(1500), np.ones(3)])
+
+
+def test_pickle_and_clone(dihedral_features):
+    est = VAMPNetEstimator(lagtime=5, **FAST).fit(dihedral_features[0][:500])
+    restored = pickle.loads(pickle.dumps(est))
+    assert all(p.device.type == "cpu" for p in restored.module_.parameters())
+    np.testing.assert_array_equal(restored.transform(dihedral_features[1][:50]),
+                                  est.transform(dihedral_features[1][:50]))
+    assert clone(est).get_params() == est.get_params()
+
+
+# --------------------------------------------------------------------------- errors
+def test_lagtime_errors(dihedral_features):
+    short = [dihedral_features[0][:4], dihedral_features[1][:6]]
+    with pytest.raises(ValueError, match=r"lagtime=8 is not shorter than any trajectory \(lengths \[4, 6\]\)"):
+        VAMPNetEstimator(lagtime=8, **FAST).fit(short)
+    with pytest.warns(UserWarning, match=r"Trajectories \[0\] \(lengths \[4\]\) .* skipped"):
+        VAMPNetEstimator(lagtime=5, n_components=1, validation_fraction=0, **{**FAST, "batch_size": 2}).fit(
+            [short[0], dihedral_features[1][:40]])
+    with pytest.raises(ValueError, match="1 sample"):
+        VAMPNetEstimator(**FAST).fit(dihedral_features[0][:1])
+
+
+def test_input_errors(dihedral_features, rng):
+    x = dihedral_features[0][:200]
+    bad = x.copy()
+    bad[5, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        VAMPNetEstimator(**FAST).fit(bad)
+    with pytest.raises(ValueError, match=r"n_components=300 is larger than allowed: X gives only 199"):
+        VAMPNetEstimator(n_components=300, **FAST).fit(x)
+    fitted = VAMPNetEstimator(**FAST).fit(x)
+    with pytest.raises(ValueError, match="X has 3 features, but VAMPNetEstimator is expecting 4 features"):
+        fitted.transform(x[:, :3])
+    tok = TokenTrajectory(rng.normal(size=(20, 5, 4, 8)).astype(np.float32),
+                          rng.normal(size=(20, 5, 3)).astype(np.float32),
+                          residue_names=["ALA"] * 5, chain_ids=["A"] * 5, residue_ids=range(5))
+    with pytest.raises(TypeError, match="mixes token trajectories with other inputs"):
+        VAMPNetEstimator(**FAST).fit([tok, x])
+    nan_tok = TokenTrajectory(np.full((20, 5, 4, 8), np.inf, np.float32), tok.positions,
+                              residue_names=["ALA"] * 5, chain_ids=["A"] * 5, residue_ids=range(5))
+    with pytest.raises(ValueError, match="Token trajectory 1 has NaN or infinite features"):
+        VAMPNetEstimator(**FAST).fit([tok, nan_tok])
+    other = TokenTrajectory(rng.normal(size=(20, 6, 4, 8)).astype(np.float32),
+                            rng.normal(size=(20, 6, 3)).astype(np.float32),
+                            residue_names=["ALA"] * 6, chain_ids=["A"] * 6, residue_ids=range(6))
+    with pytest.raises(ValueError, match="Token trajectory 1 has 6 residues"):
+        VAMPNetEstimator(**FAST).fit([tok, other])
+
+
+def test_nan_loss_stops_restores_and_advises(dihedral_features, monkeypatch):
+    est = VAMPNetEstimator(lagtime=5, **FAST)
+    calls = {"n": 0}
+    original = VAMPNetEstimator._loss
+
+    def exploding(self, out_0, out_t, weights):
+        calls["n"] += 1
+        loss = original(self, out_0, out_t, weights)
+        return loss * float("nan") if calls["n"] == 4 else loss
+
+    snapshots = []
+    monkeypatch.setattr(VAMPNetEstimator, "_loss", exploding)
+    original_step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        out = original_step(self, *args, **kwargs)
+        snapshots.append([p.detach().clone() for g in self.param_groups for p in g["params"]])
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    captured = {}
+    original_train = VAMPNetEstimator._train
+
+    def keep_net(self, net, *args, **kwargs):
+        captured["net"] = net
+        return original_train(self, net, *args, **kwargs)
+
+    monkeypatch.setattr(VAMPNetEstimator, "_train", keep_net)
+    with pytest.raises(FloatingPointError, match="loss became nan .*last good weights were restored.*smaller lr"):
+        est.fit(dihedral_features[0][:2000])
+    restored = [p.detach() for p in captured["net"].parameters()]
+    for a, b in zip(restored, snapshots[-1]):  # the weights after the last good step
+        torch.testing.assert_close(a, b)
+
+
+# --------------------------------------------------------------------------- attention
+def test_attention_dispatch(monkeypatch):
+    q, k, v = (torch.randn(2, 3, 5, 4) for _ in range(3))
+    assert attention_backend(q) == "sdpa"
+    out, _ = attention(q, k, v)
+    explicit, weights = attention(q, k, v, need_weights=True)
+    torch.testing.assert_close(out, explicit)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3, 5))
+
+    class FakeCudaHalf:
+        is_cuda = True
+        dtype = torch.bfloat16
+
+    monkeypatch.setattr(_networks, "_FLASH", False)  # flash-attn not installed
+    assert attention_backend(FakeCudaHalf()) == "sdpa"
+    monkeypatch.setattr(_networks, "_FLASH", lambda q, k, v: q)  # flash-attn installed
+    assert attention_backend(FakeCudaHalf()) == "flash_attn"
+    assert attention_backend(q) == "sdpa"  # CPU float32 never goes to flash-attn
+
+
+def planted_tokens(rng, n_frames=3000, n_res=50, h=8, signal=range(40, 50)):
+    """Noise tokens; residues 40-49 carry a slow two-state signal in their scalars."""
+    state = np.zeros(n_frames, dtype=int)
+    for t in range(1, n_frames):
+        state[t] = 1 - state[t - 1] if rng.random() < 0.01 else state[t - 1]
+    features = rng.normal(size=(n_frames, n_res, 4, h)).astype(np.float32)
+    features[:, list(signal), 0, :] += 1.5 * (2 * state[:, None, None] - 1)
+    walk = np.cumsum(rng.normal(size=(n_res, 3)), axis=0) * 2.2
+    positions = np.broadcast_to(walk, (n_frames, n_res, 3)).astype(np.float32)
+    return TokenTrajectory(features, positions.copy(), residue_names=["ALA"] * n_res,
+                           chain_ids=["A"] * n_res, residue_ids=range(n_res))
+
+
+def test_planted_signal_is_found_by_attention(rng):
+    tokens = planted_tokens(rng)
+    merged = TokenMerger(window=1, operator="none").fit_transform([tokens])
+    est = VAMPNetEstimator(lagtime=1, n_components=1, d_model=16, n_heads=2, n_layers=1,
+                           batch_size=256, lr=2e-3, max_epochs=6, validation_fraction=0,
+                           progress=False, random_state=0).fit(merged)
+    importance = est.attention_importance(merged)
+    assert importance.shape == (50,) and np.all(importance >= 0)
+    top = set(np.argsort(importance)[-10:])
+    assert len(top & set(range(40, 50))) >= 7, sorted(top)
+
+
+def test_attention_maps_back_through_windows(rng):
+    tokens = planted_tokens(rng, n_frames=200, n_res=10, signal=range(8, 10))
+    merged = TokenMerger(window=4).fit_transform([tokens])
+    est = VAMPNetEstimator(lagtime=1, n_components=1, d_model=8, n_heads=2, n_layers=1,
+                           max_epochs=1, validation_fraction=0, progress=False,
+                           random_state=0).fit(merged)
+    importance = est.attention_importance(merged)
+    assert importance.shape == (10,)
+    assert importance[0] == importance[3] != importance[4] == importance[7]
+    assert importance[8] == importance[9]
+    # the class token's attention: to the 3 fragments plus itself sums to 1
+    assert 0 < importance[[0, 4, 8]].sum() < 1
+    with pytest.raises(ValueError, match="needs token trajectories"):
+        VAMPNetEstimator(**FAST).fit(rng.normal(size=(50, 3))).attention_importance(rng.normal(size=(50, 3)))
