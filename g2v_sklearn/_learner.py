@@ -305,10 +305,10 @@ class TorchLearner(BaseEstimator):
         history = history if history is not None else {"train": [], "validation": [], "best_epoch": None}
         optimizer = self._make_optimizer(net)
         best_score, best_state, stale = -np.inf, None, 0
-        last_good = copy.deepcopy(net.state_dict())
         bar = tqdm(range(epochs), desc=type(self).__name__, disable=not self.progress, leave=False)
         for epoch in bar:
             net.train()
+            epoch_start = {k: v.detach().clone() for k, v in net.state_dict().items()}
             order = rng.permutation(len(train))
             scores = []
             for start in range(0, len(order) - 1, self.batch_size):
@@ -318,7 +318,10 @@ class TorchLearner(BaseEstimator):
                 out_0, out_t = self._forward_pairs(net, series, batch, device)
                 loss = self._loss(out_0, out_t, self._pair_weights(weights, batch, device))
                 if not torch.isfinite(loss):
-                    net.load_state_dict(last_good)
+                    # A non-finite loss updates nothing: finite weights are the last good
+                    # ones; weights that went non-finite fall back to the epoch's start.
+                    if not all(torch.isfinite(p).all() for p in net.parameters()):
+                        net.load_state_dict(epoch_start)
                     raise FloatingPointError(
                         f"{type(self).__name__}: the loss became {loss.item()} in epoch {epoch}; "
                         f"training stopped and the last good weights were restored. Try a smaller "
@@ -327,7 +330,6 @@ class TorchLearner(BaseEstimator):
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                last_good = {k: v.detach().clone() for k, v in net.state_dict().items()}
                 scores.append(-loss.item())
             history["train"].append(float(np.mean(scores)) if scores else float("nan"))
             if len(val):

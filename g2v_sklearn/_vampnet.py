@@ -211,8 +211,8 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         train, val = self._split(series, pairs, rng)
         with local_torch_seed(rng):
             net = self._build_network(series, self.n_components).to(device)
-            if series.kind == "array":
-                stacked = np.concatenate(series.items)
+            if series.kind == "array":  # standardise with the training trajectories only
+                stacked = np.concatenate([series.items[i] for i in np.unique(train[:, 0])])
                 net.set_standardization(torch.as_tensor(stacked.mean(0), device=device),
                                         torch.as_tensor(stacked.std(0), device=device))
             self.history_ = self._train(net, series, train, val, weights, device, rng)

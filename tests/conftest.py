@@ -54,6 +54,15 @@ def adk_files():
 
 
 @pytest.fixture(scope="session")
+def adk_paths_short(adk_files):
+    """The two adenylate-kinase transition paths, 8 frames each (CI allows at most 10)."""
+    import mdtraj as md
+
+    psf, dcd, dcd2 = adk_files
+    return [md.load(dcd, top=psf)[:8], md.load(dcd2, top=psf)[:8]]
+
+
+@pytest.fixture(scope="session")
 def adk_traj(adk_files):
     """Four frames of adenylate kinase (3,341 atoms, 214 residues)."""
     import mdtraj as md
@@ -78,10 +87,16 @@ def ala2_trajs(ala2_files):
 
 
 @pytest.fixture(scope="session")
-def ala2_embedder(visnet_checkpoint, ala2_trajs):
+def token_cache(tmp_path_factory):
+    """A token cache shared by the whole session: each trajectory is embedded once."""
+    return str(tmp_path_factory.mktemp("token-cache"))
+
+
+@pytest.fixture(scope="session")
+def ala2_embedder(visnet_checkpoint, ala2_trajs, token_cache):
     from g2v_sklearn import GeomEmbedder
 
-    return GeomEmbedder(visnet_checkpoint, batch_size=256, progress=False).fit(ala2_trajs)
+    return GeomEmbedder(visnet_checkpoint, memory=token_cache, progress=False).fit(ala2_trajs)
 
 
 @pytest.fixture(scope="session")
