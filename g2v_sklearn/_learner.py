@@ -98,6 +98,11 @@ def lagged_pairs(lengths: list[int], lagtime: int, who: str) -> np.ndarray:
     ).astype(np.int64)
 
 
+def _full_precision(out: Tensor) -> Tensor:
+    """Outputs of an autocast forward back in float32; float32/float64 outputs as they are."""
+    return out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
+
+
 class TorchLearner(BaseEstimator):
     """Base class of the torch learners (not public).
 
@@ -169,11 +174,11 @@ class TorchLearner(BaseEstimator):
                 raise ValueError(
                     f"X has {width} features, but {who} is expecting {self._describe_input()} as input."
                 )
-            return TimeSeries("array", [x.astype(np.float32) for x in items])
+            return TimeSeries("array", [x.astype(np.float64, copy=False) for x in items])
         array = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32])
         if reset:
             self.input_shape_ = (array.shape[1],)
-        return TimeSeries("array", [array.astype(np.float32)], single=True)
+        return TimeSeries("array", [array.astype(np.float64, copy=False)], single=True)
 
     def _describe_input(self) -> str:
         shape = getattr(self, "input_shape_", None)
@@ -193,6 +198,8 @@ class TorchLearner(BaseEstimator):
                 f"sample_weight has {len(weights)} entries, but X has {len(series.items)} trajectories."
             )
         out = []
+        if all(np.all(np.asarray(w) == 0) for w in weights):
+            raise ValueError("All sample_weight values are zero: no time-lagged pair would count.")
         for i, (w, n) in enumerate(zip(weights, series.lengths)):
             w = np.asarray(w, dtype=np.float64)
             if w.shape != (n,):
@@ -208,7 +215,9 @@ class TorchLearner(BaseEstimator):
     # ------------------------------------------------------------------ networks
     def _build_network(self, series: TimeSeries, n_outputs: int):
         if series.kind == "array":
-            return MLPLobe(series.items[0].shape[1], tuple(self.hidden_layer_sizes), n_outputs, self.dropout)
+            # Feature MLPs are small: float64 makes transform independent of batch composition.
+            return MLPLobe(series.items[0].shape[1], tuple(self.hidden_layer_sizes), n_outputs,
+                           self.dropout).double()
         first = series.items[0]
         return TokenLobe(
             in_channels=first.n_channels, n_tokens=first.n_residues, merge=series.spec,
@@ -221,7 +230,7 @@ class TorchLearner(BaseEstimator):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def _forward_pairs(self, net, series, pairs, device, *, lag: int | None = None):
-        """Network outputs at t and t + lag for the given pairs, float32, in pair order."""
+        """Network outputs at t and t + lag for the given pairs, in pair order."""
         lag = self.lagtime if lag is None else lag
         chunks_0, chunks_t, order = [], [], []
         for traj in np.unique(pairs[:, 0]):
@@ -229,7 +238,7 @@ class TorchLearner(BaseEstimator):
             t = pairs[rows, 1]
             both = np.concatenate([t, t + lag])
             with self._autocast(device):
-                out = net(*series.frames(int(traj), both, device)).float()
+                out = _full_precision(net(*series.frames(int(traj), both, device)))
             chunks_0.append(out[: len(t)])
             chunks_t.append(out[len(t):])
             order.append(rows)
@@ -250,7 +259,7 @@ class TorchLearner(BaseEstimator):
                 for start in range(0, n, batch_size):
                     index = np.arange(start, min(n, start + batch_size))
                     with self._autocast(device):
-                        chunks.append(net(*series.frames(traj, index, device)).float().cpu())
+                        chunks.append(_full_precision(net(*series.frames(traj, index, device))).cpu())
                 results.append(torch.cat(chunks).numpy().astype(np.float64) if chunks else np.zeros((0, 0)))
         return results
 

@@ -29,6 +29,7 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ._compat import Interval, StrOptions, validate_parameter_constraints
 from ._neighbors import radius_graph
@@ -142,14 +143,19 @@ class VectorLinear(nn.Module):
         return self.linear(vec)
 
 
-def _gather_sum(values: Tensor, edge_index: Tensor, weights: Tensor | None = None) -> Tensor:
-    """Sum ``values`` of source nodes into target nodes (values: (n_nodes, ...))."""
+def _neighbour_sum(values: Tensor, edge_index: Tensor) -> Tensor:
+    """Sum the values of each node's neighbours: out[i] = sum of values[j] over edges j -> i.
+
+    A sparse adjacency product, so no per-edge copy of ``values`` is made (or
+    kept for the backward pass): memory stays O(nodes), not O(edges).
+    """
+    n = values.shape[0]
+    flat = values.reshape(n, -1)
     source, target = edge_index
-    messages = values[source]
-    if weights is not None:
-        messages = messages * weights
-    out = torch.zeros_like(values)
-    return out.index_add_(0, target, messages)
+    adjacency = torch.sparse_coo_tensor(
+        torch.stack([target, source]), torch.ones_like(source, dtype=flat.dtype), (n, n)
+    )
+    return torch.sparse.mm(adjacency, flat).reshape(values.shape)
 
 
 class GraphConv(nn.Module):
@@ -170,8 +176,8 @@ class GraphConv(nn.Module):
         self.gate = nn.Linear(channels, channels)
 
     def forward(self, s: Tensor, v: Tensor, edge_index: Tensor, edge_length: Tensor):
-        s_new = nn.functional.silu(self.norm(self.root(s) + self.neighbour(_gather_sum(s, edge_index))))
-        v_new = self.vec_root(v) + self.vec_neighbour(_gather_sum(v, edge_index))
+        s_new = nn.functional.silu(self.norm(self.root(s) + self.neighbour(_neighbour_sum(s, edge_index))))
+        v_new = self.vec_root(v) + self.vec_neighbour(_neighbour_sum(v, edge_index))
         v_new = v_new * torch.sigmoid(self.gate(s_new)).unsqueeze(-2)
         return s + s_new, v + v_new
 
@@ -261,7 +267,22 @@ class TokenMergerModule(nn.Module):
         length = (flat[edge_index[0]] - flat[edge_index[1]]).norm(dim=-1)
         return edge_index, length
 
+    #: Frames per activation-checkpointed chunk while training (None: no checkpointing).
+    #: Residue-level activations are then recomputed chunk by chunk in the backward
+    #: pass instead of being kept for the whole batch, so training memory is set by
+    #: the fragment tokens, not the residues.
+    checkpoint_frames: int | None = 32
+
     def forward(self, features: Tensor, positions: Tensor) -> Tensor:
+        chunk = self.checkpoint_frames
+        if chunk is None or not torch.is_grad_enabled() or len(features) <= 1:
+            return self._forward(features, positions)
+        return torch.cat([
+            checkpoint(self._forward, features[i:i + chunk], positions[i:i + chunk], use_reentrant=False)
+            for i in range(0, len(features), chunk)
+        ])
+
+    def _forward(self, features: Tensor, positions: Tensor) -> Tensor:
         b, n, _, _ = features.shape
         s = self.embed(features[:, :, 0])
         v = self.vec_embed(features[:, :, 1:])

@@ -124,3 +124,20 @@ def test_positional_encoding_only_touches_scalars(rng):
     # vectors differ only through gates computed from (encoded) scalars: directions agree
     cos = torch.nn.functional.cosine_similarity(a[:, :, 1:], b[:, :, 1:], dim=2)
     assert torch.all(cos > 1 - 1e-5)
+
+
+def test_checkpointed_training_gives_the_same_gradients(rng):
+    torch.manual_seed(0)
+    module = TokenMergerModule(spec(3, "graphconv")).double()
+    tok = synthetic_tokens(rng, n_frames=7)
+    f = torch.as_tensor(tok.features, dtype=torch.float64)
+    p = torch.as_tensor(tok.positions, dtype=torch.float64)
+    grads = []
+    for chunk in (None, 2):  # no checkpointing; chunks of 2 frames (4 chunks, the last short)
+        module.checkpoint_frames = chunk
+        module.zero_grad()
+        out = module(f, p)
+        (out ** 2).sum().backward()
+        grads.append([q.grad.clone() for q in module.parameters() if q.grad is not None])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
