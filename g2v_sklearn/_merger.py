@@ -272,7 +272,7 @@ class TokenMergerModule(nn.Module):
     #: Residue-level activations are then recomputed chunk by chunk in the backward
     #: pass instead of being kept for the whole batch, so training memory is set by
     #: the fragment tokens, not the residues.
-    checkpoint_frames: int | None = 32
+    checkpoint_frames: int | None = 16
 
     def forward(self, features: Tensor, positions: Tensor) -> Tensor:
         chunk = self.checkpoint_frames

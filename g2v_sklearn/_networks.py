@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ._merger import MergeSpec, TokenMergerModule, VectorLinear, sinusoidal_encoding
 
@@ -82,6 +83,10 @@ class MixerBlock(nn.Module):
         return x, weights
 
 
+def _block_output(block: MixerBlock, x: Tensor) -> Tensor:
+    return block(x)[0]
+
+
 class TokenLobe(nn.Module):
     """Tokens -> outputs: [merger] -> invariant projection -> transformer -> pooling -> MLP head.
 
@@ -117,6 +122,11 @@ class TokenLobe(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, n_outputs))
 
+    #: Recompute each transformer block in the backward pass instead of keeping its
+    #: activations (only block inputs are kept): training memory then grows with the
+    #: number of fragments times d_model, not with the attention internals.
+    checkpoint_blocks: bool = True
+
     def embed(self, features: Tensor, positions: Tensor) -> Tensor:
         """Invariant fragment embeddings (B, F, d_model)."""
         tokens = self.merger(features, positions) if self.merger is not None else features
@@ -129,7 +139,11 @@ class TokenLobe(nn.Module):
         if self.cls is not None:
             x = torch.cat([self.cls.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
         maps = []
+        recompute = self.checkpoint_blocks and torch.is_grad_enabled() and not return_attention
         for block in self.blocks:
+            if recompute:
+                x = checkpoint(_block_output, block, x, use_reentrant=False)
+                continue
             x, weights = block(x, need_weights=return_attention)
             maps.append(weights)
         x = self.norm(x)
