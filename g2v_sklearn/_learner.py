@@ -59,12 +59,16 @@ class TimeSeries:
         item = self.items[traj]
         if self.kind == "array":
             return (torch.as_tensor(item[index], device=device),)
-        order = np.argsort(index, kind="stable")  # sorted reads are kind to memory maps
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(len(order))
-        features = np.asarray(item.features[index[order]], dtype=np.float32)[inverse]
-        positions = np.asarray(item.positions[index[order]], dtype=np.float32)[inverse]
-        return torch.as_tensor(features, device=device), torch.as_tensor(positions, device=device)
+        # One copy of the frames asked for: read in sorted order (kind to memory maps),
+        # put back in the order asked for in torch only when it differs.
+        ascending = bool(np.all(index[1:] >= index[:-1]))
+        read, inverse = (index, None) if ascending else np.unique(index, return_inverse=True)
+        features = torch.as_tensor(np.asarray(item.features[read], dtype=np.float32), device=device)
+        positions = torch.as_tensor(np.asarray(item.positions[read], dtype=np.float32), device=device)
+        if inverse is not None:
+            inverse = torch.as_tensor(inverse.reshape(-1), device=device)
+            features, positions = features[inverse], positions[inverse]
+        return features, positions
 
 
 def lagged_pairs(lengths: list[int], lagtime: int, who: str) -> np.ndarray:
@@ -236,9 +240,11 @@ class TorchLearner(BaseEstimator):
         for traj in np.unique(pairs[:, 0]):
             rows = np.flatnonzero(pairs[:, 0] == traj)
             t = pairs[rows, 1]
-            both = np.concatenate([t, t + lag])
+            # each frame once, in ascending order, even when it is both a t and a t + lag
+            frames, where = np.unique(np.concatenate([t, t + lag]), return_inverse=True)
             with self._autocast(device):
-                out = _full_precision(net(*series.frames(int(traj), both, device)))
+                out = _full_precision(net(*series.frames(int(traj), frames, device)))
+            out = out[torch.as_tensor(where.reshape(-1), device=device)]
             chunks_0.append(out[: len(t)])
             chunks_t.append(out[len(t):])
             order.append(rows)
@@ -304,11 +310,20 @@ class TorchLearner(BaseEstimator):
             return float(self._validation_score(torch.cat(outs_0), torch.cat(outs_t),
                                                 self._pair_weights(weights, pairs, device)))
 
-    def _train(self, net, series, train, val, weights, device, rng, *, epochs=None, history=None):
+    def _batch_loss(self, net, series, batch, weights, device) -> Tensor:
+        """The loss of one batch of pairs (a hook: SPIB's loss needs labels and a prior)."""
+        out_0, out_t = self._forward_pairs(net, series, batch, device)
+        return self._loss(out_0, out_t, self._pair_weights(weights, batch, device))
+
+    def _train(self, net, series, train, val, weights, device, rng, *, epochs=None, history=None,
+               tolerance: float = 0.0, monitor_train: bool = False):
         """Mini-batch training with early stopping that restores the best weights.
 
         Returns the history dict (``train``, ``validation`` score per epoch,
-        ``best_epoch``). Without validation pairs the final weights are kept.
+        ``best_epoch``). Without validation pairs the final weights are kept,
+        unless ``monitor_train``: then the training score stops early and
+        picks the best weights. An epoch resets the patience only when it
+        beats the best score by more than ``tolerance`` times its magnitude.
         """
         epochs = epochs or self.max_epochs
         history = history if history is not None else {"train": [], "validation": [], "best_epoch": None}
@@ -324,8 +339,7 @@ class TorchLearner(BaseEstimator):
                 batch = train[order[start:start + self.batch_size]]
                 if len(batch) < 2:
                     continue
-                out_0, out_t = self._forward_pairs(net, series, batch, device)
-                loss = self._loss(out_0, out_t, self._pair_weights(weights, batch, device))
+                loss = self._batch_loss(net, series, batch, weights, device)
                 if not torch.isfinite(loss):
                     # A non-finite loss updates nothing: finite weights are the last good
                     # ones; weights that went non-finite fall back to the epoch's start.
@@ -334,7 +348,7 @@ class TorchLearner(BaseEstimator):
                     raise FloatingPointError(
                         f"{type(self).__name__}: the loss became {loss.item()} in epoch {epoch}; "
                         f"training stopped and the last good weights were restored. Try a smaller "
-                        f"lr (now {self.lr}) or a larger epsilon."
+                        f"lr (now {self.lr}){' or a larger epsilon' if hasattr(self, 'epsilon') else ''}."
                     )
                 optimizer.zero_grad()
                 loss.backward()
@@ -345,14 +359,22 @@ class TorchLearner(BaseEstimator):
                 score = self._evaluate(net, series, val, weights, device)
                 history["validation"].append(score)
                 bar.set_postfix(validation=f"{score:.4f}")
-                if score > best_score:
-                    best_score, stale = score, 0
-                    best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-                    history["best_epoch"] = epoch
-                else:
-                    stale += 1
-                    if self.patience is not None and stale >= self.patience:
-                        break
+            elif monitor_train:
+                score = history["train"][-1]
+            else:
+                continue
+            threshold = best_score + tolerance * abs(best_score) if np.isfinite(best_score) else best_score
+            improved = score > threshold
+            if score > best_score:
+                best_score = score
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                history["best_epoch"] = epoch
+            if improved:
+                stale = 0
+            else:
+                stale += 1
+                if self.patience is not None and stale >= self.patience:
+                    break
         if best_state is not None:
             net.load_state_dict(best_state)
         else:
