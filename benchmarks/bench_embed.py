@@ -82,6 +82,21 @@ VARIANTS: dict = {}
 # ----------------------------------------------------------------------------------
 # data
 # ----------------------------------------------------------------------------------
+
+def worker_env() -> dict:
+    """Environment of a worker process: glibc's mmap threshold fixed at 64 KiB.
+
+    By default glibc raises its mmap threshold after large frees and then keeps
+    freed blocks of up to 32 MiB cached in the heap, so a process's peak RSS
+    counts memory that was free at the time. With a fixed threshold every large
+    tensor is its own mapping, returned to the system when freed, and peak RSS
+    tracks the memory actually live (measured: 2.4 MiB instead of 12.9 MiB per
+    extra training pair at 2,645 residues, w=8).
+    """
+    env = dict(os.environ)
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
+    return env
+
 def load_adk(n_frames: int):
     """The first ``n_frames`` frames of ADK and the indices of its heavy atoms."""
     import mdtraj as md
@@ -259,7 +274,7 @@ def spawn(name: str, args, tokens_out: Path) -> dict:
     ]
     if args.threads is not None:
         command += ["--threads", str(args.threads)]
-    proc = subprocess.run(command, capture_output=True, text=True)
+    proc = subprocess.run(command, capture_output=True, text=True, env=worker_env())
     lines = [l for l in proc.stdout.splitlines() if l.startswith(RESULT_TAG)]
     if proc.returncode != 0 or not lines:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])

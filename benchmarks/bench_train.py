@@ -44,9 +44,11 @@ Peak memory is the increase over the baseline taken just before the first
   resident set size (``/proc/self/statm``) just before the warm-up step, taken
   after ``gc.collect()`` and glibc's ``malloc_trim(0)`` so that memory freed
   during set-up cannot hide what the step uses. This is whole-process RSS, so
-  it also counts what glibc's allocator keeps cached, one-time library set-up
-  (oneDNN, OpenMP thread pools) and the optimizer's state: it over-estimates
-  what the step itself needs.
+  it also counts one-time library set-up (oneDNN, OpenMP thread pools) and
+  the optimizer's state: it over-estimates what the step itself needs.
+  Workers run with glibc's mmap threshold fixed (see ``worker_env``), so
+  memory freed during the step is returned to the system instead of staying
+  cached in the heap and inflating the peak.
 * CUDA: ``torch.cuda.max_memory_allocated()`` over the steps minus
   ``torch.cuda.memory_allocated()`` before them (the network's weights; the
   token arrays stay on the host and each batch is copied over, as in
@@ -150,6 +152,21 @@ PAPER_GB = {
 # ----------------------------------------------------------------------------------
 # data
 # ----------------------------------------------------------------------------------
+
+def worker_env() -> dict:
+    """Environment of a worker process: glibc's mmap threshold fixed at 64 KiB.
+
+    By default glibc raises its mmap threshold after large frees and then keeps
+    freed blocks of up to 32 MiB cached in the heap, so a process's peak RSS
+    counts memory that was free at the time. With a fixed threshold every large
+    tensor is its own mapping, returned to the system when freed, and peak RSS
+    tracks the memory actually live (measured: 2.4 MiB instead of 12.9 MiB per
+    extra training pair at 2,645 residues, w=8).
+    """
+    env = dict(os.environ)
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
+    return env
+
 def protein_like_chain(n: int, rng) -> "np.ndarray":
     """C-alpha-like coordinates (n, 3) of one compact chain, Angstrom.
 
@@ -457,7 +474,7 @@ def spawn(config: dict, args) -> dict:
         command += ["--threads", str(args.threads)]
         if config["device"] == "cpu" and args.mem_limit_gb:
             command += ["--mem-limit-gb", str(args.mem_limit_gb)]
-        proc = subprocess.run(command, capture_output=True, text=True)
+        proc = subprocess.run(command, capture_output=True, text=True, env=worker_env())
         lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
         if proc.returncode == 0 and lines:
             result = json.loads(lines[-1][len(RESULT_TAG):])
