@@ -471,6 +471,9 @@ def _vamp2_score(msm, dtrajs, score_k: int, caller: str) -> float:
             stacklevel=3,
         )
         return 0.0
+    if msm.n_states == 1:
+        # Only the constant function: VAMP-2 is exactly 1 (deeptime fails on 0-d arrays here).
+        return 1.0
     return float(msm.score(mapped, r="VAMP2", dim=int(score_k)))
 
 

@@ -434,3 +434,13 @@ def test_contiguous_split_cross_validates_a_pipeline(features):
                      ("msm", MSMEstimator(lagtime=LAG))])
     scores = cross_val_score(pipe, chunks, cv=ContiguousSplit(n_splits=2), error_score="raise")
     assert scores.shape == (2,) and np.all(np.isfinite(scores)) and np.all(scores >= 1 - 1e-8)
+
+
+def test_score_of_a_one_state_model_is_one():
+    """A one-way transition path can leave a single connected state: VAMP-2 is 1, no crash."""
+    from g2v_sklearn import MSMEstimator, msm_vamp2_scorer
+
+    msm = MSMEstimator(lagtime=1).fit([np.zeros(20, dtype=int)])
+    assert msm.n_states_ == 1
+    assert msm.score([np.zeros(10, dtype=int)]) == 1.0
+    assert msm_vamp2_scorer(score_k=2)(msm, [np.zeros(10, dtype=int)]) == 1.0
