@@ -15,6 +15,7 @@ from ._msm import (
     split_trajectory,
 )
 from ._neighbors import RadiusDistance, radius_graph
+from ._spib import SPIBEstimator
 from ._tokens import TokenTrajectory, load_tokens, save_tokens
 from ._vampnet import VAMPNetEstimator
 
@@ -27,6 +28,7 @@ __all__ = [
     "MSMEstimator",
     "MergedTokens",
     "RadiusDistance",
+    "SPIBEstimator",
     "TokenMerger",
     "TokenTrajectory",
     "VAMPNetEstimator",

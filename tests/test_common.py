@@ -18,6 +18,7 @@ from g2v_sklearn import (
     GeomEmbedder,
     KMeansDiscretizer,
     MSMEstimator,
+    SPIBEstimator,
     TokenMerger,
     VAMPNetEstimator,
 )
@@ -27,17 +28,19 @@ SAMPLE_WEIGHT_REASON = (
     "pairs, so weighting a frame is not equivalent to repeating it."
 )
 
-# Estimators that take 2-D arrays (VAMPNet's drop-in-for-TICA mode, the discretiser).
+# Estimators that take 2-D arrays (the learners' feature mode, the discretiser).
 ARRAY_ESTIMATORS = [
     VAMPNetEstimator(max_epochs=2, hidden_layer_sizes=(8,), batch_size=32, progress=False,
                      random_state=0),
+    SPIBEstimator(max_epochs=2, hidden_layer_sizes=(8,), batch_size=32, progress=False,
+                  random_state=0),
     KMeansDiscretizer(n_clusters=3, random_state=0),
 ]
 
 
 def expected_failures(estimator):
     failures = {}
-    if isinstance(estimator, VAMPNetEstimator):
+    if isinstance(estimator, (VAMPNetEstimator, SPIBEstimator)):
         failures["check_sample_weight_equivalence_on_dense_data"] = SAMPLE_WEIGHT_REASON
     if isinstance(estimator, KMeansDiscretizer):
         failures["check_transformer_data_not_an_array"] = (

@@ -1,0 +1,797 @@
+"""SPIBEstimator: metastable states by the state predictive information bottleneck."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ._compat import Interval, StrOptions
+from ._learner import TimeSeries, TorchLearner, lagged_pairs
+from ._msm import KMeansDiscretizer
+from ._utils import local_torch_seed, torch_generator
+from ._vamp import fit_vamp, vamp_cv_score
+from ._vampnet import _grouped
+
+__all__ = [
+    "SPIBEstimator",
+    "SPIBModule",
+    "gaussian_log_density",
+    "spib_pair_losses",
+    "vamp_prior_log_density",
+]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+# --------------------------------------------------------------------------- pure math
+def gaussian_log_density(z: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
+    """Log density of diagonal Gaussians, summed over the last axis.
+
+    .. math::
+        \\log \\mathcal N(z; \\mu, \\mathrm{diag}\\,\\sigma^2)
+        = -\\tfrac12 \\sum_d \\left[(z_d - \\mu_d)^2 e^{-\\log\\sigma_d^2} + \\log\\sigma_d^2
+          + \\log 2\\pi\\right]
+
+    Parameters
+    ----------
+    z, mean, logvar : torch.Tensor, broadcastable, last axis the latent dimension
+
+    Returns
+    -------
+    torch.Tensor
+        The broadcast shape without the last axis.
+    """
+    return -0.5 * ((z - mean).pow(2) * torch.exp(-logvar) + logvar + _LOG_2PI).sum(dim=-1)
+
+
+def vamp_prior_log_density(z: Tensor, rep_mean: Tensor, rep_logvar: Tensor, log_weights: Tensor) -> Tensor:
+    """Log density of a VampPrior, a mixture of the representatives' encoder Gaussians.
+
+    .. math::
+        \\log r(z) = \\log \\sum_k \\omega_k\\, \\mathcal N(z; \\mu(u_k), \\sigma^2(u_k))
+
+    Parameters
+    ----------
+    z : torch.Tensor of shape (n, z_dim)
+    rep_mean, rep_logvar : torch.Tensor of shape (n_states, z_dim)
+        Encoder Gaussians of the representative inputs :math:`u_k`.
+    log_weights : torch.Tensor of shape (n_states,)
+        Normalised log mixture weights :math:`\\log \\omega_k`.
+
+    Returns
+    -------
+    torch.Tensor of shape (n,)
+    """
+    components = gaussian_log_density(z[:, None, :], rep_mean[None], rep_logvar[None])  # (n, K)
+    return torch.logsumexp(components + log_weights[None], dim=1)
+
+
+def spib_pair_losses(log_probs: Tensor, future_labels: Tensor, z: Tensor, mean: Tensor, logvar: Tensor,
+                     rep_mean: Tensor, rep_logvar: Tensor, log_weights: Tensor, beta: float):
+    """Per-pair SPIB loss: cross-entropy of the future state plus beta times a one-sample KL.
+
+    .. math::
+        \\ell_t = -\\log q(y_{t+\\tau} \\mid z_t)
+                 + \\beta \\left[\\log q(z_t \\mid x_t) - \\log r(z_t)\\right],
+        \\quad z_t \\sim q(z \\mid x_t)
+
+    Parameters
+    ----------
+    log_probs : torch.Tensor of shape (n, n_states)
+        Decoder log-probabilities at the sampled latents ``z``.
+    future_labels : torch.Tensor of shape (n,), int64
+        State labels at t + lagtime.
+    z, mean, logvar : torch.Tensor of shape (n, z_dim)
+        Sampled latents and the encoder Gaussians they were drawn from.
+    rep_mean, rep_logvar, log_weights
+        The prior, see :func:`vamp_prior_log_density`.
+    beta : float
+
+    Returns
+    -------
+    loss, cross_entropy, kl : torch.Tensor of shape (n,)
+    """
+    cross_entropy = -log_probs.gather(1, future_labels[:, None]).squeeze(1)
+    kl = gaussian_log_density(z, mean, logvar) - vamp_prior_log_density(z, rep_mean, rep_logvar, log_weights)
+    return cross_entropy + beta * kl, cross_entropy, kl
+
+
+# --------------------------------------------------------------------------- torch module
+class SPIBModule(nn.Module):
+    """Encoder lobe -> Gaussian latent; linear decoder -> log-probabilities of future states.
+
+    Parameters
+    ----------
+    lobe : torch.nn.Module
+        A :class:`TokenLobe` or :class:`MLPLobe` with ``2 * z_dim`` outputs:
+        the latent mean, then the latent log-variance.
+    z_dim : int
+    n_states : int
+        Decoder outputs (states); :meth:`keep_states` shrinks it.
+    """
+
+    def __init__(self, lobe: nn.Module, z_dim: int, n_states: int) -> None:
+        super().__init__()
+        self.lobe = lobe
+        self.z_dim = z_dim
+        self.decoder = nn.Linear(z_dim, n_states)
+        self.prior_logits = nn.Parameter(torch.zeros(n_states))
+
+    @property
+    def n_states(self) -> int:
+        return self.decoder.out_features
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        """Encoder outputs (n, 2 * z_dim): latent means, then log-variances."""
+        return self.lobe(*inputs)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Log-probabilities (n, n_states) of the state at t + lagtime."""
+        return F.log_softmax(self.decoder(z.to(self.decoder.weight.dtype)), dim=-1)
+
+    def prior_log_weights(self) -> Tensor:
+        return F.log_softmax(self.prior_logits, dim=0)
+
+    @torch.no_grad()
+    def keep_states(self, keep: np.ndarray) -> None:
+        """Keep only the decoder outputs and mixture weights of states ``keep``."""
+        index = torch.as_tensor(np.asarray(keep), device=self.decoder.weight.device, dtype=torch.long)
+        decoder = nn.Linear(self.z_dim, len(index)).to(self.decoder.weight.device)
+        decoder.weight.copy_(self.decoder.weight[index])
+        decoder.bias.copy_(self.decoder.bias[index])
+        self.decoder = decoder
+        self.prior_logits = nn.Parameter(self.prior_logits.detach()[index].clone())
+
+
+# --------------------------------------------------------------------------- fit-time state
+@dataclass
+class _FitState:
+    """What the loss needs during one fit and nothing keeps afterwards."""
+
+    labels: Tensor  # all frames' labels, trajectories concatenated (device, int64)
+    offsets: np.ndarray  # start of each trajectory in ``labels``
+    representatives: np.ndarray  # (n_states, 2): (trajectory, frame)
+    generator: torch.Generator  # reparameterisation noise in training
+    validation_seed: int  # the same noise for every validation pass
+
+
+def _gather_frames(series: TimeSeries, locations: np.ndarray, device) -> tuple[Tensor, ...]:
+    """Network inputs of frames at (trajectory, frame) ``locations``, in that order."""
+    parts, order = [], []
+    for traj in np.unique(locations[:, 0]):
+        rows = np.flatnonzero(locations[:, 0] == traj)
+        parts.append(series.frames(int(traj), locations[rows, 1], device))
+        order.append(rows)
+    inverse = torch.as_tensor(np.argsort(np.concatenate(order)), device=device)
+    return tuple(torch.cat([p[j] for p in parts])[inverse] for j in range(len(parts[0])))
+
+
+def _pooled_invariants(series: TimeSeries, chunk: int = 4096) -> list[np.ndarray]:
+    """Per-frame invariant summaries for the initial k-means, one array per trajectory.
+
+    Arrays: the features themselves. Tokens: the mean over residues of the
+    scalar row concatenated with the norms of the vector channels, (n, 2 H).
+    """
+    if series.kind == "array":
+        return [np.asarray(x, dtype=np.float64) for x in series.items]
+    out = []
+    for item in series.items:
+        rows = []
+        for start in range(0, len(item), chunk):
+            block = np.asarray(item.features[start:start + chunk], dtype=np.float64)  # (n, R, 4, H)
+            norms = np.sqrt((block[:, :, 1:] ** 2).sum(axis=2))
+            rows.append(np.concatenate([block[:, :, 0], norms], axis=-1).mean(axis=1))
+        out.append(np.concatenate(rows))
+    return out
+
+
+def _integer_labels(labels: np.ndarray, name: str) -> np.ndarray:
+    """``labels`` as int64 when they are integers (of any dtype, object included)."""
+    values = labels
+    if labels.dtype.kind in "fO":
+        try:
+            values = labels.astype(np.float64)
+        except (TypeError, ValueError):
+            values = None
+        if values is not None and not (np.all(np.isfinite(values)) and np.all(values == np.round(values))):
+            values = None
+    if values is None or values.dtype.kind not in "iubf":
+        raise ValueError(
+            f"Unknown label type: {name} must hold integer state labels; got dtype {labels.dtype}"
+            f"{' with non-integer values' if labels.dtype.kind in 'fO' else ''}."
+        )
+    return values.astype(np.int64)
+
+
+# --------------------------------------------------------------------------- estimator
+class SPIBEstimator(TransformerMixin, TorchLearner):
+    """Metastable states and a low-dimensional latent by the State Predictive Information Bottleneck.
+
+    An encoder maps each frame :math:`x_t` to a Gaussian latent
+    :math:`q(z \\mid x_t)` of dimension ``z_dim``; a linear decoder predicts
+    from the latent the state label at :math:`t + \\tau` (``lagtime``); the
+    latent is regularised towards a VampPrior. The labels themselves are
+    learned: starting from k-means clusters of the input's slow (TICA)
+    directions (or from ``y``), every frame is relabelled, whenever training
+    has settled, by the decoder's most likely
+    state at its latent mean, and training continues on the new labels. States
+    left empty are dropped, so the number of metastable states found
+    (``n_states_``) is an outcome, not an input.
+
+    The encoder is the network family of :class:`VAMPNetEstimator`: on token
+    trajectories (from :class:`GeomEmbedder`, optionally through a
+    :class:`TokenMerger`, whose merging module is trained end to end) the
+    merger -> invariant projection -> transformer token mixer -> pooling ->
+    MLP head; on 2-D feature arrays an MLP. Its head has ``2 * z_dim``
+    outputs, the latent mean and log-variance.
+
+    Parameters
+    ----------
+    lagtime : int, default=1
+        Lag time :math:`\\tau` in frames: the decoder predicts the state
+        ``lagtime`` frames ahead.
+    z_dim : int, default=2
+        Latent dimension.
+    n_states : int, default=10
+        Initial k-means clusters when ``y`` is not given (at most the number
+        of frames). Refinement merges them into fewer metastable states.
+    init_components : int or None, default=4
+        The initial k-means runs on this many leading TICA components (at
+        ``lagtime``) of the standardised pooled invariant features: for
+        tokens, the mean over residues of the scalar row and the vector
+        norms; for arrays, the features. ``None`` clusters the standardised
+        pooled features themselves.
+    beta : float, default=1e-3
+        Weight of the KL term (the information bottleneck).
+    refinements : int, default=10
+        Label refinements: after the first training round, training
+        continues on refined labels at most this many times; it stops earlier
+        once a refinement changes no label. The reported states are always
+        the final decoder's.
+    tolerance : float, default=5e-3
+        A training round has settled once its loss has not improved by more
+        than this fraction of its best value for ``patience`` epochs; then
+        the labels are refined.
+    transform_output : {"latent", "states"}, default="latent"
+        What :meth:`transform` returns: the latent means, or the state
+        trajectories of :meth:`predict` (to feed an MSM in a Pipeline).
+    score_k : int, default=1
+        Singular functions (besides the constant one) in :meth:`score`.
+    hidden_layer_sizes : tuple of int, default=(64, 64)
+        MLP encoder on 2-D arrays.
+    d_model, n_heads, n_layers : int, default=64, 4, 2
+        Transformer encoder on tokens.
+    pooling : {"cls", "mean"}, default="cls"
+    dropout : float, default=0.0
+    optimizer : {"adamw", "adam", "sgd"}, default="adamw"
+    lr : float, default=1e-3
+    weight_decay : float, default=0.0
+    batch_size : int, default=256
+        Time-lagged pairs per step.
+    max_epochs : int, default=50
+        Most epochs in all, over every training round: when they are spent,
+        the labels are refined one last time and the fit ends.
+    patience : int, default=5
+        Epochs without an improvement (see ``tolerance``) of the validation
+        loss, or of the training loss without validation, that end a
+        training round; the round's best weights are restored. ``None``
+        never settles: one round uses all ``max_epochs``.
+    validation_fraction : float, default=0.2
+        Share of whole trajectories held out for validation (for a single
+        trajectory, a contiguous final block); 0 disables validation.
+    precision : {"float32", "bfloat16"}, default="float32"
+        ``"bfloat16"`` runs the network under autocast; the loss is always
+        float64.
+    device : str or torch.device, default="auto"
+    progress : bool, default=True
+    random_state : int, numpy.random.Generator or None, default=None
+        Drives the initial k-means, the network initialisation, the data
+        order and the latent samples, through local generators.
+
+    Attributes
+    ----------
+    module_ : SPIBModule
+        The trained encoder (``module_.lobe``), decoder and prior weights.
+    n_states_ : int
+        Metastable states found.
+    labels_ : ndarray of shape (n_frames,) of int32, or a list of them
+        Final state of every training frame (equal to ``predict(X)``).
+    labels_history_ : list
+        The labels (like ``labels_``) before the first training round and
+        after each round: ``labels_history_[0]`` are the initial labels.
+    n_refinements_ : int
+        Training rounds run (each ended in a relabelling).
+    converged_ : bool
+        Whether the last relabelling changed no label.
+    representatives_ : ndarray of shape (n_states_, 2)
+        (trajectory, frame) of each state's prior representative: the
+        training frame nearest the state's mean latent.
+    state_weights_ : ndarray of shape (n_states_,)
+        Learned mixture weights of the prior.
+    vamp_ : VampDecomposition or None
+        VAMP decomposition of the state probabilities on the training pairs,
+        for :meth:`score` (None when a single state was found).
+    history_ : dict
+        ``train`` and ``validation`` scores (minus the loss) per epoch,
+        ``round`` (the training round of each epoch), ``best_epoch`` (per
+        round, counted within the round) and ``n_states`` (before each round).
+    timestep_ : float or None
+        Time between frames (ps), when the input carries it.
+    n_features_in_ : int
+        Features of 2-D input.
+
+    See Also
+    --------
+    VAMPNetEstimator : slow coordinates from the same network family.
+    MSMEstimator : a Markov state model on the states of :meth:`predict`.
+    TokenMerger : the merging step trained end to end with this learner.
+
+    Notes
+    -----
+    With labels :math:`y`, encoder :math:`q(z \\mid x) = \\mathcal N(\\mu(x),
+    \\mathrm{diag}\\,\\sigma^2(x))`, decoder :math:`q(y \\mid z)` and the VampPrior
+    :math:`r(z) = \\sum_k \\omega_k\\, q(z \\mid u_k)` over one representative
+    frame :math:`u_k` per state, the loss minimised over time-lagged pairs is
+
+    .. math::
+        \\mathcal L = \\frac{1}{\\sum_t w_t} \\sum_t w_t \\left(
+            -\\log q(y_{t+\\tau} \\mid z_t)
+            + \\beta \\left[\\log q(z_t \\mid x_t) - \\log r(z_t)\\right]\\right),
+        \\qquad z_t = \\mu(x_t) + \\sigma(x_t) \\odot \\epsilon_t,
+
+    with :math:`w_t` the frame weights (``sample_weight``, all ones by
+    default) and the KL divergence estimated with the one sampled
+    :math:`z_t`. The representatives are frames, not free parameters (a token
+    frame's fragment graph comes from its positions): at the start of every
+    round, each state's is the training frame nearest (in the latent) to the
+    state's mean latent, and the mixture weights restart from the state
+    populations. The representatives' encoder Gaussians enter the prior
+    without gradient: the prior is a target for the frames' latents, learned
+    only through its weights. (A gradient through representative frames lets
+    the KL term drag a rare state's frames, with its representative, into a
+    common state before the decoder has learned to tell them apart; on
+    alanine dipeptide that collapsed the few-percent alpha_L basin for some
+    seeds.) Relabelling sets :math:`y_t = \\arg\\max_k q(k \\mid \\mu(x_t))`;
+    one training round lasts until the loss has settled (``tolerance``,
+    ``patience``), and all rounds together at most ``max_epochs`` epochs.
+
+    The initial k-means runs on the leading ``init_components`` TICA
+    components of the pooled invariants because k-means on the raw features
+    spends its clusters on the largest (fast) fluctuations: labels that
+    nothing predicts at the lag time, which the first refinement merges
+    into a single state. A rare metastable state needs its own initial
+    cluster(s) to survive refinement.
+
+    :meth:`score` is a cross-validated VAMP-2 of the state probabilities
+    :math:`q(k \\mid \\mu(x_t))` (:meth:`predict_proba`) at ``lagtime``: the
+    singular functions of a VAMP decomposition fitted on the training
+    probabilities, evaluated with the covariances of ``X`` (Wu and Noe), with
+    ``score_k`` of them (capped at the rank, ``n_states_ - 1``), plus 1 for
+    the constant function. A fixed ``score_k`` keeps models with different
+    numbers of states comparable; compare at one lag time only.
+
+    References
+    ----------
+    .. [1] Wang, Tiwary, "State predictive information bottleneck",
+       J. Chem. Phys. 154, 134111 (2021).
+    .. [2] Tomczak, Welling, "VAE with a VampPrior", AISTATS (2018).
+    .. [3] Wu, Noe, "Variational approach for learning Markov processes from
+       time series data", J. Nonlinear Sci. 30, 23 (2020).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from g2v_sklearn import SPIBEstimator
+    >>> rng = np.random.default_rng(0)
+    >>> side = np.repeat(rng.integers(0, 2, size=20), 25)  # a slow two-state switch
+    >>> x = rng.normal(size=(500, 3)) * 0.3 + side[:, None]
+    >>> est = SPIBEstimator(lagtime=5, n_states=4, max_epochs=5, progress=False,
+    ...                     random_state=0).fit(x)
+    >>> est.transform(x).shape, est.predict(x).shape
+    ((500, 2), (500,))
+    >>> est.predict_proba(x).shape == (500, est.n_states_)
+    True
+    """
+
+    _parameter_constraints: dict = {
+        **TorchLearner._common_constraints,
+        "z_dim": [Interval(Integral, 1, None, closed="left")],
+        "n_states": [Interval(Integral, 2, None, closed="left")],
+        "beta": [Interval(Real, 0, None, closed="left")],
+        "refinements": [Interval(Integral, 0, None, closed="left")],
+        "tolerance": [Interval(Real, 0, None, closed="left")],
+        "init_components": [Interval(Integral, 1, None, closed="left"), None],
+        "transform_output": [StrOptions({"latent", "states"})],
+        "score_k": [Interval(Integral, 1, None, closed="left")],
+    }
+
+    def __init__(self, lagtime=1, *, z_dim=2, n_states=10, init_components=4, beta=1e-3, refinements=10,
+                 tolerance=5e-3, transform_output="latent", score_k=1, hidden_layer_sizes=(64, 64),
+                 d_model=64, n_heads=4, n_layers=2, pooling="cls", dropout=0.0, optimizer="adamw", lr=1e-3,
+                 weight_decay=0.0, batch_size=256, max_epochs=50, patience=5, validation_fraction=0.2,
+                 precision="float32", device="auto", progress=True, random_state=None):
+        self.lagtime = lagtime
+        self.z_dim = z_dim
+        self.n_states = n_states
+        self.init_components = init_components
+        self.beta = beta
+        self.refinements = refinements
+        self.tolerance = tolerance
+        self.transform_output = transform_output
+        self.score_k = score_k
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.d_model = d_model
+        self.n_heads = n_heads
+        self.n_layers = n_layers
+        self.pooling = pooling
+        self.dropout = dropout
+        self.optimizer = optimizer
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.validation_fraction = validation_fraction
+        self.precision = precision
+        self.device = device
+        self.progress = progress
+        self.random_state = random_state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = False  # CPU fits with a random_state are repeatable
+        tags.input_tags.allow_nan = False
+        return tags
+
+    # ------------------------------------------------------------------ labels
+    def _initial_labels(self, series: TimeSeries, y, rng) -> list[np.ndarray]:
+        """Initial state labels 0..K-1 per trajectory, from ``y`` or k-means."""
+        who = type(self).__name__
+        lengths = series.lengths
+        if y is None:
+            features = self._initial_features(series)
+            n_clusters = min(int(self.n_states), sum(lengths))
+            kmeans = KMeansDiscretizer(n_clusters, random_state=int(rng.integers(0, 2**31 - 1)))
+            raw = [np.asarray(d, dtype=np.int64) for d in kmeans.fit(features).transform(features)]
+            source = f"k-means with n_states={self.n_states} found"
+        else:
+            raw = self._check_labels(y, series)
+            source = "y has"
+        values, inverse = np.unique(np.concatenate(raw), return_inverse=True)
+        if len(values) < 2:
+            raise ValueError(
+                f"{who} needs at least two initial states, but {source} only {len(values)} distinct "
+                f"state{'s' if len(values) != 1 else ''} (are all frames alike?)."
+            )
+        return np.split(inverse.astype(np.int64), np.cumsum(lengths)[:-1])
+
+    def _initial_features(self, series: TimeSeries) -> list[np.ndarray]:
+        """Standardised pooled invariants, projected on their leading TICA components."""
+        from deeptime.decomposition import TICA
+        from deeptime.numeric import ZeroRankError
+
+        features = _pooled_invariants(series)
+        stacked = np.concatenate(features)
+        mean, std = stacked.mean(axis=0), stacked.std(axis=0)
+        std = np.where(std > 0, std, 1.0)
+        features = [(f - mean) / std for f in features]
+        if self.init_components is None:
+            return features
+        long_enough = [f for f in features if len(f) > self.lagtime]
+        try:
+            tica = TICA(lagtime=int(self.lagtime), dim=int(self.init_components)).fit(long_enough)
+        except ZeroRankError:
+            return features  # constant features: k-means then finds one state, and fit says so
+        model = tica.fetch_model()
+        return [model.transform(f) for f in features]
+
+    def _check_labels(self, y, series: TimeSeries) -> list[np.ndarray]:
+        who = type(self).__name__
+        lengths = series.lengths
+        if series.single:
+            ys = [y]
+        elif isinstance(y, (list, tuple)):
+            ys = list(y)
+        else:
+            raise TypeError(
+                f"y must be a list of integer label arrays, one per trajectory; got {type(y).__name__}."
+            )
+        if len(ys) != len(lengths):
+            raise ValueError(
+                f"y has {len(ys)} label arrays, but X has {len(lengths)} trajectories; {who} needs one "
+                f"label per frame of every trajectory."
+            )
+        out = []
+        for i, (labels, n) in enumerate(zip(ys, lengths)):
+            labels = np.asarray(labels)
+            name = "y" if series.single else f"y[{i}]"
+            if labels.ndim != 1 or len(labels) != n:
+                raise ValueError(
+                    f"{name} has shape {labels.shape}, but trajectory {i} has {n} frames; {who} needs "
+                    f"one label per frame, shape ({n},)."
+                )
+            out.append(_integer_labels(labels, name))
+        return out
+
+    # ------------------------------------------------------------------ the loss
+    def _pair_losses(self, net, series, batch, weights, device, generator):
+        """Per-pair losses and weights of a batch of (trajectory, t) pairs."""
+        state = self._fit_state
+        d = self.z_dim
+        with self._autocast(device):
+            encoded = net(*_gather_frames(series, batch, device)).double()
+            with torch.no_grad():  # the prior is a target: no gradient through the representatives
+                reps = net(*_gather_frames(series, state.representatives, device)).double()
+        mean, logvar = encoded[:, :d], encoded[:, d:]
+        rep_mean, rep_logvar = reps[:, :d], reps[:, d:]
+        noise = torch.randn(mean.shape, generator=generator, device=device, dtype=mean.dtype)
+        z = mean + torch.exp(0.5 * logvar) * noise
+        log_probs = net.decode(z).double()
+        future = torch.as_tensor(state.offsets[batch[:, 0]] + batch[:, 1] + self.lagtime, device=device)
+        losses, _, _ = spib_pair_losses(log_probs, state.labels[future], z, mean, logvar, rep_mean,
+                                        rep_logvar, net.prior_log_weights().double(), self.beta)
+        w = self._pair_weights(weights, batch, device)
+        w = torch.ones_like(losses) if w is None else w.double()
+        return losses, w
+
+    def _batch_loss(self, net, series, batch, weights, device):
+        losses, w = self._pair_losses(net, series, batch, weights, device, self._fit_state.generator)
+        return (w * losses).sum() / w.sum().clamp_min(1e-300)
+
+    def _evaluate(self, net, series, pairs, weights, device) -> float:
+        """Minus the mean loss on the validation pairs, with the same noise every time."""
+        net.eval()
+        generator = torch.Generator(device=device)
+        generator.manual_seed(self._fit_state.validation_seed)
+        total, norm = 0.0, 0.0
+        with torch.no_grad():
+            for start in range(0, len(pairs), self.batch_size):
+                losses, w = self._pair_losses(net, series, pairs[start:start + self.batch_size], weights,
+                                              device, generator)
+                total += float((w * losses).sum())
+                norm += float(w.sum())
+        return -total / max(norm, 1e-300)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, X, y=None, sample_weight=None):
+        """Learn the latent, the decoder and the metastable states of ``X``.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_frames, n_features), list of such arrays, or list of token trajectories
+            One array is one trajectory; a list holds one entry per trajectory.
+        y : array-like of shape (n_frames,) of int, list of such, or None, default=None
+            Initial state labels, one per frame (one array per trajectory);
+            ``None`` clusters the frames with k-means into ``n_states``.
+        sample_weight : array-like of shape (n_frames,) or list of such, default=None
+            Per-frame weights (e.g. from a biased simulation); a pair is
+            weighted by its first frame.
+
+        Returns
+        -------
+        self : SPIBEstimator
+        """
+        series, weights, pairs, rng, device = self._setup(X, sample_weight)
+        labels = self._initial_labels(series, y, rng)
+        n_states = int(max(l.max() for l in labels)) + 1
+        train, val = self._split(series, pairs, rng)
+        lengths = series.lengths
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        candidates = np.zeros(sum(lengths), dtype=bool)  # training frames may represent states
+        candidates[offsets[train[:, 0]] + train[:, 1]] = True
+        frame_weights = np.concatenate(weights) if weights is not None else np.ones(sum(lengths))
+        history = {"train": [], "validation": [], "round": [], "best_epoch": [], "n_states": []}
+        labels_history = [labels]
+        converged = False
+        with local_torch_seed(rng):
+            lobe = self._build_network(series, 2 * self.z_dim)
+            if series.kind == "array":  # standardise with the training trajectories only
+                stacked = np.concatenate([series.items[i] for i in np.unique(train[:, 0])])
+                lobe.set_standardization(torch.as_tensor(stacked.mean(0)), torch.as_tensor(stacked.std(0)))
+            net = SPIBModule(lobe, self.z_dim, n_states).to(device)
+            self._fit_state = _FitState(
+                labels=torch.as_tensor(np.concatenate(labels), device=device),
+                offsets=offsets, representatives=np.zeros((0, 2), dtype=np.int64),
+                generator=torch_generator(rng, device), validation_seed=int(rng.integers(0, 2**63 - 1)),
+            )
+            try:
+                means = self._latent_means(net, series, device)
+                epochs_left = int(self.max_epochs)
+                for round_ in range(self.refinements + 1):
+                    self._reset_prior(net, means, labels, candidates, frame_weights, offsets)
+                    self._fit_state.labels = torch.as_tensor(np.concatenate(labels), device=device)
+                    rounds = self._train(net, series, train, val, weights, device, rng, epochs=epochs_left,
+                                         tolerance=self.tolerance, monitor_train=True)
+                    epochs_left -= len(rounds["train"])
+                    history["train"] += rounds["train"]
+                    history["validation"] += rounds["validation"]
+                    history["round"] += [round_] * len(rounds["train"])
+                    history["best_epoch"].append(rounds["best_epoch"])
+                    history["n_states"].append(net.n_states)
+                    means = self._latent_means(net, series, device)
+                    new_labels = self._relabel(net, means, device)
+                    converged = all(np.array_equal(a, b) for a, b in zip(labels, new_labels))
+                    labels = new_labels
+                    labels_history.append(labels)
+                    if converged or epochs_left < 1:
+                        break
+                self._reset_prior(net, means, labels, candidates, frame_weights, offsets, weights_too=False)
+                representatives = self._fit_state.representatives
+            finally:
+                del self._fit_state
+        net.eval()
+        self.module_ = net
+        self.n_states_ = net.n_states
+        self.converged_ = bool(converged)
+        self.n_refinements_ = len(labels_history) - 1
+        self.history_ = history
+        self.representatives_ = representatives
+        with torch.no_grad():
+            self.state_weights_ = net.prior_log_weights().exp().double().cpu().numpy()
+        self.timestep_ = series.timestep
+        unpack = (lambda ls: ls[0].astype(np.int32)) if series.single else (
+            lambda ls: [l.astype(np.int32) for l in ls])
+        self.labels_history_ = [unpack(ls) for ls in labels_history]
+        self.labels_ = self.labels_history_[-1]
+        if self.n_states_ < 2:
+            warnings.warn(
+                f"{type(self).__name__} merged everything into a single state; try a shorter "
+                f"lagtime, a smaller beta or more initial states.", UserWarning, stacklevel=2,
+            )
+        self._fit_score_model(series, pairs, means, weights, device)
+        return self
+
+    def _latent_means(self, net, series, device) -> list[np.ndarray]:
+        return [o[:, : self.z_dim] for o in self._outputs(net, series, device)]
+
+    def _relabel(self, net, means, device) -> list[np.ndarray]:
+        """Most likely state of every frame at its latent mean; empty states are dropped."""
+        raw = [self._decode_means(net, m, device).argmax(axis=1) for m in means]
+        counts = np.bincount(np.concatenate(raw), minlength=net.n_states)
+        keep = np.flatnonzero(counts > 0)
+        if len(keep) < net.n_states:
+            net.keep_states(keep)
+        remap = np.full(len(counts), -1, dtype=np.int64)
+        remap[keep] = np.arange(len(keep))
+        return [remap[r] for r in raw]
+
+    @staticmethod
+    def _decode_means(net, means: np.ndarray, device, chunk: int = 65536) -> np.ndarray:
+        with torch.no_grad():
+            out = [net.decode(torch.as_tensor(means[s:s + chunk], dtype=torch.float32, device=device))
+                   .double().exp().cpu().numpy() for s in range(0, len(means), chunk)]
+        return np.concatenate(out) if out else np.zeros((0, net.n_states))
+
+    def _reset_prior(self, net, means, labels, candidates, frame_weights, offsets, *, weights_too=True):
+        """Representatives: per state, the training frame nearest the state's mean latent."""
+        flat_means = np.concatenate(means)
+        flat_labels = np.concatenate(labels)
+        traj_of = np.repeat(np.arange(len(labels)), [len(l) for l in labels])
+        reps = np.zeros((net.n_states, 2), dtype=np.int64)
+        populations = np.zeros(net.n_states)
+        for k in range(net.n_states):
+            members = flat_labels == k
+            w = frame_weights[members]
+            populations[k] = w.sum()
+            center = np.average(flat_means[members], axis=0, weights=w if w.sum() > 0 else None)
+            pool = np.flatnonzero(members & candidates)
+            if len(pool) == 0:
+                pool = np.flatnonzero(members)
+            best = pool[np.argmin(((flat_means[pool] - center) ** 2).sum(axis=1))]
+            reps[k] = traj_of[best], best - offsets[traj_of[best]]
+        self._fit_state.representatives = reps
+        if weights_too:
+            populations = np.maximum(populations / max(populations.sum(), 1e-300), 1e-6)
+            with torch.no_grad():
+                net.prior_logits.copy_(torch.as_tensor(np.log(populations), dtype=net.prior_logits.dtype))
+
+    def _fit_score_model(self, series, pairs, means, weights, device):
+        """VAMP decomposition of the training state probabilities, for :meth:`score`."""
+        self.vamp_ = None
+        if self.n_states_ < 2:
+            return
+        probs = [self._decode_means(self.module_, m, device) for m in means]
+        x = np.concatenate([probs[i][t] for i, t in _grouped(pairs)])
+        y = np.concatenate([probs[i][t + self.lagtime] for i, t in _grouped(pairs)])
+        w = None if weights is None else np.concatenate([weights[i][t] for i, t in _grouped(pairs)])
+        try:
+            self.vamp_ = fit_vamp(x, y, weights=w)
+        except ValueError:  # (numerically) constant probabilities: nothing to score
+            self.vamp_ = None
+
+    # ------------------------------------------------------------------ use
+    def _probabilities(self, X) -> tuple[list[np.ndarray], list[np.ndarray], TimeSeries]:
+        check_is_fitted(self, "module_")
+        series = self._as_time_series(X, reset=False)
+        net, device = self._net()
+        means = self._latent_means(net, series, device)
+        return means, [self._decode_means(net, m, device) for m in means], series
+
+    def predict_proba(self, X):
+        """Probabilities of the states ``lagtime`` frames ahead, at each frame's latent mean.
+
+        Parameters
+        ----------
+        X : like in :meth:`fit`
+
+        Returns
+        -------
+        P : ndarray of shape (n_frames, n_states_), or a list of them
+            One array for one array in, a list for a list in; rows sum to 1.
+        """
+        _, probs, series = self._probabilities(X)
+        return probs[0] if series.single else probs
+
+    def predict(self, X):
+        """Metastable-state trajectories: the most likely state at each frame's latent mean.
+
+        Parameters
+        ----------
+        X : like in :meth:`fit`
+
+        Returns
+        -------
+        states : ndarray of shape (n_frames,) of int32, or a list of them
+            States numbered 0 .. ``n_states_`` - 1; feed them to
+            :class:`MSMEstimator`.
+        """
+        _, probs, series = self._probabilities(X)
+        states = [p.argmax(axis=1).astype(np.int32) for p in probs]
+        return states[0] if series.single else states
+
+    def transform(self, X):
+        """Latent means, or the state trajectories with ``transform_output="states"``.
+
+        Parameters
+        ----------
+        X : like in :meth:`fit`
+
+        Returns
+        -------
+        Y : ndarray of shape (n_frames, z_dim) or (n_frames,) of int32, or a list of them
+            One array for one array in, a list for a list in.
+        """
+        if self.transform_output == "states":
+            return self.predict(X)
+        check_is_fitted(self, "module_")
+        series = self._as_time_series(X, reset=False)
+        net, device = self._net()
+        means = self._latent_means(net, series, device)
+        return means[0] if series.single else means
+
+    def score(self, X, y=None):
+        """Cross-validated VAMP-2 of the state probabilities of ``X`` at ``lagtime``.
+
+        The training model's singular functions of the state probabilities,
+        evaluated with the covariances of ``X`` (Wu and Noe), ``score_k`` of
+        them (at most ``n_states_ - 1``), plus 1 for the constant function.
+        Higher is better; only comparable between models at the same lag
+        time. A model with a single state scores 1.
+
+        Parameters
+        ----------
+        X : like in :meth:`fit`
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        score : float
+        """
+        _, probs, series = self._probabilities(X)
+        if self.vamp_ is None:
+            return 1.0
+        pairs = lagged_pairs(series.lengths, self.lagtime, type(self).__name__)
+        x = np.concatenate([probs[i][t] for i, t in _grouped(pairs)])
+        y = np.concatenate([probs[i][t + self.lagtime] for i, t in _grouped(pairs)])
+        k = min(self.score_k, self.vamp_.n_components)
+        return float(vamp_cv_score(self.vamp_, x, y, k=k))
