@@ -125,6 +125,8 @@ import sys
 import time
 from pathlib import Path
 
+from _common import cpu_model, max_rss_mib, worker_env  # benchmarks/_common.py
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "train.json"
 RESULT_TAG = "BENCH_TRAIN_RESULT "  # prefix of the worker's JSON line on stdout
@@ -152,20 +154,6 @@ PAPER_GB = {
 # ----------------------------------------------------------------------------------
 # data
 # ----------------------------------------------------------------------------------
-
-def worker_env() -> dict:
-    """Environment of a worker process: glibc's mmap threshold fixed at 64 KiB.
-
-    By default glibc raises its mmap threshold after large frees and then keeps
-    freed blocks of up to 32 MiB cached in the heap, so a process's peak RSS
-    counts memory that was free at the time. With a fixed threshold every large
-    tensor is its own mapping, returned to the system when freed, and peak RSS
-    tracks the memory actually live (measured: 2.4 MiB instead of 12.9 MiB per
-    extra training pair at 2,645 residues, w=8).
-    """
-    env = dict(os.environ)
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
-    return env
 
 def protein_like_chain(n: int, rng) -> "np.ndarray":
     """C-alpha-like coordinates (n, 3) of one compact chain, Angstrom.
@@ -236,13 +224,6 @@ def rss_now_mib() -> float:
     with open("/proc/self/statm") as handle:
         resident_pages = int(handle.read().split()[1])
     return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def max_rss_mib() -> float:
-    import resource
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
 
 
 def release_free_heap() -> None:
@@ -438,17 +419,6 @@ def run_worker(args) -> None:
 # ----------------------------------------------------------------------------------
 # parent
 # ----------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def mem_available_gb() -> float | None:
     try:
         with open("/proc/meminfo") as handle:
