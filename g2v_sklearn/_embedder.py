@@ -28,7 +28,6 @@ from ._backbone import (
 from ._compat import Interval, Options, StrOptions, validate_parameter_constraints
 from ._tokens import TokenStoreWriter, TokenTrajectory, is_complete_store, load_tokens
 from ._topology import (
-    ResidueLayout,
     atomic_numbers_of,
     describe_topology,
     residue_layout,

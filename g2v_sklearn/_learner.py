@@ -22,7 +22,7 @@ from ._compat import Interval, StrOptions, validate_parameter_constraints
 from ._merger import MergedTokens, MergeSpec, check_token_list
 from ._networks import MLPLobe, TokenLobe
 from ._tokens import TokenTrajectory
-from ._utils import check_generator, local_torch_seed, resolve_device
+from ._utils import check_generator, resolve_device
 
 __all__ = ["TimeSeries", "TorchLearner", "lagged_pairs"]
 
@@ -135,6 +135,12 @@ class TorchLearner(BaseEstimator):
         "progress": ["boolean"],
         "random_state": ["random_state", np.random.Generator],
     }
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = False  # CPU fits with a random_state are repeatable
+        tags.input_tags.allow_nan = False
+        return tags
 
     # ------------------------------------------------------------------ input dispatch
     def _as_time_series(self, X, *, reset: bool) -> TimeSeries:

@@ -446,12 +446,6 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         self.progress = progress
         self.random_state = random_state
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.non_deterministic = False  # CPU fits with a random_state are repeatable
-        tags.input_tags.allow_nan = False
-        return tags
-
     # ------------------------------------------------------------------ labels
     def _initial_labels(self, series: TimeSeries, y, rng) -> list[np.ndarray]:
         """Initial state labels 0..K-1 per trajectory, from ``y`` or k-means."""

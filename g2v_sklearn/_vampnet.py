@@ -168,12 +168,6 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         self.progress = progress
         self.random_state = random_state
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.non_deterministic = False  # CPU fits with a random_state are repeatable
-        tags.input_tags.allow_nan = False
-        return tags
-
     # ------------------------------------------------------------------ loss
     def _loss(self, out_0, out_t, weights):
         return -vamp_score(out_0, out_t, method=self.score_method, epsilon=self.epsilon,
