@@ -1,0 +1,112 @@
+"""Adenylate kinase: the transition paths and end states shipped by MDAnalysisTests."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.utils import Bunch
+
+__all__ = ["ADK_DOMAINS", "domain_labels", "load_adenylate_kinase"]
+
+#: The usual domain definition of E. coli adenylate kinase (residue numbers,
+#: inclusive ranges): the rigid CORE, the ATP-binding LID and the AMP-binding
+#: NMP domain, which close over the substrates (Beckstein et al., J. Mol.
+#: Biol. 394, 160, 2009).
+ADK_DOMAINS = {
+    "CORE": [(1, 29), (60, 121), (160, 214)],
+    "NMP": [(30, 59)],
+    "LID": [(122, 159)],
+}
+
+
+def domain_labels(residue_ids, domains=None):
+    """Name the domain of every residue.
+
+    Parameters
+    ----------
+    residue_ids : array-like of int
+        Residue numbers (``resSeq``), e.g. ``[r.resSeq for r in top.residues]``.
+    domains : dict, default=None
+        Mapping domain name -> list of inclusive ``(first, last)`` ranges;
+        ``None`` uses :data:`ADK_DOMAINS`.
+
+    Returns
+    -------
+    labels : ndarray of str, shape (n_residues,)
+        Domain of each residue; ``""`` for a residue in no domain.
+
+    Examples
+    --------
+    >>> from g2v_sklearn.datasets import domain_labels
+    >>> domain_labels([1, 30, 122, 214]).tolist()
+    ['CORE', 'NMP', 'LID', 'CORE']
+    """
+    domains = ADK_DOMAINS if domains is None else domains
+    ids = np.asarray(residue_ids)
+    labels = np.full(ids.shape, "", dtype=object)
+    for name, ranges in domains.items():
+        for first, last in ranges:
+            labels[(ids >= first) & (ids <= last)] = name
+    return labels.astype(str)
+
+
+def load_adenylate_kinase(n_frames=None):
+    """Load adenylate kinase (AdK, 214 residues, 3,341 atoms) from MDAnalysisTests.
+
+    Two closed -> open transition paths made with dynamic importance sampling
+    (DIMS; 98 and 102 frames) and the crystal-like closed and open end
+    states. The paths are transition paths, not equilibrium dynamics: any
+    kinetics learned from them are illustrative only.
+
+    Parameters
+    ----------
+    n_frames : int, default=None
+        Keep only the first ``n_frames`` frames of each path (for quick runs).
+
+    Returns
+    -------
+    data : sklearn.utils.Bunch
+        ``paths`` (list of two ``mdtraj.Trajectory``), ``closed`` and
+        ``open`` (one-frame ``mdtraj.Trajectory``), ``domains``
+        (:data:`ADK_DOMAINS`), ``residue_domain`` (ndarray of str, the domain
+        of each of the 214 residues) and ``files`` (the source paths).
+
+    Raises
+    ------
+    ImportError
+        If MDAnalysisTests is not installed, with the command to install it.
+
+    Examples
+    --------
+    >>> from g2v_sklearn.datasets import load_adenylate_kinase
+    >>> adk = load_adenylate_kinase(n_frames=3)
+    >>> [p.n_frames for p in adk.paths], adk.paths[0].n_residues
+    ([3, 3], 214)
+    >>> sorted(set(adk.residue_domain))
+    ['CORE', 'LID', 'NMP']
+    """
+    if n_frames is not None and (
+        isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or n_frames < 1
+    ):
+        raise ValueError(f"n_frames must be a positive integer or None; got {n_frames!r}.")
+    try:
+        import MDAnalysisTests.datafiles as files
+    except ImportError as err:
+        raise ImportError(
+            "load_adenylate_kinase reads the files shipped by MDAnalysisTests, which is not "
+            "installed. Install it with `pip install MDAnalysisTests` (about 100 MB)."
+        ) from err
+    import mdtraj as md
+
+    sources = {"topology": files.PSF, "path_1": files.DCD, "path_2": files.DCD2,
+               "closed": files.PDB_closed, "open": files.PDB_small}
+    stop = None if n_frames is None else int(n_frames)
+    paths = [md.load(sources[k], top=files.PSF)[:stop] for k in ("path_1", "path_2")]
+    residue_ids = [r.resSeq for r in paths[0].topology.residues]
+    return Bunch(
+        paths=paths,
+        closed=md.load(sources["closed"]),
+        open=md.load(sources["open"]),
+        domains={k: list(v) for k, v in ADK_DOMAINS.items()},
+        residue_domain=domain_labels(residue_ids),
+        files=sources,
+    )
