@@ -89,7 +89,29 @@ class MergedTokens:
     Parameters
     ----------
     tokens : TokenTrajectory
+        The residue tokens.
     spec : MergeSpec
+        The merge specification of the fitted :class:`TokenMerger`
+        (``window``, ``operator``, ``cutoff``, ``n_fragments``, ...).
+
+    See Also
+    --------
+    TokenMerger : Makes these; its ``transform`` returns a list of them.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from g2v_sklearn import TokenMerger, TokenTrajectory
+    >>> tokens = TokenTrajectory(np.zeros((5, 10, 4, 8), np.float32), np.zeros((5, 10, 3), np.float32),
+    ...                          residue_names=["ALA"] * 10, chain_ids=["A"] * 10,
+    ...                          residue_ids=range(1, 11))
+    >>> merged = TokenMerger(window=4).fit_transform([tokens])[0]
+    >>> merged
+    MergedTokens(TokenTrajectory(n_frames=5, n_residues=10, n_channels=8, in RAM), window=4, operator='graphconv')
+    >>> merged.features is tokens.features  # shared, not copied
+    True
+    >>> merged[:2].spec.n_fragments  # frame selection keeps the specification
+    3
     """
 
     def __init__(self, tokens: TokenTrajectory, spec: MergeSpec) -> None:
@@ -370,23 +392,40 @@ class TokenMerger(TransformerMixin, BaseEstimator):
     Attributes
     ----------
     spec_ : MergeSpec
+        What the learner builds the merging module from.
     n_residues_ : int
+        Residues per frame of the input.
     n_fragments_ : int
+        Fragment tokens per frame, ``ceil(n_residues_ / window)``.
     n_channels_in_ : int
+        Channels H of the input tokens.
 
     See Also
     --------
     VAMPNetEstimator : a learner that trains the merger end to end.
+    SPIBEstimator : another learner that trains the merger end to end.
 
     Examples
     --------
+    Ten residues in windows of four give three fragments (the last window
+    holds two residues and is padded):
+
     >>> import numpy as np
     >>> from g2v_sklearn import TokenMerger, TokenTrajectory
     >>> tok = TokenTrajectory(np.zeros((5, 10, 4, 8), np.float32), np.zeros((5, 10, 3), np.float32),
     ...                       residue_names=["ALA"] * 10, chain_ids=["A"] * 10, residue_ids=range(10))
-    >>> merged = TokenMerger(window=4).fit_transform([tok])
-    >>> merged[0].spec.n_fragments
-    3
+    >>> merger = TokenMerger(window=4).fit([tok])
+    >>> merger.n_residues_, merger.n_fragments_
+    (10, 3)
+    >>> merger.spec_.fragment_of_residue()
+    array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
+    >>> merged = merger.transform([tok])  # the tokens, with the specification attached
+    >>> type(merged[0]).__name__, merged[0].spec.operator
+    ('MergedTokens', 'graphconv')
+
+    In a pipeline the learner that follows builds the merging module from
+    this specification and trains it:
+    ``Pipeline([("merge", TokenMerger(window=4)), ("vamp", VAMPNetEstimator(lagtime=10))])``.
     """
 
     _parameter_constraints: dict = {
@@ -417,6 +456,8 @@ class TokenMerger(TransformerMixin, BaseEstimator):
         Parameters
         ----------
         X : list of TokenTrajectory
+            Residue tokens of one system, one entry per trajectory (the
+            output of :class:`GeomEmbedder`).
         y : None
             Ignored.
 
@@ -451,10 +492,12 @@ class TokenMerger(TransformerMixin, BaseEstimator):
         Parameters
         ----------
         X : list of TokenTrajectory
+            Residue tokens with the residues and channels seen in :meth:`fit`.
 
         Returns
         -------
         merged : list of MergedTokens
+            The same tokens (no copy), each with ``spec_`` attached.
         """
         check_is_fitted(self, "spec_")
         items = check_token_list(X, "TokenMerger")

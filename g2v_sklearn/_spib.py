@@ -271,10 +271,16 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
     d_model, n_heads, n_layers : int, default=64, 4, 2
         Transformer encoder on tokens.
     pooling : {"cls", "mean"}, default="cls"
+        How the transformer's fragment tokens become one vector per frame:
+        a learned class token, or the mean over tokens.
     dropout : float, default=0.0
+        Dropout rate in the encoder.
     optimizer : {"adamw", "adam", "sgd"}, default="adamw"
+        Optimizer (``"sgd"`` with momentum 0.9).
     lr : float, default=1e-3
+        Learning rate.
     weight_decay : float, default=0.0
+        Weight decay of the optimizer.
     batch_size : int, default=256
         Time-lagged pairs per step.
     max_epochs : int, default=50
@@ -292,7 +298,9 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         ``"bfloat16"`` runs the network under autocast; the loss is always
         float64.
     device : str or torch.device, default="auto"
+        ``"auto"`` is CUDA when available, else CPU.
     progress : bool, default=True
+        Show a progress bar over epochs.
     random_state : int, numpy.random.Generator or None, default=None
         Drives the initial k-means, the network initialisation, the data
         order and the latent samples, through local generators.
@@ -312,10 +320,10 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         Training rounds run (each ended in a relabelling).
     converged_ : bool
         Whether the last relabelling changed no label.
-    representatives_ : ndarray of shape (n_states_, 2)
+    representatives_ : ndarray of shape (``n_states_``, 2)
         (trajectory, frame) of each state's prior representative: the
         training frame nearest the state's mean latent.
-    state_weights_ : ndarray of shape (n_states_,)
+    state_weights_ : ndarray of shape (``n_states_``,)
         Learned mixture weights of the prior.
     vamp_ : VampDecomposition or None
         VAMP decomposition of the state probabilities on the training pairs,
@@ -715,11 +723,12 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
 
         Parameters
         ----------
-        X : like in :meth:`fit`
+        X : ndarray of shape (n_frames, n_features), list of such arrays, or list of token trajectories
+            Input like that of :meth:`fit`.
 
         Returns
         -------
-        P : ndarray of shape (n_frames, n_states_), or a list of them
+        P : ndarray of shape (n_frames, ``n_states_``), or a list of them
             One array for one array in, a list for a list in; rows sum to 1.
         """
         _, probs, series = self._probabilities(X)
@@ -730,7 +739,8 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
 
         Parameters
         ----------
-        X : like in :meth:`fit`
+        X : ndarray of shape (n_frames, n_features), list of such arrays, or list of token trajectories
+            Input like that of :meth:`fit`.
 
         Returns
         -------
@@ -747,7 +757,8 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
 
         Parameters
         ----------
-        X : like in :meth:`fit`
+        X : ndarray of shape (n_frames, n_features), list of such arrays, or list of token trajectories
+            Input like that of :meth:`fit`.
 
         Returns
         -------
@@ -773,7 +784,8 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
 
         Parameters
         ----------
-        X : like in :meth:`fit`
+        X : ndarray of shape (n_frames, n_features), list of such arrays, or list of token trajectories
+            Input like that of :meth:`fit`.
         y : None
             Ignored.
 

@@ -208,6 +208,26 @@ class TokenTrajectory:
     returns a new ``TokenTrajectory``; slices (and ints) give views. A token
     trajectory opened from a store pickles by path (the store is reopened
     read-only on unpickling); one held in RAM pickles by value.
+
+    Examples
+    --------
+    :class:`GeomEmbedder` makes these; any arrays of the right shapes do:
+
+    >>> import numpy as np
+    >>> from g2v_sklearn import TokenTrajectory
+    >>> rng = np.random.default_rng(0)
+    >>> tokens = TokenTrajectory(
+    ...     rng.normal(size=(10, 3, 4, 8)).astype(np.float32),  # (frames, residues, 4, H)
+    ...     rng.normal(size=(10, 3, 3)).astype(np.float32),     # positions, Angstrom
+    ...     residue_names=["ACE", "ALA", "NME"], chain_ids=["A", "A", "A"],
+    ...     residue_ids=[1, 2, 3], timestep=10.0)
+    >>> tokens
+    TokenTrajectory(n_frames=10, n_residues=3, n_channels=8, in RAM)
+    >>> tokens.features[:, :, 0].shape  # the scalar row of every residue
+    (10, 3, 8)
+    >>> every_other = tokens[::2]  # a view; the time step follows the stride
+    >>> every_other.n_frames, every_other.timestep
+    (5, 20.0)
     """
 
     def __init__(
@@ -285,7 +305,7 @@ class TokenTrajectory:
 
     @property
     def dtype(self) -> np.dtype:
-        """dtype of ``features``."""
+        """Data type of ``features``."""
         return self.features.dtype
 
     @property
@@ -512,6 +532,29 @@ def load_tokens(directory: str | os.PathLike, mmap_mode: str | None = "r") -> To
         If ``directory`` does not exist.
     ValueError
         If ``directory`` is an incomplete store or not a token store.
+
+    See Also
+    --------
+    save_tokens : Writes a store.
+
+    Examples
+    --------
+    >>> import os
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from g2v_sklearn import TokenTrajectory, load_tokens, save_tokens
+    >>> tokens = TokenTrajectory(np.ones((10, 3, 4, 8), np.float32), np.zeros((10, 3, 3), np.float32),
+    ...                          residue_names=["ACE", "ALA", "NME"], chain_ids=["A"] * 3,
+    ...                          residue_ids=[1, 2, 3], timestep=10.0)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     _ = save_tokens(tokens, os.path.join(tmp, "run0"))
+    ...     loaded = load_tokens(os.path.join(tmp, "run0"))  # memory-mapped, read-only
+    ...     print(loaded.shape, type(loaded.features).__name__, loaded.features.flags.writeable)
+    ...     in_ram = load_tokens(os.path.join(tmp, "run0"), mmap_mode=None)
+    ...     del _, loaded
+    (10, 3, 4, 8) memmap False
+    >>> in_ram.path is None, in_ram.timestep
+    (True, 10.0)
     """
     if mmap_mode not in ("r", "r+", "c", None):
         raise ValueError(f"mmap_mode must be 'r', 'r+', 'c' or None; got {mmap_mode!r}")
@@ -827,6 +870,36 @@ def save_tokens(tokens: TokenTrajectory, directory: str | os.PathLike) -> TokenT
     -------
     TokenTrajectory
         The saved tokens, memory-mapped read-only from ``directory``.
+
+    See Also
+    --------
+    load_tokens : Opens a store again.
+    GeomEmbedder : Its ``store_dir`` writes stores while embedding.
+
+    Notes
+    -----
+    A store is a directory holding ``features.npy``, ``positions.npy`` and
+    ``meta.json`` (residue metadata, time step, provenance). The arrays go
+    into a temporary sibling directory, ``meta.json`` last, and that
+    directory is then renamed, so an interrupted write never leaves a store
+    that looks complete.
+
+    Examples
+    --------
+    >>> import os
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from g2v_sklearn import TokenTrajectory, save_tokens
+    >>> tokens = TokenTrajectory(np.ones((10, 3, 4, 8), np.float32), np.zeros((10, 3, 3), np.float32),
+    ...                          residue_names=["ACE", "ALA", "NME"], chain_ids=["A"] * 3,
+    ...                          residue_ids=[1, 2, 3])
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     saved = save_tokens(tokens, os.path.join(tmp, "run0"))
+    ...     print(sorted(os.listdir(saved.path)))
+    ...     print(saved.path == os.path.join(tmp, "run0"), np.array_equal(saved.features, tokens.features))
+    ...     del saved
+    ['features.npy', 'meta.json', 'positions.npy']
+    True True
     """
     if not isinstance(tokens, TokenTrajectory):
         raise TypeError(f"tokens must be a TokenTrajectory; got {type(tokens).__name__}")

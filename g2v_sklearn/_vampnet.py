@@ -53,13 +53,20 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
     d_model, n_heads, n_layers : int, default=64, 4, 2
         Transformer on tokens.
     pooling : {"cls", "mean"}, default="cls"
+        How the transformer's fragment tokens become one vector per frame:
+        a learned class token, or the mean over tokens.
     dropout : float, default=0.0
+        Dropout rate in the network.
     optimizer : {"adamw", "adam", "sgd"}, default="adamw"
+        Optimizer (``"sgd"`` with momentum 0.9).
     lr : float, default=5e-4
+        Learning rate.
     weight_decay : float, default=1e-2
+        Weight decay of the optimizer.
     batch_size : int, default=256
         Time-lagged pairs per step.
     max_epochs : int, default=30
+        Most passes over the training pairs.
     patience : int, default=5
         Epochs without a better validation score before stopping; ``None``
         never stops early. The best weights are restored.
@@ -70,8 +77,12 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         ``"bfloat16"`` runs the network under autocast; covariances and
         scores are always float64.
     device : str or torch.device, default="auto"
+        ``"auto"`` is CUDA when available, else CPU.
     progress : bool, default=True
+        Show a progress bar over epochs.
     random_state : int, numpy.random.Generator or None, default=None
+        Seeds the network initialisation, the validation split and the
+        order of the pairs, through local generators.
 
     Attributes
     ----------
@@ -117,6 +128,8 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
 
     Examples
     --------
+    On feature arrays, as a nonlinear TICA (one array is one trajectory):
+
     >>> import numpy as np
     >>> from g2v_sklearn import VAMPNetEstimator
     >>> rng = np.random.default_rng(0)
@@ -125,6 +138,24 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
     ...                        random_state=0).fit(x)
     >>> est.transform(x).shape
     (500, 2)
+    >>> est.singular_values_.shape, est.timescales_.shape  # timescales in frames
+    ((2,), (2,))
+
+    A list holds one array per trajectory (time-lagged pairs never cross
+    from one into the next); ``transform`` then returns a list, and
+    ``score`` is the VAMP-2 of held-out trajectories, between 1 and
+    ``1 + score_k``:
+
+    >>> trajs = [x[:250], x[250:]]
+    >>> est = VAMPNetEstimator(lagtime=5, max_epochs=3, progress=False, random_state=0).fit(trajs[:1])
+    >>> [y.shape for y in est.transform(trajs)]
+    [(250, 2), (250, 2)]
+    >>> bool(1.0 <= est.score(trajs[1:]) <= 3.0)
+    True
+
+    On token trajectories the input is the output of :class:`GeomEmbedder`
+    or, for the merged network, of :class:`TokenMerger`; the calls are the
+    same.
     """
 
     _parameter_constraints: dict = {
@@ -237,7 +268,8 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
 
         Parameters
         ----------
-        X : like in :meth:`fit`
+        X : ndarray of shape (n_frames, n_features), list of such arrays, or list of token trajectories
+            Input like that of :meth:`fit`.
 
         Returns
         -------
@@ -264,7 +296,8 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
 
         Parameters
         ----------
-        X : like in :meth:`fit`
+        X : ndarray of shape (n_frames, n_features), list of such arrays, or list of token trajectories
+            Input like that of :meth:`fit`.
         y : None
             Ignored.
 
@@ -296,7 +329,8 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
 
         Parameters
         ----------
-        X : like in :meth:`fit`
+        X : ndarray of shape (n_frames, n_features), list of such arrays, or list of token trajectories
+            Input like that of :meth:`fit`.
         lagtimes : sequence of int
             Lag times in frames.
         n_its : int, default=None
@@ -318,8 +352,10 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
 
         Parameters
         ----------
-        X : like in :meth:`fit`
+        X : ndarray of shape (n_frames, n_features), list of such arrays, or list of token trajectories
+            Input like that of :meth:`fit`.
         lagtime_multiples : sequence of int, default=(1, 2, 3, 4, 5)
+            Multiples of ``lagtime`` at which the models are compared.
         n_observables : int, default=None
             Observables (and statistics) tested (``None``: all components).
 
@@ -331,7 +367,19 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         return models[0].ck_test(models, n_observables=n_observables)
 
     def timescales(self, unit: str = "frames") -> np.ndarray:
-        """Implied timescales in frames, or in the input's time unit (ps) with ``unit="time"``."""
+        """Implied timescales in frames, or in the input's time unit (ps) with ``unit="time"``.
+
+        Parameters
+        ----------
+        unit : {"frames", "time"}, default="frames"
+            ``"time"`` multiplies by ``timestep_``, which the training
+            tokens must have carried.
+
+        Returns
+        -------
+        timescales : ndarray of shape (n_components,)
+            ``timescales_``, in frames or in picoseconds.
+        """
         check_is_fitted(self, "timescales_")
         if unit == "frames":
             return self.timescales_

@@ -81,7 +81,7 @@ def load_adenylate_kinase(n_frames=None):
     >>> adk = load_adenylate_kinase(n_frames=3)
     >>> [p.n_frames for p in adk.paths], adk.paths[0].n_residues
     ([3, 3], 214)
-    >>> sorted(set(adk.residue_domain))
+    >>> sorted(set(adk.residue_domain.tolist()))
     ['CORE', 'LID', 'NMP']
     """
     if n_frames is not None and (
