@@ -89,7 +89,12 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
     module_ : torch.nn.Module
         The trained network.
     vamp_ : VampDecomposition
-        VAMP decomposition of the network outputs on the training data.
+        VAMP decomposition of the network outputs on the training data, each
+        output divided by ``output_scale_``.
+    output_scale_ : ndarray of shape (n_components,)
+        Spread (standard deviation) of each network output on the training
+        data. The decomposition works on outputs of unit spread, so that
+        ``epsilon`` means the same whatever scale the network learned.
     singular_values_ : ndarray of shape (n_components,)
     timescales_ : ndarray
         Implied timescales -lagtime / ln|lambda_i| from the eigenvalues of the
@@ -251,7 +256,21 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         x = np.concatenate([outputs[i][t] for i, t in _grouped(pairs)])
         y = np.concatenate([outputs[i][t + self.lagtime] for i, t in _grouped(pairs)])
         w = None if weights is None else np.concatenate([weights[i][t] for i, t in _grouped(pairs)])
-        self.vamp_ = fit_vamp(x, y, epsilon=self.epsilon, weights=w)
+        # VAMP does not care how the outputs are scaled, but epsilon is absolute: scale every
+        # output to unit spread, so that a network whose outputs vary by 1e-3 is decomposed
+        # like any other instead of having all of its directions cut off as noise.
+        both = np.concatenate([x, y])
+        spread = both.std(axis=0)
+        varies = spread > 1e-5 * np.abs(both).max(axis=0)  # above float32 rounding noise
+        if not np.any(varies):
+            raise ValueError(
+                f"The trained network's {x.shape[1]} outputs are constant over all "
+                f"{len(x)} time-lagged pairs of X, so they hold no slow coordinate (the last "
+                f"training scores were {[round(v, 4) for v in self.history_['train'][-3:]]}). "
+                f"Training collapsed: try a smaller lr (now {self.lr}) or more data."
+            )
+        self.output_scale_ = np.where(varies, spread, 1.0)
+        self.vamp_ = fit_vamp(x / self.output_scale_, y / self.output_scale_, epsilon=self.epsilon, weights=w)
         self.singular_values_ = self.vamp_.singular_values[: self.n_components]
         eigenvalues = koopman_eigenvalues(self.vamp_, dim=self.n_components)
         self.timescales_ = implied_timescales(eigenvalues, self.lagtime)
@@ -261,7 +280,7 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         check_is_fitted(self, "module_")
         series = self._as_time_series(X, reset=False)
         net, device = self._net()
-        return self._outputs(net, series, device), series
+        return [o / self.output_scale_ for o in self._outputs(net, series, device)], series
 
     def transform(self, X):
         """Slow coordinates: the left singular functions, ordered by singular value.

@@ -12,6 +12,7 @@ from sklearn.base import clone
 
 from g2v_sklearn import TokenMerger, TokenTrajectory, VAMPNetEstimator
 from g2v_sklearn import _networks
+from g2v_sklearn._learner import lagged_pairs
 from g2v_sklearn._networks import attention, attention_backend
 
 FAST = dict(max_epochs=3, batch_size=128, hidden_layer_sizes=(16,), progress=False, random_state=0)
@@ -236,3 +237,30 @@ def test_attention_maps_back_through_windows(rng):
     assert 0 < importance[[0, 4, 8]].sum() < 1
     with pytest.raises(ValueError, match="needs token trajectories"):
         VAMPNetEstimator(**FAST).fit(rng.normal(size=(50, 3))).attention_importance(rng.normal(size=(50, 3)))
+
+
+def test_decomposition_does_not_depend_on_the_output_scale(dihedral_features):
+    """epsilon is absolute, so outputs that vary by 1e-4 must not be cut off as noise."""
+    est = VAMPNetEstimator(lagtime=5, n_components=2, max_epochs=2, validation_fraction=0,
+                           progress=False, random_state=0).fit(dihedral_features)
+    before, coords = est.singular_values_.copy(), est.transform(dihedral_features)
+    last = est.module_.net[-1]
+    with torch.no_grad():  # the same network with outputs 1e-4 times as large (variance 1e-8 < epsilon)
+        last.weight.mul_(1e-4)
+        last.bias.mul_(1e-4)
+    series = est._as_time_series(dihedral_features, reset=False)
+    est._fit_decomposition(series, lagged_pairs(series.lengths, 5, "test"), None)
+    np.testing.assert_allclose(est.singular_values_, before, rtol=1e-6)
+    for a, b in zip(est.transform(dihedral_features), coords):
+        np.testing.assert_allclose(np.abs(a), np.abs(b), rtol=1e-4, atol=1e-6)
+
+
+def test_collapsed_network_is_reported(dihedral_features):
+    est = VAMPNetEstimator(lagtime=5, n_components=2, max_epochs=1, validation_fraction=0,
+                           progress=False, random_state=0).fit(dihedral_features)
+    last = est.module_.net[-1]
+    with torch.no_grad():  # constant outputs: what a collapsed training leaves
+        last.weight.zero_()
+    series = est._as_time_series(dihedral_features, reset=False)
+    with pytest.raises(ValueError, match="outputs are constant.*Training collapsed: try a smaller lr"):
+        est._fit_decomposition(series, lagged_pairs(series.lengths, 5, "test"), None)
