@@ -6,6 +6,7 @@ import copy
 import hashlib
 import json
 import os
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from numbers import Integral, Real
@@ -26,6 +27,7 @@ from ._backbone import (
     load_checkpoint,
 )
 from ._compat import Interval, Options, StrOptions, validate_parameter_constraints
+from ._padded_visnet import padded_forward, supports_padded
 from ._tokens import TokenStoreWriter, TokenTrajectory, is_complete_store, load_tokens
 from ._topology import (
     atomic_numbers_of,
@@ -38,6 +40,7 @@ from ._utils import (
     check_generator,
     local_torch_seed,
     resolve_device,
+    supports_bfloat16,
     torch_generator,
     weights_sha256,
 )
@@ -113,7 +116,7 @@ class _Engine:
 
     def __init__(self, *, module, atomic_numbers, atom_indices, layout, topology, bonds,
                  pooling, residue_position, batch_size, chunk_size, stride, dtype, device,
-                 progress, provenance):
+                 compile, progress, provenance):
         self.module = module
         self.atomic_numbers = atomic_numbers
         self.atom_indices = atom_indices
@@ -127,6 +130,7 @@ class _Engine:
         self.stride = stride
         self.dtype = dtype
         self.device = device
+        self.compile = compile
         self.progress = progress
         self.provenance = provenance
 
@@ -178,6 +182,26 @@ class _Engine:
         return xyz
 
     # -- embedding ---------------------------------------------------------------------
+    def forward(self, z: torch.Tensor, pos: torch.Tensor, batch: torch.Tensor):
+        """Atom scalars and vectors: ViSNet on a padded neighbour table when it applies.
+
+        With ``compile``, the forward pass goes through ``torch.compile``; if
+        compilation fails (no C++ compiler, an unsupported platform), a warning
+        says so and this engine goes on without it.
+        """
+        if not supports_padded(self.module):
+            return self.module(z, pos, batch)
+        if self.compile:
+            try:
+                return padded_forward(self.module, z, pos, batch, compile=True)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure falls back
+                warnings.warn(
+                    f"torch.compile failed ({type(exc).__name__}: {exc}); GeomEmbedder embeds "
+                    f"without compilation.", RuntimeWarning, stacklevel=2,
+                )
+                self.compile = False
+        return padded_forward(self.module, z, pos, batch)
+
     def embed_batch(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Tokens (b, n_residues, 4, H) and residue positions (b, n_residues, 3) of a batch."""
         device = self.device
@@ -191,7 +215,7 @@ class _Engine:
             else nullcontext()
         )
         with torch.inference_mode(), autocast:
-            x, vec = self.module(z, pos_t.reshape(-1, 3), batch)
+            x, vec = self.forward(z, pos_t.reshape(-1, 3), batch)
         hidden = x.shape[-1]
         atoms = torch.cat([x.float().unsqueeze(1), vec[:, :3].float()], dim=1)
         atoms = atoms.view(n_frames, n_atoms, 4, hidden)
@@ -333,11 +357,21 @@ class GeomEmbedder(TransformerMixin, BaseEstimator):
         Frames read at a time from trajectory files.
     dtype : {"float32", "bfloat16"}, default="float32"
         Precision of the backbone's forward pass; tokens are stored in float32.
+        ``"bfloat16"`` runs the forward pass under autocast where the device
+        computes in bfloat16 natively, and falls back to float32 with a
+        warning where it does not.
     device : str or torch.device, default="auto"
         ``"auto"`` is CUDA when available, else CPU.
+    compile : bool, default=False
+        Run the backbone through ``torch.compile`` (needs a C++ compiler on
+        CPU). The first batch of each new shape pays the compilation (tens of
+        seconds); afterwards frames embed faster, see ``docs/benchmarks.md``.
+        If compilation fails, a warning says so and embedding goes on
+        without it.
     store_dir : str or path-like, default=None
         Write tokens into memory-mapped files under this directory instead
-        of RAM (one sub-directory per trajectory, written atomically).
+        of RAM (one sub-directory per trajectory, named by a hash of its
+        input and written atomically; ``tokens[i].path`` gives it).
     memory : str or path-like, default=None
         Directory of a token cache keyed by the coordinates, the topology,
         the parameters and the backbone weights: identical inputs are never
@@ -394,13 +428,36 @@ class GeomEmbedder(TransformerMixin, BaseEstimator):
 
     Examples
     --------
-    >>> import mdtraj as md
+    Real use loads geom2vec's pretrained weights, e.g.
+    ``GeomEmbedder("visnet_l6_h64_rbf64_r75.pth")``, and gives tokens with
+    H = 64 channels. So that this example runs anywhere without a
+    checkpoint file, it embeds 50 frames of two alanine-dipeptide
+    trajectories with a small untrained backbone (``pretrain="random"``, an
+    ablation setting: the shapes are those of real use, the features are not
+    meaningful).
+
     >>> from g2v_sklearn import GeomEmbedder
-    >>> traj = md.load("traj.xtc", top="top.pdb")  # doctest: +SKIP
-    >>> emb = GeomEmbedder(checkpoint="visnet_l6_h64_rbf64_r75.pth")  # doctest: +SKIP
-    >>> tokens = emb.fit_transform([traj])  # doctest: +SKIP
-    >>> tokens[0].features.shape  # doctest: +SKIP
-    (n_frames, n_residues, 4, 64)
+    >>> from g2v_sklearn.datasets import load_alanine_dipeptide
+    >>> trajs = [t[:50] for t in load_alanine_dipeptide(stride=10).trajectories[:2]]
+    >>> embedder = GeomEmbedder(pretrain="random", hidden_channels=16, num_layers=2,
+    ...                         num_rbf=16, progress=False, random_state=0)
+    >>> tokens = embedder.fit_transform(trajs)  # one TokenTrajectory per trajectory
+    >>> tokens[0]
+    TokenTrajectory(n_frames=50, n_residues=3, n_channels=16, in RAM)
+    >>> tokens[0].features.shape, tokens[0].positions.shape
+    ((50, 3, 4, 16), (50, 3, 3))
+    >>> embedder.residue_names_, tokens[0].timestep
+    (['ACE', 'ALA', 'NME'], 100.0)
+
+    With ``store_dir`` the tokens are written to memory-mapped files instead
+    of RAM, one store per trajectory (reopen one with :func:`load_tokens`):
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     stored = embedder.set_params(store_dir=tmp).transform(trajs)
+    ...     print(type(stored[0].features).__name__, stored[0].path.startswith(tmp))
+    ...     del stored  # close the memory maps before the directory goes
+    memmap True
     """
 
     _parameter_constraints: dict = {
@@ -422,6 +479,7 @@ class GeomEmbedder(TransformerMixin, BaseEstimator):
         "chunk_size": [Interval(Integral, 1, None, closed="left")],
         "dtype": [StrOptions({"float32", "bfloat16"})],
         "device": [str, torch.device],
+        "compile": ["boolean"],
         "store_dir": [str, os.PathLike, None],
         "memory": [str, os.PathLike, None],
         "n_jobs": [Integral, None],
@@ -453,6 +511,7 @@ class GeomEmbedder(TransformerMixin, BaseEstimator):
         chunk_size=1000,
         dtype="float32",
         device="auto",
+        compile=False,
         store_dir=None,
         memory=None,
         n_jobs=None,
@@ -480,6 +539,7 @@ class GeomEmbedder(TransformerMixin, BaseEstimator):
         self.chunk_size = chunk_size
         self.dtype = dtype
         self.device = device
+        self.compile = compile
         self.store_dir = store_dir
         self.memory = memory
         self.n_jobs = n_jobs
@@ -655,6 +715,14 @@ class GeomEmbedder(TransformerMixin, BaseEstimator):
              if a.index in local and b.index in local],
             dtype=np.int64,
         ).reshape(-1, 2)
+        dtype = self.dtype
+        if dtype == "bfloat16" and not supports_bfloat16(device):
+            warnings.warn(
+                f"dtype='bfloat16' was requested, but {device} has no native bfloat16 "
+                f"arithmetic (on a CPU: AVX512-BF16 or AMX with oneDNN), where it would be "
+                f"slower than float32; embedding in float32.", RuntimeWarning, stacklevel=3,
+            )
+            dtype = "float32"
         provenance = {
             "checkpoint_sha256": getattr(self, "checkpoint_sha256_", None),
             "weights_sha256": getattr(self, "weights_sha256_", None),
@@ -662,7 +730,7 @@ class GeomEmbedder(TransformerMixin, BaseEstimator):
             "stride": int(self.stride),
             "pooling": self.pooling,
             "residue_position": self.residue_position,
-            "dtype": self.dtype,
+            "dtype": dtype,
             "n_atoms": int(len(self.atom_indices_)),
             "backbone": {k: v for k, v in self.config_.items()} if hasattr(self, "config_") else None,
         }
@@ -671,7 +739,7 @@ class GeomEmbedder(TransformerMixin, BaseEstimator):
             atom_indices=self.atom_indices_, layout=self.layout_, topology=self.topology_,
             bonds=bonds, pooling=self.pooling, residue_position=self.residue_position,
             batch_size=self._frames_per_batch(), chunk_size=int(self.chunk_size),
-            stride=int(self.stride), dtype=self.dtype, device=device,
+            stride=int(self.stride), dtype=dtype, device=device, compile=self.compile,
             progress=bool(self.progress), provenance=provenance,
         )
 
@@ -758,5 +826,18 @@ class GeomEmbedder(TransformerMixin, BaseEstimator):
         return results
 
     def fit_transform(self, X, y=None):
-        """Fit, then embed ``X``; see :meth:`fit` and :meth:`transform`."""
+        """Fit, then embed ``X``; see :meth:`fit` and :meth:`transform`.
+
+        Parameters
+        ----------
+        X : list of mdtraj.Trajectory or of str
+            Trajectories, or file paths read with ``topology``.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        tokens : list of TokenTrajectory
+            One per trajectory.
+        """
         return self.fit(X, y).transform(X)

@@ -92,11 +92,21 @@ def _keep_k_nearest(d2: Tensor, mask: Tensor, k: int) -> Tensor:
     if not bool(over.any()):
         return mask
     sub_mask = mask[over]  # (n_rows, m)
-    sub = d2[over].masked_fill_(~sub_mask, float("inf"))
+    # Sort only the candidates within the cutoff: row r's candidates, in column
+    # order, go to the first slots of row r of a (n_rows, width) table padded
+    # with +inf.
+    rows, cols = sub_mask.nonzero(as_tuple=True)  # row-major: columns ascending
+    counts = sub_mask.sum(dim=-1)
+    slot = torch.arange(rows.numel(), device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows]
+    width = int(counts.max())
+    candidates = d2.new_full((sub_mask.size(0), width), float("inf"))
+    candidates[rows, slot] = d2[over][rows, cols]
+    column = cols.new_zeros(sub_mask.size(0), width)
+    column[rows, slot] = cols
     # A stable sort keeps equal distances in column order, so the first k
-    # columns are the k nearest with ties broken by the smaller index.
-    order = torch.sort(sub, dim=-1, stable=True).indices[:, :k]
-    kept = torch.zeros_like(sub_mask).scatter_(1, order, True)
+    # candidates are the k nearest with ties broken by the smaller index.
+    order = torch.sort(candidates, dim=-1, stable=True).indices[:, :k]
+    kept = torch.zeros_like(sub_mask).scatter_(1, column.gather(1, order), True)
     mask[over] = kept
     return mask
 
@@ -214,6 +224,7 @@ def radius_graph(
     Examples
     --------
     >>> import torch
+    >>> from g2v_sklearn import radius_graph
     >>> pos = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [3.0, 0.0, 0.0]])
     >>> radius_graph(pos, 1.0, loop=False)
     tensor([[1, 0],
@@ -274,6 +285,7 @@ class RadiusDistance(torch.nn.Module):
     Examples
     --------
     >>> import torch
+    >>> from g2v_sklearn import RadiusDistance
     >>> dist = RadiusDistance(cutoff=1.5)
     >>> pos = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
     >>> edge_index, edge_weight, edge_vec = dist(pos, torch.zeros(2, dtype=torch.long))

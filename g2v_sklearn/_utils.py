@@ -13,9 +13,26 @@ __all__ = [
     "check_generator",
     "local_torch_seed",
     "resolve_device",
+    "supports_bfloat16",
     "torch_generator",
     "weights_sha256",
 ]
+
+
+def supports_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively.
+
+    A CPU qualifies with oneDNN and the AVX512-BF16 or AMX instructions
+    (elsewhere bfloat16 is emulated, slower than float32); a CUDA device when
+    torch says so (compute capability 8.0 and up).
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    # torch's CPU feature probes are private: a release without them means "no"
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
 def resolve_device(device) -> torch.device:

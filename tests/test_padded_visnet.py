@@ -1,0 +1,107 @@
+"""ViSNet on a padded neighbour table: the same function as torch-geometric's block.
+
+Also GeomEmbedder's options built on it: ``compile`` (and its fallback) and
+the float32 fallback of ``dtype="bfloat16"`` where bfloat16 is not native.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from g2v_sklearn import GeomEmbedder, radius_graph
+from g2v_sklearn import _embedder as embedder_module
+from g2v_sklearn import _padded_visnet as padded
+from g2v_sklearn._backbone import BackboneConfig, build_backbone
+
+
+def norm_relative_error(a, b) -> float:
+    a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
+    return float((a - b).norm() / b.norm())
+
+
+def random_backbone(seed: int, **kw):
+    torch.manual_seed(seed)
+    block = build_backbone(BackboneConfig(hidden_channels=32, num_layers=3, num_rbf=16,
+                                          cutoff=4.0, **kw)).eval()
+    # untrained vector norms start at one: perturb them, and the biases, so every term counts
+    with torch.no_grad():
+        for name, p in block.named_parameters():
+            if name.endswith("bias") or "vec_layernorm" in name or "vec_out_norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return block
+
+
+def random_molecules(seed: int, sizes=(40, 23)):
+    """Two clouds of different sizes (so degrees differ), a sorted batch vector."""
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.cat([torch.rand(n, 3, generator=g) * 7.0 for n in sizes])
+    z = torch.randint(1, 10, (sum(sizes),), generator=g)
+    batch = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    return z, pos, batch
+
+
+def test_neighbor_table_lists_each_targets_sources_in_order():
+    edge_index = torch.tensor([[0, 2, 1, 0, 1, 2], [0, 0, 1, 2, 2, 2]])
+    neighbors, valid = padded.neighbor_table(edge_index, 3)
+    assert neighbors.tolist() == [[0, 2, 0], [1, 1, 1], [0, 1, 2]]
+    assert valid.tolist() == [[True, True, False], [True, False, False], [True, True, True]]
+
+
+@pytest.mark.parametrize("max_num_neighbors", [None, 20])
+def test_padded_forward_equals_the_torch_geometric_block(max_num_neighbors):
+    block = random_backbone(0, max_num_neighbors=max_num_neighbors)
+    z, pos, batch = random_molecules(1)
+    assert padded.supports_padded(block)
+    with torch.no_grad():
+        x_ref, vec_ref = block(z, pos, batch)
+        x, vec = padded.padded_forward(block, z, pos, batch)
+    degrees = torch.bincount(radius_graph(pos, 4.0, batch, max_num_neighbors=max_num_neighbors)[1])
+    assert degrees.min() < degrees.max()  # padding is exercised
+    assert norm_relative_error(x, x_ref) < 1e-5
+    assert norm_relative_error(vec, vec_ref) < 1e-5
+
+
+def test_lmax_2_is_left_to_the_block():
+    assert not padded.supports_padded(random_backbone(0, lmax=2))
+
+
+# ----------------------------------------------------------------------------------
+# GeomEmbedder options
+# ----------------------------------------------------------------------------------
+SMALL = dict(pretrain="random", hidden_channels=16, num_layers=2, num_rbf=8, progress=False,
+             random_state=0)
+
+
+@pytest.fixture(scope="module")
+def short(ala2_trajs):
+    return [ala2_trajs[0][:6]]
+
+
+@pytest.fixture(scope="module")
+def plain_tokens(short):
+    return GeomEmbedder(**SMALL).fit_transform(short)[0].features
+
+
+def test_compiled_embedding_equals_the_plain_path(short, plain_tokens):
+    tokens = GeomEmbedder(compile=True, **SMALL).fit_transform(short)[0].features
+    assert norm_relative_error(tokens, plain_tokens) < 1e-5
+
+
+def test_compile_failure_falls_back_with_a_warning(short, plain_tokens, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(padded, "_compiled_table_forward", lambda: broken)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .*no C\\+\\+ compiler"):
+        tokens = GeomEmbedder(compile=True, **SMALL).fit_transform(short)[0].features
+    np.testing.assert_array_equal(tokens, plain_tokens)
+
+
+def test_bfloat16_without_native_support_runs_in_float32(short, plain_tokens, monkeypatch):
+    monkeypatch.setattr(embedder_module, "supports_bfloat16", lambda device: False)
+    with pytest.warns(RuntimeWarning, match="no native bfloat16"):
+        tokens = GeomEmbedder(dtype="bfloat16", **SMALL).fit_transform(short)[0]
+    np.testing.assert_array_equal(tokens.features, plain_tokens)
+    assert tokens.provenance["dtype"] == "float32"
