@@ -39,3 +39,40 @@ def max_rss_mib() -> float:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # kilobytes on Linux, bytes on macOS
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def matmul_rates(device: str = "cpu", repeats: int = 5) -> dict:
+    """The machine's matrix-multiply rate, GFLOP/s (best of ``repeats``), with torch's threads.
+
+    Square ``2048 x 2048`` products (the usual peak) and the edge-shaped
+    ``(53,000 x 64) @ (64 x 64)`` product of a ViSNet layer on ADK (1,656
+    atoms, 32 neighbours each), in float32 and, where oneDNN is present,
+    bfloat16 (on CUDA: always).
+    """
+    import time
+
+    import torch
+
+    shapes = {"square_2048": (2048, 2048, 2048), "edge_53000x64x64": (53_000, 64, 64)}
+    native_bf16 = device == "cuda" or torch.backends.mkldnn.is_available()
+    dtypes = [torch.float32] + ([torch.bfloat16] if native_bf16 else [])
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    rates = {}
+    for name, (m, k, n) in shapes.items():
+        for dtype in dtypes:
+            a = torch.randn(m, k, device=device).to(dtype)
+            b = torch.randn(k, n, device=device).to(dtype)
+            torch.mm(a, b)  # warm-up: kernel selection, page faults
+            best = float("inf")
+            for _ in range(repeats):
+                sync()
+                start = time.perf_counter()
+                torch.mm(a, b)
+                sync()
+                best = min(best, time.perf_counter() - start)
+            rates[f"{name}_{str(dtype).removeprefix('torch.')}"] = 2 * m * k * n / best / 1e9
+    return rates

@@ -11,7 +11,13 @@ checkpoint, and the script reports
 * peak resident memory of the process that did it,
 * both as ratios against the ``reference`` variant measured in the same run,
 * the norm-relative error ``||tokens - reference|| / ||reference||`` of its
-  tokens: over all tokens, over the scalar rows and over the vector rows.
+  tokens: over all tokens, over the scalar rows and over the vector rows, and
+  the worst per-token norm-relative error,
+* the multiply-add work of one frame (``torch.utils.flop_counter``: matrix
+  products only) and the rate it achieves, as a fraction of this machine's
+  measured matrix-multiply rate (``_common.matmul_rates``, in its own process:
+  2048 x 2048 products, float32 or bfloat16 as the variant computes),
+* the warm-up seconds (for compiled variants: the compilation).
 
 Variants (``VARIANTS``; add entries there to benchmark more):
 
@@ -22,9 +28,18 @@ Variants (``VARIANTS``; add entries there to benchmark more):
     builder written here (every pair within the cutoff, self-loops,
     source -> target), run one frame at a time, heavy-atom features summed
     per residue.
+``pyg_block``
+    torch-geometric's ``ViSNetBlock`` forward with this package's neighbour
+    search (``load_checkpoint``), batched like GeomEmbedder: GeomEmbedder's
+    path before issue 6.
 ``ours_fp32`` / ``ours_bf16``
     ``GeomEmbedder(checkpoint, batch_size=B, progress=False).fit_transform``
-    in float32 / bfloat16 autocast.
+    in float32 / bfloat16 autocast (ViSNet on a padded neighbour table).
+``ours_fp32_compile`` / ``ours_bf16_compile``
+    The same with ``compile=True``.
+
+Neighbours: every atom within the cutoff, at most ``--max-neighbors`` (default
+32, the nearest; ties to the smaller index) per atom, for all variants.
 
 How
 ---
@@ -49,6 +64,7 @@ Usage::
     python benchmarks/bench_embed.py                       # 6 frames, all variants
     python benchmarks/bench_embed.py --frames 16 --batch-size 8 --threads 2
     python benchmarks/bench_embed.py --variants reference,ours_fp32
+    python benchmarks/bench_embed.py --max-neighbors none   # every neighbour in the cutoff
 
 Full results are written as JSON to ``benchmarks/results/embed.json`` (git-ignored).
 """
@@ -65,7 +81,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import cpu_model, max_rss_mib, worker_env  # benchmarks/_common.py
+from _common import (  # benchmarks/_common.py
+    cpu_model,
+    matmul_rates,
+    max_rss_mib,
+    worker_env,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -101,7 +122,7 @@ def load_adk(n_frames: int):
 # ----------------------------------------------------------------------------------
 # the reference path
 # ----------------------------------------------------------------------------------
-def _brute_force_distance_module(cutoff: float):
+def _brute_force_distance_module(cutoff: float, max_neighbors: int | None):
     """A stand-in for torch-geometric's ViSNet ``Distance`` built from all pairs."""
     import torch
 
@@ -110,57 +131,72 @@ def _brute_force_distance_module(cutoff: float):
 
         Self-loops included (weight 0), ``edge_index = [source, target]`` sorted by
         target, ``edge_vec = pos[source] - pos[target]``, as PyG's ``Distance``.
-        The cutoff test is done in float64 on explicit differences.
+        The cutoff test is done in float64 on explicit differences; with
+        ``max_neighbors`` each target keeps its nearest sources (``topk``: exact
+        float64 ties, which real coordinates do not have, in no set order).
         """
 
-        def __init__(self, cutoff: float) -> None:
+        def __init__(self, cutoff: float, max_neighbors: int | None) -> None:
             super().__init__()
             self.cutoff = cutoff
+            self.max_neighbors = max_neighbors
 
         def forward(self, pos, batch):
             p = pos.detach().double()
             d = (p[:, None, :] - p[None, :, :]).square().sum(-1).sqrt()
             within = (d <= self.cutoff) & (batch[:, None] == batch[None, :])
+            if self.max_neighbors is not None and within.size(1) > self.max_neighbors:
+                far = torch.where(within, d, torch.inf)
+                nearest = far.topk(self.max_neighbors, dim=1, largest=False).indices
+                within &= torch.zeros_like(within).scatter_(1, nearest, True)
             target, source = within.nonzero(as_tuple=True)
             edge_index = torch.stack([source, target])
             edge_vec = pos[source] - pos[target]
             loop = source == target
-            edge_weight = torch.zeros(edge_vec.size(0), dtype=pos.dtype)
+            edge_weight = torch.zeros(edge_vec.size(0), dtype=pos.dtype, device=pos.device)
             edge_weight[~loop] = torch.linalg.vector_norm(edge_vec[~loop], dim=-1)
             return edge_index, edge_weight, edge_vec
 
-    return BruteForceDistance(cutoff)
+    return BruteForceDistance(cutoff, max_neighbors)
+
+
+def reference_block(args):
+    """torch-geometric's ``ViSNet.representation_model``, geom2vec weights, brute-force edges."""
+    import torch
+    from torch_geometric.nn.models import ViSNet
+
+    model = ViSNet(hidden_channels=HIDDEN, num_layers=LAYERS, num_rbf=RBF, cutoff=CUTOFF,
+                   lmax=1, vecnorm_type="max_min", trainable_vecnorm=True)
+    state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    prefix = "representation_model."
+    rep = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    model.representation_model.load_state_dict(rep, strict=True)
+    model.representation_model.distance = _brute_force_distance_module(CUTOFF, args.max_neighbors)
+    return model.representation_model.eval().to(args.device)
 
 
 def make_reference(args):
     import numpy as np
     import torch
-    from torch_geometric.nn.models import ViSNet
 
     def embed(traj, heavy):
-        model = ViSNet(hidden_channels=HIDDEN, num_layers=LAYERS, num_rbf=RBF, cutoff=CUTOFF,
-                       lmax=1, vecnorm_type="max_min", trainable_vecnorm=True)
-        state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-        prefix = "representation_model."
-        rep = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        model.representation_model.load_state_dict(rep, strict=True)
-        model.representation_model.distance = _brute_force_distance_module(CUTOFF)
-        block = model.representation_model.eval()
+        block = reference_block(args)
 
         top = traj.topology
-        z = torch.tensor([top.atom(int(i)).element.number for i in heavy])
+        device = args.device
+        z = torch.tensor([top.atom(int(i)).element.number for i in heavy], device=device)
         residue = np.array([top.atom(int(i)).residue.index for i in heavy])
-        residue_of = torch.as_tensor(np.unique(residue, return_inverse=True)[1])
+        residue_of = torch.as_tensor(np.unique(residue, return_inverse=True)[1], device=device)
         n_res = int(residue_of.max()) + 1
-        batch = torch.zeros(len(heavy), dtype=torch.long)
+        batch = torch.zeros(len(heavy), dtype=torch.long, device=device)
         out = np.empty((traj.n_frames, n_res, 4, HIDDEN), dtype=np.float32)
         with torch.no_grad():
             for f, frame in enumerate(traj.xyz):
                 pos = torch.from_numpy(np.ascontiguousarray(frame[heavy]) * np.float32(10.0))
-                x, vec = block(z, pos, batch)
+                x, vec = block(z, pos.to(device), batch)
                 atoms = torch.cat([x.unsqueeze(1), vec[:, :3]], dim=1)
                 tokens = atoms.new_zeros(n_res, 4, HIDDEN).index_add_(0, residue_of, atoms)
-                out[f] = tokens.numpy()
+                out[f] = tokens.cpu().numpy()
         return out
 
     return embed
@@ -169,14 +205,51 @@ def make_reference(args):
 # ----------------------------------------------------------------------------------
 # ours
 # ----------------------------------------------------------------------------------
-def make_ours(dtype: str):
+def make_pyg_block(args):
+    import numpy as np
+    import torch
+
+    from g2v_sklearn._backbone import load_checkpoint
+
+    def embed(traj, heavy):
+        device = args.device
+        block, _, _ = load_checkpoint(args.checkpoint, {"max_num_neighbors": args.max_neighbors})
+        block.eval().to(device)
+        top = traj.topology
+        z = torch.tensor([top.atom(int(i)).element.number for i in heavy], device=device)
+        residue = np.array([top.atom(int(i)).residue.index for i in heavy])
+        residue_of = torch.as_tensor(np.unique(residue, return_inverse=True)[1], device=device)
+        n_res = int(residue_of.max()) + 1
+        per_batch = (max(1, 2048 // len(heavy)) if args.batch_size == "auto"
+                     else args.batch_size)  # GeomEmbedder's batches
+        pos_all = torch.from_numpy(np.ascontiguousarray(traj.xyz[:, heavy]) * np.float32(10.0))
+        pos_all = pos_all.to(device)
+        out = np.empty((traj.n_frames, n_res, 4, HIDDEN), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, traj.n_frames, per_batch):
+                pos = pos_all[start:start + per_batch]
+                frames = len(pos)
+                batch = torch.arange(frames, device=device).repeat_interleave(len(heavy))
+                x, vec = block(z.repeat(frames), pos.reshape(-1, 3), batch)
+                atoms = torch.cat([x.unsqueeze(1), vec[:, :3]], dim=1)
+                atoms = atoms.view(frames, len(heavy), 4, HIDDEN)
+                tokens = atoms.new_zeros(frames, n_res, 4, HIDDEN).index_add_(1, residue_of, atoms)
+                out[start:start + frames] = tokens.cpu().numpy()
+        return out
+
+    return embed
+
+
+def make_ours(dtype: str, compile: bool = False):
     def factory(args):
         import numpy as np
+
         from g2v_sklearn import GeomEmbedder
 
         def embed(traj, heavy):
             embedder = GeomEmbedder(args.checkpoint, batch_size=args.batch_size,
-                                    dtype=dtype, progress=False)
+                                    max_num_neighbors=args.max_neighbors, dtype=dtype,
+                                    compile=compile, device=args.device, progress=False)
             tokens = embedder.fit_transform([traj])[0]
             if not np.array_equal(embedder.atom_indices_, heavy):
                 raise RuntimeError("GeomEmbedder selected other atoms than the heavy atoms.")
@@ -189,9 +262,17 @@ def make_ours(dtype: str):
 
 VARIANTS.update({
     "reference": make_reference,
+    "pyg_block": make_pyg_block,
     "ours_fp32": make_ours("float32"),
+    "ours_fp32_compile": make_ours("float32", compile=True),
     "ours_bf16": make_ours("bfloat16"),
+    "ours_bf16_compile": make_ours("bfloat16", compile=True),
 })
+COMPILED_SUFFIX = "_compile"  # such a variant's FLOPs are counted on its eager twin
+
+
+def eager_twin(name: str) -> str:
+    return name.removesuffix(COMPILED_SUFFIX)
 
 
 # ----------------------------------------------------------------------------------
@@ -207,22 +288,45 @@ def run_worker(args) -> None:
     embed = VARIANTS[args.worker](args)
     baseline = max_rss_mib()
 
-    embed(traj[:1], heavy)  # warm-up, not timed
+    cuda = args.device == "cuda"
     start = time.perf_counter()
+    embed(traj[:1], heavy)  # warm-up (compilation, for compiled variants), not timed
+    warmup = time.perf_counter() - start
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    start, cpu_start = time.perf_counter(), time.process_time()
     tokens = embed(traj, heavy)
     seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu_start
+    peak = max_rss_mib()
+    peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+
+    # Matrix-product work of one frame, counted on the eager path (compiled
+    # kernels bypass the counter); after the timing, so it cannot raise the peak.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counted = VARIANTS[eager_twin(args.worker)](args)
+    with FlopCounterMode(display=False) as counter:
+        counted(traj[:1], heavy)
 
     np.save(args.tokens_out, tokens)
     result = {
         "variant": args.worker,
         "frames": int(traj.n_frames),
-        "n_atoms": int(len(heavy)),
+        "n_atoms": len(heavy),
         "n_residues": int(tokens.shape[1]),
         "batch_size": args.batch_size,
         "seconds": seconds,
         "frames_per_s": traj.n_frames / seconds,
+        "cpu_seconds": cpu_seconds,
+        "warmup_seconds": warmup,
+        "gflop_per_frame": counter.get_total_flops() / 1e9,
+        "max_neighbors": args.max_neighbors,
         "baseline_rss_mib": baseline,
-        "peak_rss_mib": max_rss_mib(),
+        "peak_rss_mib": peak,
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name() if cuda else None,
+        "peak_gpu_mib": peak_gpu,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "tokens_shape": list(tokens.shape),
@@ -234,21 +338,35 @@ def run_worker(args) -> None:
 # ----------------------------------------------------------------------------------
 # parent
 # ----------------------------------------------------------------------------------
-def spawn(name: str, args, tokens_out: Path) -> dict:
-    """Run one variant in a fresh interpreter and return its JSON result."""
-    command = [
-        sys.executable, str(Path(__file__).resolve()), "--worker", name,
-        "--frames", str(args.frames), "--batch-size", str(args.batch_size),
-        "--checkpoint", str(args.checkpoint), "--tokens-out", str(tokens_out),
-    ]
+def spawn(name: str, args, tokens_out: Path | None) -> dict:
+    """Run one variant (or, for ``name="matmul"``, the matmul-rate measurement)
+    in a fresh interpreter and return its JSON result."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--checkpoint", str(args.checkpoint)]
+    if name == "matmul":
+        command += ["--matmul-worker", "--device", args.device]
+    else:
+        command += [
+            "--worker", name, "--frames", str(args.frames), "--batch-size", str(args.batch_size),
+            "--max-neighbors", str(args.max_neighbors), "--tokens-out", str(tokens_out),
+            "--device", args.device,
+        ]
     if args.threads is not None:
         command += ["--threads", str(args.threads)]
-    proc = subprocess.run(command, capture_output=True, text=True, env=worker_env())
+    env = dict(os.environ) if args.default_malloc else worker_env()
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
     lines = [l for l in proc.stdout.splitlines() if l.startswith(RESULT_TAG)]
     if proc.returncode != 0 or not lines:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
         raise SystemExit(f"variant {name!r} failed (exit status {proc.returncode}).")
     return json.loads(lines[-1][len(RESULT_TAG):])
+
+
+def run_matmul_worker(args) -> None:
+    import torch
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    print(RESULT_TAG + json.dumps(matmul_rates(args.device)), flush=True)
 
 
 def relative_errors(tokens, reference) -> dict:
@@ -260,16 +378,29 @@ def relative_errors(tokens, reference) -> dict:
     def rel(x, y):
         return float(np.linalg.norm(x - y) / np.linalg.norm(y))
 
+    per_token = (np.linalg.norm((a - b).reshape(*a.shape[:2], -1), axis=-1)
+                 / np.linalg.norm(b.reshape(*b.shape[:2], -1), axis=-1))
     return {
         "all": rel(a, b),
         "scalars": rel(a[:, :, 0], b[:, :, 0]),
         "vectors": rel(a[:, :, 1:], b[:, :, 1:]),
+        "worst_token": float(per_token.max()),
     }
+
+
+def add_flop_rates(results: list[dict], rates: dict) -> None:
+    """Achieved GFLOP/s and its fraction of the matmul rate of the variant's precision."""
+    for r in results:
+        precision = "bfloat16" if "bf16" in r["variant"] else "float32"
+        peak = rates.get(f"square_2048_{precision}", rates["square_2048_float32"])
+        r["gflop_per_s"] = r["gflop_per_frame"] * r["frames_per_s"]
+        r["fraction_of_matmul_peak"] = r["gflop_per_s"] / peak
 
 
 def format_table(results: list[dict]) -> str:
     header = ("variant", "frames/s", "speed-up", "peak RSS MiB", "(baseline)",
-              "peak ratio", "rel.err all", "scalars", "vectors")
+              "peak ratio", "rel.err all", "scalars", "vectors", "worst token",
+              "GFLOP/frame", "GFLOP/s", "of peak", "warm-up s")
     rows = []
     for r in results:
         err = r.get("error_vs_reference")
@@ -280,8 +411,12 @@ def format_table(results: list[dict]) -> str:
             f"{r['peak_rss_mib']:.0f}",
             f"({r['baseline_rss_mib']:.0f})",
             f"{r['peak_ratio_vs_reference']:.2f}" if "peak_ratio_vs_reference" in r else "n/a",
-            *((f"{err[k]:.2e}" for k in ("all", "scalars", "vectors")) if err
-              else ("n/a",) * 3),
+            *((f"{err[k]:.2e}" for k in ("all", "scalars", "vectors", "worst_token")) if err
+              else ("n/a",) * 4),
+            f"{r['gflop_per_frame']:.1f}",
+            f"{r['gflop_per_s']:.1f}" if "gflop_per_s" in r else "n/a",
+            f"{r['fraction_of_matmul_peak']:.1%}" if "fraction_of_matmul_peak" in r else "n/a",
+            f"{r['warmup_seconds']:.1f}",
         ))
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
 
@@ -303,6 +438,8 @@ def run_parent(args) -> None:
 
     started = time.perf_counter()
     results = []
+    print("measuring the matmul rate ...", file=sys.stderr, flush=True)
+    rates = spawn("matmul", args, None)
     with tempfile.TemporaryDirectory(prefix="bench_embed_") as tmp:
         tokens = {}
         for name in names:
@@ -317,6 +454,7 @@ def run_parent(args) -> None:
                 r["peak_ratio_vs_reference"] = r["peak_rss_mib"] / ref["peak_rss_mib"]
                 r["error_vs_reference"] = relative_errors(tokens[r["variant"]],
                                                           tokens["reference"])
+    add_flop_rates(results, rates)
 
     first = results[0]
     machine = {
@@ -331,17 +469,23 @@ def run_parent(args) -> None:
     print(f"torch {machine['torch']}, {machine['torch_threads']} threads, "
           f"Python {machine['python']}")
     print(f"ADK: {first['frames']} frames, {first['n_atoms']} heavy atoms, "
-          f"{first['n_residues']} residues; batch size {args.batch_size}; "
-          f"1 warm-up frame per variant; each variant in a fresh process")
+          f"{first['n_residues']} residues; at most {args.max_neighbors} neighbours; "
+          f"batch size {args.batch_size}; 1 warm-up frame per variant; each variant in a "
+          f"fresh process")
+    print("matmul GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in rates.items()))
     print()
     print(format_table(results))
     print()
     print("speed-up and peak ratio are against 'reference' in this run; peak RSS is the whole "
-          "process (baseline: after imports and data loading); rel.err = ||x-ref||/||ref||.")
+          "process (baseline: after imports and data loading); rel.err = ||x-ref||/||ref||; "
+          "'of peak': achieved GFLOP/s over the 2048x2048 matmul rate in the variant's "
+          "precision.")
 
     report = {
         "machine": machine,
+        "matmul_gflop_per_s": rates,
         "settings": {"frames": args.frames, "batch_size": args.batch_size,
+                     "max_neighbors": args.max_neighbors, "default_malloc": args.default_malloc,
                      "threads": args.threads, "checkpoint": str(args.checkpoint),
                      "variants": names},
         "results": results,
@@ -362,6 +506,15 @@ def _batch_size(text: str):
     return value
 
 
+def _max_neighbors(text: str):
+    if text.lower() == "none":
+        return None
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("--max-neighbors must be >= 1 or 'none'")
+    return value
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Frames/s and peak memory of embedding ADK frames, GeomEmbedder against "
@@ -369,8 +522,19 @@ def parse_args(argv=None):
     parser.add_argument("--frames", type=int, default=6, help="ADK frames to embed (default 6)")
     parser.add_argument("--batch-size", type=_batch_size, default="auto",
                         help="GeomEmbedder batch_size: frames per pass or 'auto' (its default)")
+    parser.add_argument("--max-neighbors", type=_max_neighbors, default=32,
+                        help="neighbour cap per atom, or 'none' for every atom within the "
+                             "cutoff (default 32, as geom2vec)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads in the workers (default: torch's default)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="run the workers with glibc's default malloc settings instead of "
+                             "worker_env's fixed mmap threshold (which makes peak RSS exact "
+                             "but turns every large allocation into fresh page faults, "
+                             "slowing paths with many large temporaries)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="device of every variant (default cpu); with cuda the peak GPU "
+                             "memory is reported too")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"comma-separated subset of: {', '.join(VARIANTS)}")
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
@@ -379,6 +543,7 @@ def parse_args(argv=None):
                         help="JSON results file (default: %(default)s)")
     parser.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--tokens-out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--matmul-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.frames < 1 or (args.threads is not None and args.threads < 1):
         parser.error("--frames, --batch-size and --threads must be >= 1.")
@@ -390,7 +555,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.worker:
+    if args.matmul_worker:
+        run_matmul_worker(args)
+    elif args.worker:
         if args.tokens_out is None:
             raise SystemExit("--worker needs --tokens-out.")
         run_worker(args)

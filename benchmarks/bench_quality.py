@@ -23,6 +23,14 @@ one lag time. Methods:
 ``VAMPNetEstimator``
     ``g2v_sklearn.VAMPNetEstimator`` (MLP lobe on 2-D arrays), fitted on the
     training list, ``score(test_list)``; one row per ``--seeds`` entry.
+``tokens-VAMPNet (float32)`` / ``tokens-VAMPNet (bfloat16)``
+    The token pipeline: ``GeomEmbedder(checkpoint, dtype=...)`` ->
+    ``TokenMerger(window=1)`` -> ``VAMPNetEstimator`` (d_model 32, 2 heads, 1
+    layer, 5 epochs), fitted on the training trajectories and scored with
+    ``Pipeline.score`` on the test ones; the two rows differ only in the
+    embedding's precision, so they judge bfloat16 embedding downstream (the
+    JSON's ``summary`` has the relative difference). Skip with
+    ``--no-token-pipeline``.
 ``deeptime-VAMPNet``
     ``deeptime.decomposition.deep.VAMPNet`` with a ``deeptime.util.torch.MLP``
     lobe of the same shape, trained with the same lag, batch size, learning
@@ -73,6 +81,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "ala2"
 DEFAULT_OUT = HERE / "results" / "quality.json"
+DEFAULT_CHECKPOINT = REPO.parent / "shared" / "checkpoints" / "visnet_l6_h64_rbf64_r75.pth"
 N_TRAJ = 4
 
 
@@ -156,6 +165,36 @@ def run_ours(train, test, lag, k, seed, args):
     }
 
 
+def run_token_pipeline(train, test, lag, k, seed, dtype, args):
+    import tempfile
+
+    from sklearn.pipeline import Pipeline
+
+    from g2v_sklearn import GeomEmbedder, TokenMerger, VAMPNetEstimator
+
+    cache = tempfile.TemporaryDirectory(prefix="bench_quality_tokens_")  # embed each frame once
+    pipe = Pipeline([
+        ("embed", GeomEmbedder(args.checkpoint, dtype=dtype, memory=cache.name, progress=False)),
+        ("merge", TokenMerger(window=1)),
+        ("vamp", VAMPNetEstimator(lagtime=lag, n_components=k, score_k=k, d_model=32, n_heads=2,
+                                  n_layers=1, batch_size=args.batch_size, lr=args.lr,
+                                  max_epochs=5, validation_fraction=0.0, device=args.device,
+                                  progress=False, random_state=seed)),
+    ])
+    start = time.perf_counter()
+    pipe.fit(train)
+    seconds = time.perf_counter() - start
+    with cache:
+        return {
+            "method": f"tokens-VAMPNet ({dtype})",
+            "seed": seed,
+            "heldout_vamp2": float(pipe.score(test)),
+            "train_vamp2": float(pipe.score(train)),
+            "timescales_frames": [float(t) for t in pipe["vamp"].timescales_],
+            "fit_seconds": seconds,
+        }
+
+
 def run_deeptime_vampnet(train, test, lag, k, seed, args):
     import torch
     from deeptime.decomposition import VAMP
@@ -166,7 +205,7 @@ def run_deeptime_vampnet(train, test, lag, k, seed, args):
     stacked = np.concatenate(train)
     mean, std = stacked.mean(0), stacked.std(0)
     std[std == 0] = 1.0
-    scale = lambda xs: [((x - mean) / std).astype(np.float32) for x in xs]  # noqa: E731
+    scale = lambda xs: [((x - mean) / std).astype(np.float32) for x in xs]
     train_s, test_s = scale(train), scale(test)
     device = torch.device(args.device if args.device != "auto"
                           else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -230,6 +269,11 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--deeptime-vampnet", action=argparse.BooleanOptionalAction, default=True,
                    help="also train deeptime's VAMPNet (default on)")
+    p.add_argument("--token-pipeline", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run the token pipeline with float32 and bfloat16 embedding "
+                        "(default on)")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
+                   help="ViSNet checkpoint of the token pipeline (default: %(default)s)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
     overlap = set(args.train) & set(args.test)
@@ -282,17 +326,24 @@ def main(argv=None) -> int:
             rows.append(run_deeptime_vampnet(train, test, args.lag, args.k, seed, args))
             print(f"  deeptime-VAMPNet seed {seed}: {rows[-1]['heldout_vamp2']:.4f} "
                   f"({rows[-1]['fit_seconds']:.1f} s)", flush=True)
+        if args.token_pipeline:
+            for dtype in ("float32", "bfloat16"):
+                rows.append(run_token_pipeline([trajs[i] for i in args.train],
+                                               [trajs[i] for i in args.test],
+                                               args.lag, args.k, seed, dtype, args))
+                print(f"  {rows[-1]['method']} seed {seed}: {rows[-1]['heldout_vamp2']:.4f} "
+                      f"({rows[-1]['fit_seconds']:.1f} s)", flush=True)
     for row in rows:
         row["lag_frames"] = args.lag
         row["k"] = args.k
         row["timescales_ps"] = [t * dt_ps for t in row["timescales_frames"]]
 
-    header = (f"{'method':18s} {'seed':>4s} {'lag':>4s} {'k':>2s} {'held-out VAMP-2':>16s} "
+    header = (f"{'method':26s} {'seed':>4s} {'lag':>4s} {'k':>2s} {'held-out VAMP-2':>16s} "
               f"{'train VAMP-2':>13s} {'t1 [ps]':>9s} {'fit [s]':>8s}")
     print("\n" + header + "\n" + "-" * len(header))
     for r in rows:
         seed = "-" if r["seed"] is None else str(r["seed"])
-        print(f"{r['method']:18s} {seed:>4s} {r['lag_frames']:4d} {r['k']:2d} {r['heldout_vamp2']:16.4f} "
+        print(f"{r['method']:26s} {seed:>4s} {r['lag_frames']:4d} {r['k']:2d} {r['heldout_vamp2']:16.4f} "
               f"{r['train_vamp2']:13.4f} {r['timescales_ps'][0]:9.0f} {r['fit_seconds']:8.1f}")
 
     tica = rows[0]["heldout_vamp2"]
@@ -303,6 +354,13 @@ def main(argv=None) -> int:
         "vampnet_heldout_vamp2_mean": float(np.mean(ours)),
         "vampnet_at_least_tica_all_seeds": bool(min(ours) >= max(r["heldout_vamp2"] for r in rows[:2])),
     }
+    if args.token_pipeline:  # mean over seeds
+        f32, bf16 = (float(np.mean([r["heldout_vamp2"] for r in rows
+                                    if r["method"] == f"tokens-VAMPNet ({dtype})"]))
+                     for dtype in ("float32", "bfloat16"))
+        summary["bfloat16_vs_float32_heldout_vamp2"] = (bf16 - f32) / f32
+        print(f"token pipeline held-out VAMP-2: bfloat16 embedding {bf16:.4f} vs float32 "
+              f"{f32:.4f} ({(bf16 - f32) / f32:+.2%})")
     print(f"\nVAMPNetEstimator held-out VAMP-2 over {len(ours)} seed(s): min {min(ours):.4f}, "
           f"mean {np.mean(ours):.4f}; TICA {tica:.4f} -> "
           f"{'VAMPNet >= TICA' if summary['vampnet_at_least_tica_all_seeds'] else 'VAMPNet < TICA for some seed'}")

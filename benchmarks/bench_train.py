@@ -83,7 +83,11 @@ Attention goes through ``g2v_sklearn._networks.attention``: torch's
 FlashAttention-style, memory-efficient: the N x N score matrix is never
 stored), or the flash-attn package for half precision on CUDA when it is
 installed. The backend each row used is recorded in the JSON. With CUDA, every
-configuration is also run under bfloat16 autocast (``precision="bfloat16"``).
+configuration is also run under bfloat16 autocast (``precision="bfloat16"``),
+and then one more step runs under
+``torch.nn.attention.sdpa_kernel(SDPBackend.FLASH_ATTENTION)``, which raises
+unless every attention call can use the FlashAttention kernel: the JSON's
+``flash_attention_only_step`` is then ``true``.
 
 Reading the numbers
 -------------------
@@ -155,7 +159,7 @@ PAPER_GB = {
 # data
 # ----------------------------------------------------------------------------------
 
-def protein_like_chain(n: int, rng) -> "np.ndarray":
+def protein_like_chain(n: int, rng) -> np.ndarray:
     """C-alpha-like coordinates (n, 3) of one compact chain, Angstrom.
 
     A random walk of ``BOND`` steps inside a sphere holding ``n`` residues at
@@ -198,6 +202,7 @@ def protein_like_chain(n: int, rng) -> "np.ndarray":
 def make_tokens(n_residues: int, n_frames: int, seed: int):
     """A TokenTrajectory of ``n_frames`` frames of random features on a protein-like chain."""
     import numpy as np
+
     from g2v_sklearn import TokenTrajectory
 
     rng = np.random.default_rng(seed)
@@ -211,6 +216,7 @@ def make_tokens(n_residues: int, n_frames: int, seed: int):
 def mean_neighbours(positions) -> float:
     """Mean number of residues within CUTOFF of a residue (self excluded), one frame."""
     import torch
+
     from g2v_sklearn._neighbors import radius_graph
 
     pos = torch.as_tensor(positions)
@@ -374,7 +380,16 @@ def run_worker(args) -> None:
         else:
             peak_mib = max_rss_mib()
             reserved_mib = None
-    except Exception as exc:  # noqa: BLE001 - out of memory is an answer, the rest re-raised
+        # Proof of the FlashAttention kernel: with every other SDPA backend
+        # disabled, a step that cannot use it raises instead of falling back.
+        flash_only_step = None
+        if cuda and args.precision == "bfloat16" and backend.startswith("sdpa"):
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                step()
+            flash_only_step = True
+    except Exception as exc:
         if _is_oom(exc):
             print(f"out of memory at B={b}: {type(exc).__name__}: {str(exc)[:300]}",
                   file=sys.stderr, flush=True)
@@ -392,6 +407,7 @@ def run_worker(args) -> None:
         "device_name": torch.cuda.get_device_name(device) if cuda else None,
         "precision": args.precision,
         "attention": backend,
+        "flash_attention_only_step": flash_only_step,
         "batch_pairs": b,
         "frames_per_step": 2 * b,
         "steps": args.steps,
