@@ -122,6 +122,8 @@ class MergedTokens:
     positions = property(lambda self: self.tokens.positions)
     timestep = property(lambda self: self.tokens.timestep)
     residue_names = property(lambda self: self.tokens.residue_names)
+    residue_ids = property(lambda self: self.tokens.residue_ids)
+    chain_ids = property(lambda self: self.tokens.chain_ids)
     n_residues = property(lambda self: self.tokens.n_residues)
     n_channels = property(lambda self: self.tokens.n_channels)
 

@@ -44,6 +44,9 @@ def test_step_attaches_spec_without_copying(rng):
     assert merged[0].features is tok.features  # no copy of the token arrays
     assert np.shares_memory(merged[1].features, tok.features)
     assert isinstance(merged[0][1:3], MergedTokens) and len(merged[0][1:3]) == 2
+    # residue metadata passes through, e.g. for plotting importance along the sequence
+    assert list(merged[0].residue_ids) == list(tok.residue_ids)
+    assert list(merged[0].chain_ids) == list(tok.chain_ids)
     restored = pickle.loads(pickle.dumps(merger))
     assert restored.spec_ == merger.spec_
     assert clone(merger).get_params() == merger.get_params()
