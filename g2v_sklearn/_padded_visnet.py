@@ -28,12 +28,16 @@ says when a block qualifies.
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
-from torch_geometric.nn.models.visnet import ViS_MP, ViS_MP_Vertex, ViSNetBlock, VecLayerNorm
+from torch_geometric.nn.models.visnet import (
+    VecLayerNorm,
+    ViS_MP,
+    ViS_MP_Vertex,
+    ViSNetBlock,
+)
 
 from ._neighbors import radius_graph
 
@@ -83,10 +87,6 @@ def _gather(table: Tensor, neighbors: Tensor) -> Tensor:
     """``table[neighbors]`` for a table of shape (n, ...): one contiguous row copy per entry."""
     rows = table.reshape(table.size(0), -1).index_select(0, neighbors.reshape(-1))
     return rows.view(*neighbors.shape, *table.shape[1:])
-
-
-def _cosine_cutoff(r: Tensor, cutoff: float) -> Tensor:
-    return 0.5 * (torch.cos(r * math.pi / cutoff) + 1.0) * (r < cutoff)
 
 
 def _vec_layernorm(norm: VecLayerNorm, vec: Tensor) -> Tensor:
@@ -198,8 +198,7 @@ def table_forward(block: ViSNetBlock, z: Tensor, pos: Tensor, neighbors: Tensor,
     d = vec_ij / r.clamp_min(torch.finfo(r.dtype).tiny).unsqueeze(-1)  # 0 on self-loops
     valid = valid.to(pos.dtype)
 
-    cutoff = block.distance_expansion.cutoff
-    cut = _cosine_cutoff(r, cutoff).mul_(valid)
+    cut = block.neighbor_embedding.cutoff(r).mul_(valid)  # torch-geometric's CosineCutoff
     rbf = block.distance_expansion(r)  # (n, K, num_rbf)
 
     x = block.embedding(z)
