@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.utils import Bunch
 
+from ._alanine import _check_positive
+
 __all__ = ["ADK_DOMAINS", "domain_labels", "load_adenylate_kinase"]
 
 #: The usual domain definition of E. coli adenylate kinase (residue numbers,
@@ -84,10 +86,8 @@ def load_adenylate_kinase(n_frames=None):
     >>> sorted(set(adk.residue_domain.tolist()))
     ['CORE', 'LID', 'NMP']
     """
-    if n_frames is not None and (
-        isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or n_frames < 1
-    ):
-        raise ValueError(f"n_frames must be a positive integer or None; got {n_frames!r}.")
+    if n_frames is not None:
+        _check_positive("n_frames", n_frames, integer=True)
     try:
         import MDAnalysisTests.datafiles as files
     except ImportError as err:
