@@ -189,39 +189,14 @@ def test_lagtime_errors(wells):
         SPIBEstimator(**FAST).fit(trajs[0][:1])
 
 
-def test_nan_loss_stops_restores_and_advises(wells, monkeypatch):
+def test_nan_loss_stops_restores_and_advises(wells, nan_on_fourth_loss):
     trajs, _ = wells
-    calls = {"n": 0}
-    original = SPIBEstimator._batch_loss
-
-    def exploding(self, *args, **kwargs):
-        calls["n"] += 1
-        loss = original(self, *args, **kwargs)
-        return loss * float("nan") if calls["n"] == 4 else loss
-
-    monkeypatch.setattr(SPIBEstimator, "_batch_loss", exploding)
-    snapshots = []
-    original_step = torch.optim.AdamW.step
-
-    def recording_step(self, *args, **kwargs):
-        out = original_step(self, *args, **kwargs)
-        snapshots.append([p.detach().clone() for g in self.param_groups for p in g["params"]])
-        return out
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
-    captured = {}
-    original_train = SPIBEstimator._train
-
-    def keep_net(self, net, *args, **kwargs):
-        captured["net"] = net
-        return original_train(self, net, *args, **kwargs)
-
-    monkeypatch.setattr(SPIBEstimator, "_train", keep_net)
+    record = nan_on_fourth_loss(SPIBEstimator, "_batch_loss")
     est = SPIBEstimator(lagtime=5, **FAST)
     with pytest.raises(FloatingPointError, match=r"loss became nan .*last good weights were restored.*smaller lr"):
         est.fit(trajs)
     assert not hasattr(est, "module_") and not hasattr(est, "_fit_state")
-    for a, b in zip(captured["net"].parameters(), snapshots[-1]):  # the weights after the last good step
+    for a, b in zip(record["net"].parameters(), record["steps"][-1]):  # the weights after the last good step
         torch.testing.assert_close(a.detach(), b)
 
 

@@ -143,38 +143,13 @@ def test_input_errors(dihedral_features, rng):
         VAMPNetEstimator(**FAST).fit([tok, other])
 
 
-def test_nan_loss_stops_restores_and_advises(dihedral_features, monkeypatch):
+def test_nan_loss_stops_restores_and_advises(dihedral_features, nan_on_fourth_loss):
     est = VAMPNetEstimator(lagtime=5, **FAST)
-    calls = {"n": 0}
-    original = VAMPNetEstimator._loss
-
-    def exploding(self, out_0, out_t, weights):
-        calls["n"] += 1
-        loss = original(self, out_0, out_t, weights)
-        return loss * float("nan") if calls["n"] == 4 else loss
-
-    snapshots = []
-    monkeypatch.setattr(VAMPNetEstimator, "_loss", exploding)
-    original_step = torch.optim.AdamW.step
-
-    def recording_step(self, *args, **kwargs):
-        out = original_step(self, *args, **kwargs)
-        snapshots.append([p.detach().clone() for g in self.param_groups for p in g["params"]])
-        return out
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
-    captured = {}
-    original_train = VAMPNetEstimator._train
-
-    def keep_net(self, net, *args, **kwargs):
-        captured["net"] = net
-        return original_train(self, net, *args, **kwargs)
-
-    monkeypatch.setattr(VAMPNetEstimator, "_train", keep_net)
+    record = nan_on_fourth_loss(VAMPNetEstimator, "_loss")
     with pytest.raises(FloatingPointError, match="loss became nan .*last good weights were restored.*smaller lr"):
         est.fit(dihedral_features[0][:2000])
-    restored = [p.detach() for p in captured["net"].parameters()]
-    for a, b in zip(restored, snapshots[-1]):  # the weights after the last good step
+    restored = [p.detach() for p in record["net"].parameters()]
+    for a, b in zip(restored, record["steps"][-1]):  # the weights after the last good step
         torch.testing.assert_close(a, b)
 
 
