@@ -5,7 +5,9 @@ MD frames become residue tokens through a frozen, pretrained equivariant GNN
 compose into Pipelines, clone, grid-search and pickle.
 """
 
+from ._callbacks import Callback, EarlyStopping, LRScheduler, MetricsLog, SaveBestWeights
 from ._embedder import GeomEmbedder
+from ._learner import FitContext, TrainingWarning
 from ._merger import MergedTokens, TokenMerger
 from ._msm import (
     ContiguousSplit,
@@ -22,15 +24,22 @@ from ._vampnet import VAMPNetEstimator
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "Callback",
     "ContiguousSplit",
+    "EarlyStopping",
+    "FitContext",
     "GeomEmbedder",
     "KMeansDiscretizer",
+    "LRScheduler",
     "MSMEstimator",
     "MergedTokens",
+    "MetricsLog",
     "RadiusDistance",
     "SPIBEstimator",
+    "SaveBestWeights",
     "TokenMerger",
     "TokenTrajectory",
+    "TrainingWarning",
     "VAMPNetEstimator",
     "load_tokens",
     "msm_vamp2_scorer",

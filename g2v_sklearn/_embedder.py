@@ -28,6 +28,7 @@ from ._backbone import (
 )
 from ._compat import Interval, Options, StrOptions, validate_parameter_constraints
 from ._padded_visnet import padded_forward, supports_padded
+from ._threads import ThreadBudget
 from ._tokens import TokenStoreWriter, TokenTrajectory, is_complete_store, load_tokens
 from ._topology import (
     atomic_numbers_of,
@@ -250,7 +251,9 @@ class _Engine:
         timestep = None
         bar = tqdm(total=n_frames, unit="frame", desc=f"embedding {source.label}",
                    disable=not self.progress, leave=False)
-        with writer, bar:
+        # torch threads sized to the free cores (see _threads): a busy neighbour must not
+        # leave a two-thread team spin-waiting at every kernel
+        with writer, bar, ThreadBudget(device=torch.device(self.device)) as threads:
             done = 0
             for chunk in self.chunks(source):
                 if timestep is None and chunk.n_frames > 1:
@@ -260,6 +263,7 @@ class _Engine:
                     tokens, positions = self.embed_batch(xyz[start:start + self.batch_size])
                     writer.write(tokens, positions)
                     bar.update(len(tokens))
+                    threads.refresh()
                 done += len(xyz)
             if timestep is None and source.traj is not None and source.traj.n_frames > 1:
                 timestep = float(source.traj.timestep) * self.stride

@@ -7,8 +7,11 @@ after training; everything else lives here, once.
 from __future__ import annotations
 
 import copy
+import hashlib
+import math
+import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Integral, Real
 
 import numpy as np
@@ -18,13 +21,15 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ._callbacks import Callback, EarlyStopping, LRScheduler
 from ._compat import Interval, StrOptions, validate_parameter_constraints
 from ._merger import MergedTokens, MergeSpec, check_token_list
 from ._networks import MLPLobe, TokenLobe
+from ._threads import ThreadBudget
 from ._tokens import TokenTrajectory
-from ._utils import check_generator, resolve_device
+from ._utils import check_generator, resolve_device, supports_bfloat16
 
-__all__ = ["TimeSeries", "TorchLearner", "lagged_pairs"]
+__all__ = ["FitContext", "TimeSeries", "TorchLearner", "TrainingWarning", "lagged_pairs"]
 
 
 @dataclass
@@ -53,6 +58,15 @@ class TimeSeries:
     @property
     def lengths(self) -> list[int]:
         return [len(x) for x in self.items]
+
+    def fingerprint(self) -> str:
+        """A digest of the data: lengths and the first and last frame of every trajectory."""
+        digest = hashlib.sha256(repr(self.lengths).encode())
+        for item in self.items:
+            data = item if self.kind == "array" else item.features
+            for frame in (data[0], data[len(item) - 1]):
+                digest.update(np.ascontiguousarray(frame).tobytes())
+        return digest.hexdigest()
 
     def frames(self, traj: int, index: np.ndarray, device) -> tuple[Tensor, ...]:
         """The network inputs of frames ``index`` of trajectory ``traj``."""
@@ -107,12 +121,140 @@ def _full_precision(out: Tensor) -> Tensor:
     return out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
 
 
+_OPTIMIZERS = {
+    "adamw": torch.optim.AdamW,
+    "adam": torch.optim.Adam,
+    "sgd": lambda params, **kw: torch.optim.SGD(params, momentum=0.9, **kw),
+}
+"""Registry of optimizers by name (SGD with momentum 0.9)."""
+
+_MIN_LR_FACTOR = 0.05  # the cosine schedule ends at 5 % of lr, not at 0
+_COLLAPSE_MIN_GAIN = 0.05  # a collapse needs a best score at least this far above the floor ...
+_COLLAPSE_FRACTION = 0.1  # ... and a fall to within this fraction of that gain above the floor
+
+
+class TrainingWarning(UserWarning):
+    """Training went wrong in a way the learner recovered from (the best weights were kept)."""
+
+
+class _TrainingCollapsed(ValueError):
+    pass
+
+
+class _NonFiniteLoss(Exception):
+    def __init__(self, value: float) -> None:
+        super().__init__(value)
+        self.value = value
+
+
+def _new_history() -> dict:
+    return {"train": [], "validation": [], "train_batches": [], "lr": [], "best_epoch": None,
+            "best_score": None}
+
+
+@dataclass(eq=False)
+class FitContext:
+    """The state of one training run, handed to every step of the loop and to the callbacks.
+
+    Nothing of it stays on the estimator after ``fit`` except what the
+    estimator copies out (``history`` becomes ``history_``).
+    """
+
+    net: torch.nn.Module
+    series: TimeSeries
+    train: np.ndarray
+    val: np.ndarray
+    weights: list | None
+    device: torch.device
+    rng: np.random.Generator
+    optimizer: torch.optim.Optimizer
+    max_epochs: int
+    callbacks: list
+    run: int = 0  # the n_init restart (SPIB: the training round)
+    total_steps: int = 1
+    scheduled: bool = True
+    threads: ThreadBudget | None = None
+    forward: object = None  # the network as training calls it (compiled or not)
+    history: dict = field(default_factory=_new_history)
+    epoch: int = -1  # the epoch running, or the last one run (0-based)
+    step: int = 0
+    last_loss: float = float("nan")
+    epoch_seconds: float = float("nan")  # wall time of the last epoch
+    score: float = float("nan")  # the monitored score of the last epoch
+    best_score: float = -np.inf
+    best_epoch: int | None = None
+    best_state: dict | None = None
+    stop: bool = False
+    stop_reason: str | None = None
+    collapsed_epoch: int | None = None
+    extra: dict = field(default_factory=dict)  # learner- and callback-specific state
+
+
+def _state_copy(net) -> dict:
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def _varies(out: Tensor) -> bool:
+    """Whether any output column varies above float32 rounding noise."""
+    spread = out.double().std(dim=0)
+    scale = out.double().abs().max(dim=0).values
+    return bool((spread > 1e-5 * scale).any()) if len(out) > 1 else False
+
+
+def _saved_bytes_per_frame(lobe: TokenLobe, series: TimeSeries, device) -> float:
+    """Bytes autograd saves for backward per frame, measured on two frames, no checkpointing."""
+    saved: dict = {}
+
+    def pack(tensor):
+        try:
+            storage = tensor.untyped_storage()
+            saved[(storage.device.type, storage.data_ptr())] = storage.nbytes()
+        except (NotImplementedError, RuntimeError):  # sparse tensors: count their values
+            saved[("tensor", id(tensor))] = tensor.nelement() * tensor.element_size()
+        return tensor
+
+    n = min(2, series.lengths[0])
+    blocks, frames = lobe.checkpoint_blocks, lobe.merger.checkpoint_frames if lobe.merger else None
+    lobe.checkpoint_blocks = False
+    if lobe.merger is not None:
+        lobe.merger.checkpoint_frames = None
+    try:
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            lobe(*series.frames(0, np.arange(n), device))
+    finally:
+        lobe.checkpoint_blocks = blocks
+        if lobe.merger is not None:
+            lobe.merger.checkpoint_frames = frames
+    return sum(saved.values()) / n
+
+
+def _memory_budget(budget, device) -> float:
+    """Bytes a training step's activations may take: ``memory_budget`` or, for "auto", half
+    the GPU's memory (CUDA) or half the memory available now (CPU)."""
+    if budget != "auto":
+        return float(budget)
+    if device.type == "cuda":
+        return 0.5 * torch.cuda.get_device_properties(device).total_memory
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return 0.5 * int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4e9
+
+
 class TorchLearner(BaseEstimator):
     """Base class of the torch learners (not public).
 
-    Subclasses define ``_n_outputs()``, ``_loss(out_0, out_t, weights)`` (a
-    scalar tensor to minimise) and ``_validation_score(out_0, out_t, weights)``
-    (a float, higher is better), and call :meth:`_train`.
+    Subclasses define ``_n_outputs()`` and ``_loss(out_0, out_t, weights)``
+    (a scalar tensor to minimise) or ``_batch_loss(ctx, batch)``, and
+    ``_epoch_scores(ctx)`` (or ``_evaluate(ctx, pairs)``: higher is better),
+    and train through the seams of the loop: :meth:`_new_context` builds a
+    run's :class:`FitContext`, :meth:`_fit_loop` runs its epochs
+    (:meth:`_run_epoch`: :meth:`_train_step` per batch, then the scores of
+    the end-of-epoch weights) and restores the best epoch's weights.
     """
 
     _common_constraints: dict = {
@@ -130,6 +272,14 @@ class TorchLearner(BaseEstimator):
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "patience": [Interval(Integral, 1, None, closed="left"), None],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "validation_split": [StrOptions({"blocks", "trajectories"})],
+        "n_init": [Interval(Integral, 1, None, closed="left")],
+        "lr_schedule": [StrOptions({"constant", "cosine"})],
+        "warmup": [Interval(Real, 0, 1, closed="left")],
+        "max_grad_norm": [Interval(Real, 0, None, closed="neither"), None],
+        "memory_budget": [StrOptions({"auto"}), Interval(Real, 0, None, closed="neither")],
+        "compile": ["boolean"],
+        "callbacks": [list, tuple, None],
         "precision": [StrOptions({"float32", "bfloat16"})],
         "device": [str, torch.device],
         "progress": ["boolean"],
@@ -236,7 +386,7 @@ class TorchLearner(BaseEstimator):
         )
 
     def _autocast(self, device: torch.device):
-        enabled = self.precision == "bfloat16"
+        enabled = self.precision == "bfloat16" and supports_bfloat16(device)
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def _forward_pairs(self, net, series, pairs, device, *, lag: int | None = None):
@@ -277,116 +427,291 @@ class TorchLearner(BaseEstimator):
 
     # ------------------------------------------------------------------ training
     def _split(self, series: TimeSeries, pairs: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
-        """Hold out whole trajectories (or, for one trajectory, its final block)."""
+        """Training and validation pairs, as ``validation_split`` says.
+
+        ``"blocks"``: the final ``validation_fraction`` of every trajectory's
+        pairs, after a gap of ``lagtime`` frames so that no frame is in both
+        sets. ``"trajectories"``: whole trajectories (a single trajectory is
+        split into blocks). Trajectories too short to give both a training
+        and a validation block of two pairs are kept for training only.
+        """
         if self.validation_fraction == 0:
             return pairs, pairs[:0]
         used = np.unique(pairs[:, 0])
-        if len(used) > 1:
+        if self.validation_split == "trajectories" and len(used) > 1:
             n_val = min(len(used) - 1, max(1, round(self.validation_fraction * len(used))))
             val_trajs = rng.choice(used, size=n_val, replace=False)
             is_val = np.isin(pairs[:, 0], val_trajs)
             return pairs[~is_val], pairs[is_val]
-        # one trajectory: a contiguous final block, with a gap of lagtime so no frame is shared
-        n = len(pairs)
-        n_val = int(round(self.validation_fraction * n))
-        cut = n - n_val
-        if n_val < 2 or cut - self.lagtime < 2:
+        train, val = [], []
+        for traj in used:
+            rows = pairs[pairs[:, 0] == traj]  # ascending in t
+            n_val = int(round(self.validation_fraction * len(rows)))
+            cut = len(rows) - n_val
+            if n_val < 2 or cut - self.lagtime < 2:
+                train.append(rows)
+                continue
+            train.append(rows[: cut - self.lagtime])
+            val.append(rows[cut:])
+        if not val:
             return pairs, pairs[:0]
-        return pairs[: cut - self.lagtime], pairs[cut:]
+        return np.concatenate(train), np.concatenate(val)
 
     def _make_optimizer(self, net):
-        if self.optimizer == "sgd":
-            return torch.optim.SGD(net.parameters(), lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
-        cls = torch.optim.AdamW if self.optimizer == "adamw" else torch.optim.Adam
-        return cls(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        return _OPTIMIZERS[self.optimizer](net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
     def _pair_weights(self, weights, pairs, device):
         if weights is None:
             return None
         return torch.as_tensor(np.array([weights[i][t] for i, t in pairs]), device=device)
 
-    def _evaluate(self, net, series, pairs, weights, device) -> float:
-        net.eval()
-        with torch.no_grad():
-            outs_0, outs_t = [], []
-            for start in range(0, len(pairs), self.batch_size):
-                o0, ot = self._forward_pairs(net, series, pairs[start:start + self.batch_size], device)
-                outs_0.append(o0)
-                outs_t.append(ot)
-            return float(self._validation_score(torch.cat(outs_0), torch.cat(outs_t),
-                                                self._pair_weights(weights, pairs, device)))
+    def _callback_list(self) -> list:
+        """The callbacks of a fit: early stopping from ``patience``, then the user's."""
+        user = list(self.callbacks) if self.callbacks is not None else []
+        for i, callback in enumerate(user):
+            if not isinstance(callback, Callback):
+                raise TypeError(
+                    f"callbacks[{i}] is a {type(callback).__name__}; {type(self).__name__} takes "
+                    f"instances of g2v_sklearn.Callback (EarlyStopping, LRScheduler, SaveBestWeights, "
+                    f"MetricsLog or a subclass)."
+                )
+        builtin = [EarlyStopping(self.patience, getattr(self, "tolerance", 0.0))] if self.patience else []
+        return builtin + user
 
-    def _batch_loss(self, net, series, batch, weights, device) -> Tensor:
+    def _new_context(self, net, series, train, val, weights, device, rng, *, max_epochs=None, run=0,
+                     extra=None, threads=None) -> FitContext:
+        """A training run's state: the optimizer, its schedule, the callbacks, an empty history."""
+        callbacks = self._callback_list()
+        steps_per_epoch = max(1, len(range(0, len(train) - 1, self.batch_size)))
+        epochs = int(max_epochs or self.max_epochs)
+        scheduled = self.lr_schedule != "constant" or self.warmup > 0
+        if any(isinstance(c, LRScheduler) for c in callbacks):
+            scheduled = False  # an epoch-wise scheduler replaces the per-step schedule
+        return FitContext(
+            net=net, series=series, train=train, val=val, weights=weights, device=device, rng=rng,
+            optimizer=self._make_optimizer(net), max_epochs=epochs, callbacks=callbacks, run=run,
+            total_steps=steps_per_epoch * epochs, scheduled=scheduled, threads=threads,
+            extra={} if extra is None else extra,
+        )
+
+    def _learning_rate(self, ctx: FitContext) -> float:
+        """``lr`` times the linear warm-up and the cosine decay at the current step."""
+        factor = 1.0
+        warm = int(np.ceil(self.warmup * ctx.total_steps))
+        if warm > 0 and ctx.step < warm:
+            factor = (ctx.step + 1) / warm
+        if self.lr_schedule == "cosine":
+            progress = min(ctx.step / max(ctx.total_steps, 1), 1.0)
+            factor *= _MIN_LR_FACTOR + (1 - _MIN_LR_FACTOR) * 0.5 * (1 + math.cos(math.pi * progress))
+        return self.lr * factor
+
+    def _batch_loss(self, ctx: FitContext, batch: np.ndarray) -> Tensor:
         """The loss of one batch of pairs (a hook: SPIB's loss needs labels and a prior)."""
-        out_0, out_t = self._forward_pairs(net, series, batch, device)
-        return self._loss(out_0, out_t, self._pair_weights(weights, batch, device))
+        out_0, out_t = self._forward_pairs(ctx.forward, ctx.series, batch, ctx.device)
+        return self._loss(out_0, out_t, self._pair_weights(ctx.weights, batch, ctx.device))
 
-    def _train(self, net, series, train, val, weights, device, rng, *, epochs=None, history=None,
-               tolerance: float = 0.0, monitor_train: bool = False):
-        """Mini-batch training with early stopping that restores the best weights.
+    def _train_step(self, ctx: FitContext, batch: np.ndarray) -> float:
+        """One optimizer step on ``batch``; returns the loss. Raises _NonFiniteLoss."""
+        if ctx.scheduled:
+            for group in ctx.optimizer.param_groups:
+                group["lr"] = self._learning_rate(ctx)
+        loss = self._batch_loss(ctx, batch)
+        if not torch.isfinite(loss):
+            raise _NonFiniteLoss(loss.item())
+        ctx.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(ctx.net.parameters(), self.max_grad_norm)
+        ctx.optimizer.step()
+        ctx.step += 1
+        if ctx.threads is not None:
+            ctx.threads.refresh()
+        ctx.last_loss = loss.item()
+        return ctx.last_loss
 
-        Returns the history dict (``train``, ``validation`` score per epoch,
-        ``best_epoch``). Without validation pairs the final weights are kept,
-        unless ``monitor_train``: then the training score stops early and
-        picks the best weights. An epoch resets the patience only when it
-        beats the best score by more than ``tolerance`` times its magnitude.
-        """
-        epochs = epochs or self.max_epochs
-        history = history if history is not None else {"train": [], "validation": [], "best_epoch": None}
-        optimizer = self._make_optimizer(net)
-        best_score, best_state, stale = -np.inf, None, 0
-        bar = tqdm(range(epochs), desc=type(self).__name__, disable=not self.progress, leave=False)
-        for epoch in bar:
-            net.train()
-            epoch_start = {k: v.detach().clone() for k, v in net.state_dict().items()}
-            order = rng.permutation(len(train))
-            scores = []
-            for start in range(0, len(order) - 1, self.batch_size):
-                batch = train[order[start:start + self.batch_size]]
-                if len(batch) < 2:
-                    continue
-                loss = self._batch_loss(net, series, batch, weights, device)
-                if not torch.isfinite(loss):
-                    # A non-finite loss updates nothing: finite weights are the last good
-                    # ones; weights that went non-finite fall back to the epoch's start.
-                    if not all(torch.isfinite(p).all() for p in net.parameters()):
-                        net.load_state_dict(epoch_start)
-                    raise FloatingPointError(
-                        f"{type(self).__name__}: the loss became {loss.item()} in epoch {epoch}; "
-                        f"training stopped and the last good weights were restored. Try a smaller "
-                        f"lr (now {self.lr}){' or a larger epsilon' if hasattr(self, 'epsilon') else ''}."
-                    )
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                scores.append(-loss.item())
-            history["train"].append(float(np.mean(scores)) if scores else float("nan"))
-            if len(val):
-                score = self._evaluate(net, series, val, weights, device)
-                history["validation"].append(score)
-                bar.set_postfix(validation=f"{score:.4f}")
-            elif monitor_train:
-                score = history["train"][-1]
-            else:
-                continue
-            threshold = best_score + tolerance * abs(best_score) if np.isfinite(best_score) else best_score
-            improved = score > threshold
-            if score > best_score:
-                best_score = score
-                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-                history["best_epoch"] = epoch
-            if improved:
-                stale = 0
-            else:
-                stale += 1
-                if self.patience is not None and stale >= self.patience:
-                    break
-        if best_state is not None:
-            net.load_state_dict(best_state)
-        else:
-            history["best_epoch"] = len(history["train"]) - 1
+    def _pair_outputs(self, net, series, pairs, device) -> tuple[Tensor, Tensor]:
+        """Outputs at t and t + lag of ``pairs`` (eval, no grad), each frame computed once."""
         net.eval()
+        outs_0, outs_t, order = [], [], []
+        with torch.no_grad():
+            for traj in np.unique(pairs[:, 0]):
+                rows = np.flatnonzero(pairs[:, 0] == traj)
+                t = pairs[rows, 1]
+                frames, where = np.unique(np.concatenate([t, t + self.lagtime]), return_inverse=True)
+                chunks = []
+                for start in range(0, len(frames), self.batch_size):
+                    with self._autocast(device):
+                        chunks.append(_full_precision(net(*series.frames(
+                            int(traj), frames[start:start + self.batch_size], device))))
+                out = torch.cat(chunks)[torch.as_tensor(where.reshape(-1), device=device)]
+                outs_0.append(out[: len(t)])
+                outs_t.append(out[len(t):])
+                order.append(rows)
+        inverse = torch.as_tensor(np.argsort(np.concatenate(order)), device=device)
+        return torch.cat(outs_0)[inverse], torch.cat(outs_t)[inverse]
+
+    def _evaluate(self, ctx: FitContext, pairs: np.ndarray) -> tuple[float, bool]:
+        """(score, outputs constant) of the current weights on ``pairs``; higher is better."""
+        raise NotImplementedError
+
+    def _epoch_scores(self, ctx: FitContext) -> tuple[float, float | None, bool]:
+        """(training score, validation score or None, outputs constant) of the end-of-epoch weights."""
+        train, constant = self._evaluate(ctx, ctx.train)
+        if not len(ctx.val):
+            return train, None, constant
+        val, val_constant = self._evaluate(ctx, ctx.val)
+        return train, val, constant or val_constant
+
+    #: The score of outputs that carry no signal (VAMP: the constant function's 1), or None.
+    _score_floor: float | None = None
+
+    def _collapsed(self, ctx: FitContext, score: float, constant: bool) -> bool:
+        """Outputs went constant, or the score fell back to the floor after being above it."""
+        if constant:
+            return True
+        floor = self._score_floor
+        if floor is None or ctx.best_epoch is None:
+            return False
+        gain = ctx.best_score - floor
+        return gain > _COLLAPSE_MIN_GAIN and score - floor < _COLLAPSE_FRACTION * gain
+
+    def _run_epoch(self, ctx: FitContext) -> None:
+        """One pass over the training pairs, then the monitored score, best weights and callbacks."""
+        ctx.epoch += 1
+        clock = time.perf_counter()
+        ctx.net.train()
+        epoch_start = _state_copy(ctx.net)
+        order = ctx.rng.permutation(len(ctx.train))
+        losses = []
+        for start in range(0, len(order) - 1, self.batch_size):
+            batch = ctx.train[order[start:start + self.batch_size]]
+            if len(batch) < 2:
+                continue
+            try:
+                losses.append(self._train_step(ctx, batch))
+            except _NonFiniteLoss as exc:
+                self._on_non_finite_loss(ctx, exc.value, epoch_start)
+                return
+            for callback in ctx.callbacks:
+                callback.on_batch_end(self, ctx)
+        train_score, val_score, constant = self._epoch_scores(ctx)
+        history = ctx.history
+        history["train"].append(train_score)
+        history["train_batches"].append(-float(np.mean(losses)) if losses else float("nan"))
+        score = train_score
+        if val_score is not None:
+            score = val_score
+            history["validation"].append(score)
+        history["lr"].append(float(ctx.optimizer.param_groups[0]["lr"]))
+        ctx.epoch_seconds = time.perf_counter() - clock
+        ctx.score = score
+        if self._collapsed(ctx, score, constant):
+            ctx.collapsed_epoch = ctx.epoch
+            ctx.stop = True
+            ctx.stop_reason = "collapse"
+        elif score > ctx.best_score:
+            ctx.best_score, ctx.best_epoch, ctx.best_state = score, ctx.epoch, _state_copy(ctx.net)
+        for callback in ctx.callbacks:
+            callback.on_epoch_end(self, ctx)
+
+    def _on_non_finite_loss(self, ctx: FitContext, value: float, epoch_start: dict) -> None:
+        """Keep the last good weights: stop with the best epoch's, or raise before there is one."""
+        if not all(torch.isfinite(p).all() for p in ctx.net.parameters()):
+            ctx.net.load_state_dict(epoch_start)
+        if ctx.best_state is not None:
+            ctx.collapsed_epoch = ctx.epoch
+            ctx.stop = True
+            ctx.stop_reason = f"the loss became {value}"
+            return
+        raise FloatingPointError(
+            f"{type(self).__name__}: the loss became {value} in epoch {ctx.epoch}; training stopped "
+            f"and the last good weights were restored. Try a smaller lr (now {self.lr})"
+            f"{' or a larger epsilon' if hasattr(self, 'epsilon') else ''}."
+        )
+
+    def _fit_loop(self, ctx: FitContext) -> dict:
+        """Epochs until ``max_epochs`` or a stop; the best epoch's weights are restored.
+
+        Returns ``ctx.history``. Raises _TrainingCollapsed when no epoch gave
+        outputs that vary.
+        """
+        ctx.forward = self._training_forward(ctx.net)
+        for callback in ctx.callbacks:
+            callback.on_fit_begin(self, ctx)
+        bar = tqdm(total=ctx.max_epochs, desc=type(self).__name__, disable=not self.progress, leave=False)
+        with bar:
+            while ctx.epoch + 1 < ctx.max_epochs and not ctx.stop:
+                self._run_epoch(ctx)
+                bar.update(1)
+                if np.isfinite(ctx.score):
+                    bar.set_postfix(score=f"{ctx.score:.4f}")
+        history = ctx.history
+        history["stop_reason"] = ctx.stop_reason
+        history["collapsed_epoch"] = ctx.collapsed_epoch
+        if ctx.best_state is None:
+            raise _TrainingCollapsed(
+                f"{type(self).__name__}: training collapsed in every epoch (the network's outputs "
+                f"are constant), so there are no weights to keep. Try a smaller lr (now {self.lr})."
+            )
+        ctx.net.load_state_dict(ctx.best_state)
+        ctx.best_state = None  # the weights are in the network now
+        history["best_epoch"] = ctx.best_epoch
+        history["best_score"] = ctx.best_score
+        ctx.net.eval()
+        if ctx.collapsed_epoch is not None:
+            what = (f"collapsed in epoch {ctx.collapsed_epoch} (monitored score {ctx.score:.4g}, against "
+                    f"{ctx.best_score:.4g} in epoch {ctx.best_epoch})" if ctx.stop_reason == "collapse" else
+                    f"failed in epoch {ctx.collapsed_epoch}: {ctx.stop_reason}")
+            warnings.warn(
+                f"{type(self).__name__}: training {what}; the weights of epoch {ctx.best_epoch} were kept. "
+                f"Try a smaller lr (now {self.lr}).", TrainingWarning, stacklevel=3,
+            )
+        for callback in ctx.callbacks:
+            callback.on_fit_end(self, ctx)
         return history
+
+    def _training_forward(self, net):
+        """The network as training calls it: ``torch.compile``\\ d with ``compile=True``."""
+        if not self.compile:
+            return net
+        compiled = torch.compile(net)
+
+        def forward(*inputs):
+            nonlocal compiled
+            if compiled is not None:
+                try:
+                    return compiled(*inputs)
+                except Exception as exc:  # noqa: BLE001 - any compiler failure falls back
+                    warnings.warn(
+                        f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); "
+                        f"{type(self).__name__} trains the network uncompiled.", UserWarning, stacklevel=2,
+                    )
+                    compiled = None
+            return net(*inputs)
+
+        return forward
+
+    def _plan_memory(self, net, series: TimeSeries, device) -> dict:
+        """Gradient checkpointing only when a batch's activations would exceed ``memory_budget``.
+
+        The activations autograd keeps per frame are measured on a two-frame
+        forward pass; a step holds up to ``2 * batch_size`` frames.
+        """
+        lobe = getattr(net, "lobe", net)
+        if not isinstance(lobe, TokenLobe):
+            return {}
+        per_frame = _saved_bytes_per_frame(lobe, series, device)
+        need = per_frame * 2 * self.batch_size
+        budget = _memory_budget(self.memory_budget, device)
+        checkpointing = need > budget
+        lobe.checkpoint_blocks = checkpointing
+        chunk = None
+        if lobe.merger is not None:
+            chunk = max(1, int(budget // max(per_frame, 1))) if checkpointing else None
+            lobe.merger.checkpoint_frames = chunk
+        return {"activation_bytes_per_frame": int(per_frame), "batch_activation_bytes": int(need),
+                "budget_bytes": int(budget), "checkpointing": bool(checkpointing), "merger_chunk_frames": chunk}
+
 
     def _setup(self, X, sample_weight):
         """Validate parameters and data; return what every fit needs."""
@@ -398,6 +723,12 @@ class TorchLearner(BaseEstimator):
         pairs = lagged_pairs(series.lengths, self.lagtime, type(self).__name__)
         rng = check_generator(self.random_state)
         device = resolve_device(self.device)
+        if self.precision == "bfloat16" and not supports_bfloat16(device):
+            warnings.warn(
+                f"precision='bfloat16' was asked for, but this {device.type.upper()} does not compute in "
+                f"bfloat16 natively (on a CPU that needs AVX512-BF16 or AMX), where it would be slower "
+                f"than float32: {type(self).__name__} trains in float32.", UserWarning, stacklevel=3,
+            )
         return series, weights, pairs, rng, device
 
     def __getstate__(self):

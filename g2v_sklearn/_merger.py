@@ -295,13 +295,16 @@ class TokenMergerModule(nn.Module):
     #: Frames per activation-checkpointed chunk while training (None: no checkpointing).
     #: Residue-level activations are then recomputed chunk by chunk in the backward
     #: pass instead of being kept for the whole batch, so training memory is set by
-    #: the fragment tokens, not the residues.
-    checkpoint_frames: int | None = 16
+    #: the fragment tokens, not the residues. Off by default; the learners set it when
+    #: a batch would exceed their memory budget.
+    checkpoint_frames: int | None = None
 
     def forward(self, features: Tensor, positions: Tensor) -> Tensor:
         chunk = self.checkpoint_frames
-        if chunk is None or not torch.is_grad_enabled() or len(features) <= 1:
+        if chunk is None or not torch.is_grad_enabled():
             return self._forward(features, positions)
+        if chunk >= len(features):  # one chunk: no Python loop, no concatenation
+            return checkpoint(self._forward, features, positions, use_reentrant=False)
         return torch.cat([
             checkpoint(self._forward, features[i:i + chunk], positions[i:i + chunk], use_reentrant=False)
             for i in range(0, len(features), chunk)

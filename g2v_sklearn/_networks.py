@@ -124,8 +124,9 @@ class TokenLobe(nn.Module):
 
     #: Recompute each transformer block in the backward pass instead of keeping its
     #: activations (only block inputs are kept): training memory then grows with the
-    #: number of fragments times d_model, not with the attention internals.
-    checkpoint_blocks: bool = True
+    #: number of fragments times d_model, not with the attention internals. Off by
+    #: default; the learners switch it on when a batch would exceed their memory budget.
+    checkpoint_blocks: bool = False
 
     def embed(self, features: Tensor, positions: Tensor) -> Tensor:
         """Invariant fragment embeddings (B, F, d_model)."""

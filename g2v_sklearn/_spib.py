@@ -16,6 +16,7 @@ from torch.nn import functional as F
 
 from ._compat import Interval, StrOptions
 from ._learner import TimeSeries, TorchLearner, lagged_pairs
+from ._threads import ThreadBudget
 from ._msm import KMeansDiscretizer
 from ._utils import local_torch_seed, torch_generator
 from ._vamp import fit_vamp, vamp_cv_score
@@ -155,7 +156,7 @@ class SPIBModule(nn.Module):
 # --------------------------------------------------------------------------- fit-time state
 @dataclass
 class _FitState:
-    """What the loss needs during one fit and nothing keeps afterwards."""
+    """What the loss needs during one fit (``FitContext.extra["spib"]``) and nothing keeps afterwards."""
 
     labels: Tensor  # all frames' labels, trajectories concatenated (device, int64)
     offsets: np.ndarray  # start of each trajectory in ``labels``
@@ -292,11 +293,33 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         training round; the round's best weights are restored. ``None``
         never settles: one round uses all ``max_epochs``.
     validation_fraction : float, default=0.2
-        Share of whole trajectories held out for validation (for a single
-        trajectory, a contiguous final block); 0 disables validation.
+        Share of the data held out for validation (see
+        ``validation_split``); 0 disables validation, and training rounds
+        are then judged by the loss of the weights at the end of each
+        epoch on the training pairs.
+    validation_split : {"blocks", "trajectories"}, default="blocks"
+        The final block of every trajectory (after a gap of ``lagtime``
+        frames) or whole trajectories, as in :class:`VAMPNetEstimator`.
+    lr_schedule : {"constant", "cosine"}, default="constant"
+        Learning rate within each training round (every round starts a new
+        optimizer).
+    warmup : float, default=0.0
+        Share of a round's planned steps of linear warm-up.
+    max_grad_norm : float or None, default=None
+        Gradient-norm clipping (``None``: none).
+    memory_budget : "auto" or float, default="auto"
+        Bytes a step's activations may take before gradient checkpointing
+        is switched on, as in :class:`VAMPNetEstimator`.
+    compile : bool, default=False
+        Train the encoder through ``torch.compile`` (falls back with a
+        warning).
+    callbacks : list of Callback or None, default=None
+        Training callbacks; they run in every training round
+        (``context.run`` is the round).
     precision : {"float32", "bfloat16"}, default="float32"
-        ``"bfloat16"`` runs the network under autocast; the loss is always
-        float64.
+        ``"bfloat16"`` runs the network under autocast where the device
+        computes it natively (else float32, with a warning); the loss is
+        always float64.
     device : str or torch.device, default="auto"
         ``"auto"`` is CUDA when available, else CPU.
     progress : bool, default=True
@@ -426,7 +449,9 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
                  tolerance=5e-3, transform_output="latent", score_k=1, hidden_layer_sizes=(64, 64),
                  d_model=64, n_heads=4, n_layers=2, pooling="cls", dropout=0.0, optimizer="adamw", lr=1e-3,
                  weight_decay=0.0, batch_size=256, max_epochs=50, patience=5, validation_fraction=0.2,
-                 precision="float32", device="auto", progress=True, random_state=None):
+                 validation_split="blocks", lr_schedule="constant", warmup=0.0, max_grad_norm=None,
+                 memory_budget="auto", compile=False, callbacks=None, precision="float32", device="auto",
+                 progress=True, random_state=None):
         self.lagtime = lagtime
         self.z_dim = z_dim
         self.n_states = n_states
@@ -449,6 +474,13 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         self.max_epochs = max_epochs
         self.patience = patience
         self.validation_fraction = validation_fraction
+        self.validation_split = validation_split
+        self.lr_schedule = lr_schedule
+        self.warmup = warmup
+        self.max_grad_norm = max_grad_norm
+        self.memory_budget = memory_budget
+        self.compile = compile
+        self.callbacks = callbacks
         self.precision = precision
         self.device = device
         self.progress = progress
@@ -525,14 +557,14 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         return out
 
     # ------------------------------------------------------------------ the loss
-    def _pair_losses(self, net, series, batch, weights, device, generator):
+    def _pair_losses(self, ctx, forward, batch, generator):
         """Per-pair losses and weights of a batch of (trajectory, t) pairs."""
-        state = self._fit_state
+        state, net, series, device = ctx.extra["spib"], ctx.net, ctx.series, ctx.device
         d = self.z_dim
         with self._autocast(device):
-            encoded = net(*_gather_frames(series, batch, device)).double()
+            encoded = forward(*_gather_frames(series, batch, device)).double()
             with torch.no_grad():  # the prior is a target: no gradient through the representatives
-                reps = net(*_gather_frames(series, state.representatives, device)).double()
+                reps = forward(*_gather_frames(series, state.representatives, device)).double()
         mean, logvar = encoded[:, :d], encoded[:, d:]
         rep_mean, rep_logvar = reps[:, :d], reps[:, d:]
         noise = torch.randn(mean.shape, generator=generator, device=device, dtype=mean.dtype)
@@ -541,27 +573,26 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         future = torch.as_tensor(state.offsets[batch[:, 0]] + batch[:, 1] + self.lagtime, device=device)
         losses, _, _ = spib_pair_losses(log_probs, state.labels[future], z, mean, logvar, rep_mean,
                                         rep_logvar, net.prior_log_weights().double(), self.beta)
-        w = self._pair_weights(weights, batch, device)
+        w = self._pair_weights(ctx.weights, batch, device)
         w = torch.ones_like(losses) if w is None else w.double()
         return losses, w
 
-    def _batch_loss(self, net, series, batch, weights, device):
-        losses, w = self._pair_losses(net, series, batch, weights, device, self._fit_state.generator)
+    def _batch_loss(self, ctx, batch):
+        losses, w = self._pair_losses(ctx, ctx.forward, batch, ctx.extra["spib"].generator)
         return (w * losses).sum() / w.sum().clamp_min(1e-300)
 
-    def _evaluate(self, net, series, pairs, weights, device) -> float:
-        """Minus the mean loss on the validation pairs, with the same noise every time."""
-        net.eval()
-        generator = torch.Generator(device=device)
-        generator.manual_seed(self._fit_state.validation_seed)
+    def _evaluate(self, ctx, pairs) -> tuple[float, bool]:
+        """Minus the mean loss on ``pairs``, with the same noise every time."""
+        ctx.net.eval()
+        generator = torch.Generator(device=ctx.device)
+        generator.manual_seed(ctx.extra["spib"].validation_seed)
         total, norm = 0.0, 0.0
         with torch.no_grad():
             for start in range(0, len(pairs), self.batch_size):
-                losses, w = self._pair_losses(net, series, pairs[start:start + self.batch_size], weights,
-                                              device, generator)
+                losses, w = self._pair_losses(ctx, ctx.net, pairs[start:start + self.batch_size], generator)
                 total += float((w * losses).sum())
                 norm += float(w.sum())
-        return -total / max(norm, 1e-300)
+        return -total / max(norm, 1e-300), False
 
     # ------------------------------------------------------------------ fit
     def fit(self, X, y=None, sample_weight=None):
@@ -596,40 +627,41 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         converged = False
         with local_torch_seed(rng):
             lobe = self._build_network(series, 2 * self.z_dim)
-            if series.kind == "array":  # standardise with the training trajectories only
-                stacked = np.concatenate([series.items[i] for i in np.unique(train[:, 0])])
-                lobe.set_standardization(torch.as_tensor(stacked.mean(0)), torch.as_tensor(stacked.std(0)))
             net = SPIBModule(lobe, self.z_dim, n_states).to(device)
-            self._fit_state = _FitState(
-                labels=torch.as_tensor(np.concatenate(labels), device=device),
-                offsets=offsets, representatives=np.zeros((0, 2), dtype=np.int64),
-                generator=torch_generator(rng, device), validation_seed=int(rng.integers(0, 2**63 - 1)),
-            )
-            try:
+        if series.kind == "array":  # standardise with the training trajectories only
+            stacked = np.concatenate([series.items[i] for i in np.unique(train[:, 0])])
+            lobe.set_standardization(torch.as_tensor(stacked.mean(0), device=device),
+                                     torch.as_tensor(stacked.std(0), device=device))
+        self.memory_plan_ = self._plan_memory(net, series, device)
+        state = _FitState(
+            labels=torch.as_tensor(np.concatenate(labels), device=device),
+            offsets=offsets, representatives=np.zeros((0, 2), dtype=np.int64),
+            generator=torch_generator(rng, device), validation_seed=int(rng.integers(0, 2**63 - 1)),
+        )
+        with ThreadBudget(device=device) as threads:
+            means = self._latent_means(net, series, device)
+            epochs_left = int(self.max_epochs)
+            for round_ in range(self.refinements + 1):
+                self._reset_prior(net, state, means, labels, candidates, frame_weights, offsets)
+                state.labels = torch.as_tensor(np.concatenate(labels), device=device)
+                ctx = self._new_context(net, series, train, val, weights, device, rng, max_epochs=epochs_left,
+                                        run=round_, extra={"spib": state}, threads=threads)
+                rounds = self._fit_loop(ctx)
+                epochs_left -= len(rounds["train"])
+                history["train"] += rounds["train"]
+                history["validation"] += rounds["validation"]
+                history["round"] += [round_] * len(rounds["train"])
+                history["best_epoch"].append(rounds["best_epoch"])
+                history["n_states"].append(net.n_states)
                 means = self._latent_means(net, series, device)
-                epochs_left = int(self.max_epochs)
-                for round_ in range(self.refinements + 1):
-                    self._reset_prior(net, means, labels, candidates, frame_weights, offsets)
-                    self._fit_state.labels = torch.as_tensor(np.concatenate(labels), device=device)
-                    rounds = self._train(net, series, train, val, weights, device, rng, epochs=epochs_left,
-                                         tolerance=self.tolerance, monitor_train=True)
-                    epochs_left -= len(rounds["train"])
-                    history["train"] += rounds["train"]
-                    history["validation"] += rounds["validation"]
-                    history["round"] += [round_] * len(rounds["train"])
-                    history["best_epoch"].append(rounds["best_epoch"])
-                    history["n_states"].append(net.n_states)
-                    means = self._latent_means(net, series, device)
-                    new_labels = self._relabel(net, means, device)
-                    converged = all(np.array_equal(a, b) for a, b in zip(labels, new_labels))
-                    labels = new_labels
-                    labels_history.append(labels)
-                    if converged or epochs_left < 1:
-                        break
-                self._reset_prior(net, means, labels, candidates, frame_weights, offsets, weights_too=False)
-                representatives = self._fit_state.representatives
-            finally:
-                del self._fit_state
+                new_labels = self._relabel(net, means, device)
+                converged = all(np.array_equal(a, b) for a, b in zip(labels, new_labels))
+                labels = new_labels
+                labels_history.append(labels)
+                if converged or epochs_left < 1:
+                    break
+            self._reset_prior(net, state, means, labels, candidates, frame_weights, offsets, weights_too=False)
+        representatives = state.representatives
         net.eval()
         self.module_ = net
         self.n_states_ = net.n_states
@@ -673,7 +705,7 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
                    .double().exp().cpu().numpy() for s in range(0, len(means), chunk)]
         return np.concatenate(out) if out else np.zeros((0, net.n_states))
 
-    def _reset_prior(self, net, means, labels, candidates, frame_weights, offsets, *, weights_too=True):
+    def _reset_prior(self, net, state, means, labels, candidates, frame_weights, offsets, *, weights_too=True):
         """Representatives: per state, the training frame nearest the state's mean latent."""
         flat_means = np.concatenate(means)
         flat_labels = np.concatenate(labels)
@@ -690,7 +722,7 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
                 pool = np.flatnonzero(members)
             best = pool[np.argmin(((flat_means[pool] - center) ** 2).sum(axis=1))]
             reps[k] = traj_of[best], best - offsets[traj_of[best]]
-        self._fit_state.representatives = reps
+        state.representatives = reps
         if weights_too:
             populations = np.maximum(populations / max(populations.sum(), 1e-300), 1e-6)
             with torch.no_grad():

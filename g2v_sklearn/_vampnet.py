@@ -10,8 +10,11 @@ from sklearn.base import TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ._compat import Interval, StrOptions
-from ._learner import TorchLearner, lagged_pairs
-from ._utils import local_torch_seed
+from ._callbacks import EarlyStopping
+from ._compat import validate_parameter_constraints
+from ._learner import TorchLearner, _new_history, _TrainingCollapsed, lagged_pairs
+from ._threads import ThreadBudget
+from ._utils import check_generator, local_torch_seed, resolve_device
 from ._vamp import fit_vamp, implied_timescales, koopman_eigenvalues, vamp_cv_score, vamp_score
 
 __all__ = ["VAMPNetEstimator"]
@@ -68,11 +71,51 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
     max_epochs : int, default=30
         Most passes over the training pairs.
     patience : int, default=5
-        Epochs without a better validation score before stopping; ``None``
-        never stops early. The best weights are restored.
+        Epochs without a better monitored score before stopping; ``None``
+        never stops early. Whatever ends training, the weights of the best
+        epoch are restored.
     validation_fraction : float, default=0.2
-        Share of whole trajectories held out for validation (for a single
-        trajectory, a contiguous final block); 0 disables validation.
+        Share of the data held out for validation (see
+        ``validation_split``); 0 disables validation, and the monitored
+        score is then the training VAMP-2 of the weights at the end of each
+        epoch.
+    validation_split : {"blocks", "trajectories"}, default="blocks"
+        ``"blocks"`` holds out the final ``validation_fraction`` of every
+        trajectory, after a gap of ``lagtime`` frames; ``"trajectories"``
+        holds out whole trajectories (a single trajectory is split into
+        blocks). Blocks are the default because with few trajectories a
+        held-out trajectory can hold most (or none) of a rare process: in
+        the shipped alanine dipeptide one of four trajectories holds about
+        three quarters of the alpha_L frames.
+    n_init : int, default=1
+        Independent initialisations, as in :class:`~sklearn.cluster.KMeans`:
+        each is trained, the one with the best monitored score is kept, and
+        every run's history is in ``history_["runs"]``.
+    lr_schedule : {"cosine", "constant"}, default="cosine"
+        Per-step learning rate: cosine decay from ``lr`` to 5 % of it over
+        ``max_epochs``, or constant.
+    warmup : float, default=0.05
+        Share of the planned steps over which the learning rate rises
+        linearly from 0 to its schedule; 0 disables the warm-up.
+    max_grad_norm : float or None, default=1.0
+        Gradients are clipped to this total norm before each step
+        (``None``: never).
+    memory_budget : "auto" or float, default="auto"
+        Bytes that a training step's activations may take. Above it the
+        token network recomputes activations in the backward pass (gradient
+        checkpointing of the merger, in chunks of frames, and of the
+        transformer blocks); below it nothing is recomputed. ``"auto"``:
+        half the GPU's memory, or half the memory available on the CPU
+        when ``fit`` starts. What was decided is in ``memory_plan_``.
+    compile : bool, default=False
+        Train the network through ``torch.compile`` (a C++ compiler is
+        needed on CPU); if compilation fails, a warning says so and
+        training goes on uncompiled.
+    callbacks : list of Callback or None, default=None
+        Code run at fixed points of training (:class:`EarlyStopping`,
+        :class:`LRScheduler`, :class:`SaveBestWeights`,
+        :class:`MetricsLog` or your own :class:`Callback`). Callbacks keep
+        no state between fits, so clones and grid searches can share them.
     precision : {"float32", "bfloat16"}, default="float32"
         ``"bfloat16"`` runs the network under autocast; covariances and
         scores are always float64.
@@ -102,7 +145,18 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
     timestep_ : float or None
         Time between frames (ps), when the input carries it.
     history_ : dict
-        ``train`` and ``validation`` scores per epoch, ``best_epoch``.
+        Per epoch of the kept run: ``train`` (VAMP-2 of the weights at the
+        end of the epoch on the training pairs), ``validation`` (on the
+        validation pairs; empty without validation), ``train_batches`` (the
+        mean of the batch scores while the weights changed) and ``lr``; then ``best_epoch`` and ``best_score`` (the monitored
+        score of the kept weights), ``stop_reason``, ``collapsed_epoch``
+        (None unless training collapsed), ``best_run`` and ``runs`` (the
+        history of every ``n_init`` run).
+    n_iter_ : int
+        Epochs run by the kept run.
+    memory_plan_ : dict
+        For token input: activation bytes per frame and per batch, the
+        budget, and whether checkpointing was switched on.
     n_features_in_ : int
         Features of 2-D input.
 
@@ -177,7 +231,9 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
                  mode="regularize", scaling=None, score_k=None, hidden_layer_sizes=(64, 64),
                  d_model=64, n_heads=4, n_layers=2, pooling="cls", dropout=0.0,
                  optimizer="adamw", lr=5e-4, weight_decay=1e-2, batch_size=256, max_epochs=30,
-                 patience=5, validation_fraction=0.2, precision="float32", device="auto",
+                 patience=5, validation_fraction=0.2, validation_split="blocks", n_init=1,
+                 lr_schedule="cosine", warmup=0.05, max_grad_norm=1.0, memory_budget="auto",
+                 compile=False, callbacks=None, precision="float32", device="auto",
                  progress=True, random_state=None):
         self.lagtime = lagtime
         self.n_components = n_components
@@ -199,6 +255,14 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         self.max_epochs = max_epochs
         self.patience = patience
         self.validation_fraction = validation_fraction
+        self.validation_split = validation_split
+        self.n_init = n_init
+        self.lr_schedule = lr_schedule
+        self.warmup = warmup
+        self.max_grad_norm = max_grad_norm
+        self.memory_budget = memory_budget
+        self.compile = compile
+        self.callbacks = callbacks
         self.precision = precision
         self.device = device
         self.progress = progress
@@ -209,9 +273,7 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         return -vamp_score(out_0, out_t, method=self.score_method, epsilon=self.epsilon,
                            mode=self.mode, weights=weights)
 
-    def _validation_score(self, out_0, out_t, weights):
-        return vamp_score(out_0, out_t, method="VAMP2", epsilon=self.epsilon, mode=self.mode,
-                          weights=weights).item()
+    _score_floor = 1.0  # VAMP-2 of outputs without signal: the constant function alone
 
     # ------------------------------------------------------------------ fit
     def fit(self, X, y=None, sample_weight=None):
@@ -232,48 +294,185 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         self : VAMPNetEstimator
         """
         series, weights, pairs, rng, device = self._setup(X, sample_weight)
+        self._check_pairs(pairs)
+        train, val = self._split(series, pairs, rng)
+        runs, failures = [], []
+        with ThreadBudget(device=device) as threads:
+            for run in range(self.n_init):
+                net = self._init_network(series, train, device, rng)
+                self.memory_plan_ = self._plan_memory(net, series, device)
+                ctx = self._new_context(net, series, train, val, weights, device, rng, run=run,
+                                        threads=threads)
+                try:
+                    history = self._fit_loop(ctx)
+                except _TrainingCollapsed as exc:
+                    failures.append(str(exc))
+                    runs.append((-np.inf, None, {**ctx.history, "failed": str(exc)}))
+                    continue
+                runs.append((history["best_score"], net, history))
+        if not any(net is not None for _, net, _ in runs):
+            raise ValueError(failures[-1] + (f" (all {self.n_init} initialisations)" if self.n_init > 1 else ""))
+        best = int(np.argmax([score for score, _, _ in runs]))
+        self.module_ = runs[best][1]
+        self.history_ = {**runs[best][2], "best_run": best, "runs": [h for _, _, h in runs]}
+        self.n_iter_ = len(self.history_["train"])
+        self.timestep_ = series.timestep
+        self._fit_decomposition(series, pairs, weights)  # all of X, validation included
+        return self
+
+    def partial_fit(self, X, y=None, sample_weight=None):
+        """One epoch over all time-lagged pairs of ``X``, from the current weights.
+
+        The first call (or the first after changing parameters with a
+        refit) builds the network as :meth:`fit` does. Every call then
+        runs one epoch over every pair of ``X`` (no validation split, no
+        early stopping, no warm-up or schedule: the learning rate is
+        ``lr``) and refits the VAMP decomposition and ``output_scale_`` on
+        ``X``, so :meth:`transform` and :meth:`score` reflect the new weights.
+        Each call builds a new optimizer: Adam's moment estimates start
+        afresh, as after a restart. The epoch's scores are appended to
+        ``history_``; callbacks run as in :meth:`fit`.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_frames, n_features), list of such arrays, or list of token trajectories
+            One array is one trajectory; a list holds one entry per trajectory.
+        y : None
+            Ignored.
+        sample_weight : array-like of shape (n_frames,) or list of such, default=None
+            Per-frame weights; a pair is weighted by its first frame.
+
+        Returns
+        -------
+        self : VAMPNetEstimator
+
+        Examples
+        --------
+        Training on data that arrives in pieces (each piece one call):
+
+        >>> import numpy as np
+        >>> from g2v_sklearn import VAMPNetEstimator
+        >>> x = np.cumsum(np.random.default_rng(0).normal(size=(600, 3)), axis=0) * 0.01
+        >>> est = VAMPNetEstimator(lagtime=5, progress=False, random_state=0)
+        >>> for piece in (x[:300], x[300:]):
+        ...     est = est.partial_fit(piece)
+        >>> len(est.history_["train"]), est.transform(x).shape
+        (2, (600, 2))
+        """
+        first = not hasattr(self, "module_")
+        if first:
+            series, weights, pairs, rng, device = self._setup(X, sample_weight)
+        else:
+            validate_parameter_constraints(self._parameter_constraints, self.get_params(deep=False),
+                                           caller_name=type(self).__name__)
+            series = self._as_time_series(X, reset=False)
+            weights = self._sample_weights(sample_weight, series)
+            pairs = lagged_pairs(series.lengths, self.lagtime, type(self).__name__)
+            rng = getattr(self, "_partial_rng", None) or check_generator(self.random_state)
+            device = resolve_device(self.device)
+        self._check_pairs(pairs)
+        with ThreadBudget(device=device) as threads:
+            if first:
+                self._partial_rng = rng
+                self.module_ = self._init_network(series, pairs, device, rng)
+                self.memory_plan_ = self._plan_memory(self.module_, series, device)
+                self.history_ = _new_history()
+            net = self.module_.to(device)
+            ctx = self._new_context(net, series, pairs, pairs[:0], weights, device, rng, max_epochs=1,
+                                    threads=threads)
+            ctx.scheduled = False
+            ctx.callbacks = [c for c in ctx.callbacks if not isinstance(c, EarlyStopping)]
+            history = self._fit_loop(ctx)
+        for key in ("train", "train_batches", "lr"):
+            self.history_[key] += history[key]
+        self.history_["best_epoch"] = len(self.history_["train"]) - 1
+        self.history_["best_score"] = history["best_score"]
+        self.n_iter_ = len(self.history_["train"])
+        self.timestep_ = series.timestep
+        self._fit_decomposition(series, pairs, weights)
+        return self
+
+    def _check_pairs(self, pairs):
         if self.n_components >= len(pairs):
             raise ValueError(
                 f"n_components={self.n_components} is larger than allowed: X gives only "
                 f"{len(pairs)} time-lagged pairs at lagtime={self.lagtime}, and the covariances "
                 f"need more pairs than components."
             )
-        train, val = self._split(series, pairs, rng)
+
+    def _init_network(self, series, train, device, rng):
+        """A freshly initialised network (inputs standardised on the training trajectories)."""
         with local_torch_seed(rng):
             net = self._build_network(series, self.n_components).to(device)
-            if series.kind == "array":  # standardise with the training trajectories only
-                stacked = np.concatenate([series.items[i] for i in np.unique(train[:, 0])])
-                net.set_standardization(torch.as_tensor(stacked.mean(0), device=device),
-                                        torch.as_tensor(stacked.std(0), device=device))
-            self.history_ = self._train(net, series, train, val, weights, device, rng)
-        self.module_ = net
-        self.timestep_ = series.timestep
-        self._fit_decomposition(series, pairs, weights)  # all of X, validation included
-        return self
+        if series.kind == "array":
+            stacked = np.concatenate([series.items[i] for i in np.unique(train[:, 0])])
+            net.set_standardization(torch.as_tensor(stacked.mean(0), device=device),
+                                    torch.as_tensor(stacked.std(0), device=device))
+        return net
 
     def _fit_decomposition(self, series, pairs, weights):
         outputs = self._outputs(self.module_, series, next(self.module_.parameters()).device)
         x = np.concatenate([outputs[i][t] for i, t in _grouped(pairs)])
         y = np.concatenate([outputs[i][t + self.lagtime] for i, t in _grouped(pairs)])
         w = None if weights is None else np.concatenate([weights[i][t] for i, t in _grouped(pairs)])
-        # VAMP does not care how the outputs are scaled, but epsilon is absolute: scale every
-        # output to unit spread, so that a network whose outputs vary by 1e-3 is decomposed
-        # like any other instead of having all of its directions cut off as noise.
-        both = np.concatenate([x, y])
-        spread = both.std(axis=0)
-        varies = spread > 1e-5 * np.abs(both).max(axis=0)  # above float32 rounding noise
-        if not np.any(varies):
+        decomposition = self._decompose(x, y, w)
+        if decomposition is None:
             raise ValueError(
                 f"The trained network's {x.shape[1]} outputs are constant over all "
                 f"{len(x)} time-lagged pairs of X, so they hold no slow coordinate (the last "
                 f"training scores were {[round(v, 4) for v in self.history_['train'][-3:]]}). "
                 f"Training collapsed: try a smaller lr (now {self.lr}) or more data."
             )
-        self.output_scale_ = np.where(varies, spread, 1.0)
-        self.vamp_ = fit_vamp(x / self.output_scale_, y / self.output_scale_, epsilon=self.epsilon, weights=w)
+        self.output_scale_, self.vamp_ = decomposition
         self.singular_values_ = self.vamp_.singular_values[: self.n_components]
         eigenvalues = koopman_eigenvalues(self.vamp_, dim=self.n_components)
         self.timescales_ = implied_timescales(eigenvalues, self.lagtime)
+
+    def _decompose(self, x, y, w):
+        """(output scale, VAMP decomposition) of paired outputs; None when they are constant.
+
+        VAMP does not care how the outputs are scaled, but epsilon is absolute: every output
+        is scaled to unit spread, so that a network whose outputs vary by 1e-3 is decomposed
+        like any other instead of having all of its directions cut off as noise.
+        """
+        both = np.concatenate([x, y])
+        spread = both.std(axis=0)
+        varies = spread > 1e-5 * np.abs(both).max(axis=0)  # above float32 rounding noise
+        if not np.any(varies):
+            return None
+        scale = np.where(varies, spread, 1.0)
+        return scale, fit_vamp(x / scale, y / scale, epsilon=self.epsilon, weights=w)
+
+    def _score_k(self, decomposition) -> int:
+        return min(self.score_k or self.n_components, len(decomposition.singular_values))
+
+    def _epoch_scores(self, ctx):
+        """The scores :meth:`score` would give the end-of-epoch weights.
+
+        Training: VAMP-2 (``score_k`` singular functions) of the decomposition
+        fitted on the training pairs, on those pairs. Validation: the
+        cross-validated VAMP-2 of that decomposition on the validation pairs.
+        """
+        def outputs(pairs):
+            out_0, out_t = self._pair_outputs(ctx.net, ctx.series, pairs, ctx.device)
+            w = self._pair_weights(ctx.weights, pairs, "cpu")
+            return out_0.double().cpu().numpy(), out_t.double().cpu().numpy(), None if w is None else w.numpy()
+
+        x, y, w = outputs(ctx.train)
+        decomposition = self._decompose(x, y, w)
+        if decomposition is None:
+            return -np.inf, -np.inf if len(ctx.val) else None, True
+        scale, model = decomposition
+        k = self._score_k(model)
+        train = float(vamp_cv_score(model, x / scale, y / scale, k=k, epsilon=self.epsilon, weights=w))
+        if not len(ctx.val):
+            return train, None, False
+        x, y, w = outputs(ctx.val)
+        try:
+            val = float(vamp_cv_score(model, x / scale, y / scale, k=k, epsilon=self.epsilon, weights=w))
+        except ValueError:  # validation outputs without variance (a tiny block): no signal there
+            val = self._score_floor
+        return train, val, False
 
     # ------------------------------------------------------------------ use
     def _network_outputs(self, X) -> tuple[list[np.ndarray], object]:
@@ -328,8 +527,7 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         pairs = lagged_pairs(series.lengths, self.lagtime, type(self).__name__)
         x = np.concatenate([outputs[i][t] for i, t in _grouped(pairs)])
         y = np.concatenate([outputs[i][t + self.lagtime] for i, t in _grouped(pairs)])
-        k = min(self.score_k or self.n_components, len(self.vamp_.singular_values))
-        return float(vamp_cv_score(self.vamp_, x, y, k=k, epsilon=self.epsilon))
+        return float(vamp_cv_score(self.vamp_, x, y, k=self._score_k(self.vamp_), epsilon=self.epsilon))
 
     def _koopman_models(self, X, lagtimes):
         from deeptime.decomposition import VAMP

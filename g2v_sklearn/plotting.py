@@ -261,7 +261,16 @@ def plot_implied_timescales(its, *, ax=None, n_its=None, timestep=None, unit="fr
     ax.set_xlabel(f"lag time ({unit})")
     ax.set_ylabel(f"timescale ({unit})")
     if legend:
-        ax.legend()
+        from matplotlib.lines import Line2D
+        from matplotlib.patches import Patch
+
+        handles, labels = ax.get_legend_handles_labels()
+        if data.has_samples:  # say what the line styles and bands are
+            handles += [Line2D([], [], color="grey", linestyle="solid"),
+                        Line2D([], [], color="grey", linestyle="dashed", marker="."),
+                        Patch(color="grey", alpha=0.2)]
+            labels += ["maximum likelihood", "mean of the samples", f"{100 * confidence:.0f}% of the samples"]
+        ax.legend(handles, labels, fontsize="small")
     return ax
 
 
@@ -559,13 +568,13 @@ def plot_history(estimator_or_history, *, ax=None, loss=False, mark_best=True, *
 
     Notes
     -----
-    The training score of an epoch is the mean over its mini-batches,
-    taken while the weights change (and, for VAMPNetEstimator, with the
-    training ``score_method``); the validation score is computed once on
-    all validation pairs at the end of the epoch (always VAMP-2 for
-    VAMPNetEstimator). The two curves are therefore not on exactly the
-    same footing. For SPIBEstimator the score is minus the SPIB loss, and
-    the grey dotted lines mark where a round ended in a relabelling.
+    Both curves are scores of the weights at the end of each epoch, on
+    the training and on the validation pairs (VAMP-2 for
+    VAMPNetEstimator), so they are on the same footing; the mean of the
+    mini-batch scores taken while the weights changed is in
+    ``history_["train_batches"]``. For SPIBEstimator the score is minus
+    the SPIB loss, and the grey dotted lines mark where a round ended in a
+    relabelling.
 
     Examples
     --------
@@ -590,13 +599,8 @@ def plot_history(estimator_or_history, *, ax=None, loss=False, mark_best=True, *
 
     what = "loss" if loss else "score"
     train_label, validation_label = "train", "validation"
-    method = getattr(estimator, "score_method", None)
-    if method is not None:  # VAMPNet: trains on score_method, validates with VAMP-2
-        if method == "VAMP2":
-            what = f"VAMP-2 {what}"
-        else:
-            train_label, validation_label = f"train ({method})", "validation (VAMP2)"
-            what = f"VAMP {what}"
+    if getattr(estimator, "score_method", None) is not None:  # VAMPNet monitors VAMP-2 on both sets
+        what = f"VAMP-2 {what}"
     elif "round" in history:
         what = "SPIB loss" if loss else "score (minus the SPIB loss)"
 
@@ -617,6 +621,9 @@ def plot_history(estimator_or_history, *, ax=None, loss=False, mark_best=True, *
                     markersize=12, color="black", label="best epoch")
             ax.axvline(best[-1] + 1, color="black", linestyle="dashed", linewidth=1,
                        label=f"kept weights (epoch {best[-1] + 1})")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.set_xlabel("epoch")
     ax.set_ylabel(what)
     ax.legend()

@@ -112,38 +112,35 @@ def rng():
 
 @pytest.fixture
 def nan_on_fourth_loss(monkeypatch):
-    """Arm a learner class so that its 4th loss is NaN, recording what training did.
+    """Arm a learner class so that its 4th loss is NaN; returns a callback recording the steps.
 
-    ``arm(cls, loss_method)`` returns a dict whose ``"steps"`` collects the
-    parameters after every optimizer step and whose ``"net"`` is the network
-    being trained: a test can then check which weights the learner kept.
+    ``arm(cls, loss_method)`` returns a callback (pass it in ``callbacks``)
+    whose ``steps`` collects the parameters after every optimizer step and
+    whose ``net`` is the network being trained: a test can then check which
+    weights the learner kept.
     """
-    import torch
+    from g2v_sklearn import Callback
+
+    class Recorder(Callback):
+        def __init__(self):
+            self.steps, self.net = [], None
+
+        def on_fit_begin(self, learner, context):
+            self.net = context.net
+
+        def on_batch_end(self, learner, context):
+            self.steps.append([p.detach().clone() for p in context.net.parameters()])
 
     def arm(cls, loss_method):
         calls = {"n": 0}
-        record = {"steps": [], "net": None}
         original_loss = getattr(cls, loss_method)
-        original_step = torch.optim.AdamW.step
-        original_train = cls._train
 
         def exploding(self, *args, **kwargs):
             calls["n"] += 1
             loss = original_loss(self, *args, **kwargs)
             return loss * float("nan") if calls["n"] == 4 else loss
 
-        def recording_step(optimizer, *args, **kwargs):
-            out = original_step(optimizer, *args, **kwargs)
-            record["steps"].append([p.detach().clone() for g in optimizer.param_groups for p in g["params"]])
-            return out
-
-        def keep_net(self, net, *args, **kwargs):
-            record["net"] = net
-            return original_train(self, net, *args, **kwargs)
-
         monkeypatch.setattr(cls, loss_method, exploding)
-        monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
-        monkeypatch.setattr(cls, "_train", keep_net)
-        return record
+        return Recorder()
 
     return arm

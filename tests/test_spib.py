@@ -192,11 +192,12 @@ def test_lagtime_errors(wells):
 def test_nan_loss_stops_restores_and_advises(wells, nan_on_fourth_loss):
     trajs, _ = wells
     record = nan_on_fourth_loss(SPIBEstimator, "_batch_loss")
-    est = SPIBEstimator(lagtime=5, **FAST)
+    est = SPIBEstimator(lagtime=5, callbacks=[record], **FAST)
     with pytest.raises(FloatingPointError, match=r"loss became nan .*last good weights were restored.*smaller lr"):
         est.fit(trajs)
     assert not hasattr(est, "module_") and not hasattr(est, "_fit_state")
-    for a, b in zip(record["net"].parameters(), record["steps"][-1]):  # the weights after the last good step
+    assert len(record.steps) == 3 and len(record.steps[-1]) == len(list(record.net.parameters()))
+    for a, b in zip(record.net.parameters(), record.steps[-1]):  # the weights after the last good step
         torch.testing.assert_close(a.detach(), b)
 
 

@@ -144,12 +144,13 @@ def test_input_errors(dihedral_features, rng):
 
 
 def test_nan_loss_stops_restores_and_advises(dihedral_features, nan_on_fourth_loss):
-    est = VAMPNetEstimator(lagtime=5, **FAST)
     record = nan_on_fourth_loss(VAMPNetEstimator, "_loss")
+    est = VAMPNetEstimator(lagtime=5, callbacks=[record], **FAST)
     with pytest.raises(FloatingPointError, match="loss became nan .*last good weights were restored.*smaller lr"):
         est.fit(dihedral_features[0][:2000])
-    restored = [p.detach() for p in record["net"].parameters()]
-    for a, b in zip(restored, record["steps"][-1]):  # the weights after the last good step
+    restored = [p.detach() for p in record.net.parameters()]
+    assert len(record.steps) == 3 and len(record.steps[-1]) == len(restored)
+    for a, b in zip(restored, record.steps[-1]):  # the weights after the last good step
         torch.testing.assert_close(a, b)
 
 

@@ -1,0 +1,274 @@
+"""Callbacks: code that runs at fixed points of a learner's training loop.
+
+A callback is a small object passed in a learner's ``callbacks`` parameter.
+Like every scikit-learn parameter it is never changed by ``fit``: what a
+callback learns during one fit lives in the fit's :class:`FitContext`
+(``context.history`` ends up as the learner's ``history_``), so ``clone``,
+``GridSearchCV`` and joblib workers can copy callbacks freely.
+
+The hooks, in the order the loop calls them:
+
+* ``on_fit_begin(learner, context)``: once per training run (per ``n_init``
+  restart, and per SPIB training round), after the network and optimizer
+  are built.
+* ``on_batch_end(learner, context)``: after every optimizer step.
+* ``on_epoch_end(learner, context)``: after every epoch, once its monitored
+  score is in ``context.history``. Set ``context.stop = True`` to end
+  training; set ``context.stop_reason`` to say why.
+* ``on_fit_end(learner, context)``: once per run, after the best weights
+  were restored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from numbers import Integral, Real
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["Callback", "EarlyStopping", "LRScheduler", "MetricsLog", "SaveBestWeights"]
+
+
+class Callback:
+    """Base class of the training callbacks: every hook does nothing.
+
+    Subclasses override the hooks they need. A callback must keep no
+    per-fit state on itself (it is a parameter of the learner, copied by
+    ``clone``); per-fit values go into ``context.history`` or
+    ``context.extra``.
+    """
+
+    def on_fit_begin(self, learner, context) -> None:
+        """Called once per training run, after the network and optimizer are built."""
+
+    def on_batch_end(self, learner, context) -> None:
+        """Called after every optimizer step (``context.step``, ``context.last_loss``)."""
+
+    def on_epoch_end(self, learner, context) -> None:
+        """Called after every epoch; ``context.stop = True`` ends training."""
+
+    def on_fit_end(self, learner, context) -> None:
+        """Called once per training run, after the best weights were restored."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other) -> bool:  # clones compare equal (GridSearchCV prints and compares params)
+        return type(self) is type(other) and vars(self) == vars(other)
+
+    __hash__ = None
+
+
+class EarlyStopping(Callback):
+    """Stop when the monitored score has not improved for ``patience`` epochs.
+
+    The learners build one from their ``patience`` parameter; pass one in
+    ``callbacks`` for a different rule (e.g. a relative ``tolerance``).
+    Improvement is judged on the monitored score: the validation score, or
+    without validation the training score of the weights at the end of the
+    epoch. The best weights are restored whatever stops the fit.
+
+    Parameters
+    ----------
+    patience : int, default=5
+        Epochs without an improvement before stopping.
+    tolerance : float, default=0.0
+        An epoch improves only when it beats the best score by more than
+        ``tolerance`` times its magnitude.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from g2v_sklearn import EarlyStopping, VAMPNetEstimator
+    >>> x = np.cumsum(np.random.default_rng(0).normal(size=(400, 2)), axis=0) * 0.01
+    >>> est = VAMPNetEstimator(lagtime=5, max_epochs=20, patience=None, progress=False, random_state=0,
+    ...                        callbacks=[EarlyStopping(patience=2)]).fit(x)
+    >>> len(est.history_["train"]) <= 20
+    True
+    """
+
+    def __init__(self, patience: int = 5, tolerance: float = 0.0) -> None:
+        self.patience = patience
+        self.tolerance = tolerance
+
+    def on_epoch_end(self, learner, context) -> None:
+        if not isinstance(self.patience, Integral) or self.patience < 1:
+            raise ValueError(f"EarlyStopping's patience must be a positive int; got {self.patience!r}.")
+        if not isinstance(self.tolerance, Real) or self.tolerance < 0:
+            raise ValueError(f"EarlyStopping's tolerance must be >= 0; got {self.tolerance!r}.")
+        key = f"early_stopping_{id(self)}"
+        state = context.extra.setdefault(key, {"best": -np.inf, "stale": 0})
+        score = context.score
+        threshold = state["best"] + self.tolerance * abs(state["best"]) if np.isfinite(state["best"]) else -np.inf
+        if score > threshold:
+            state["best"], state["stale"] = score, 0
+        else:
+            state["best"] = max(state["best"], score)
+            state["stale"] += 1
+            if state["stale"] >= self.patience:
+                context.stop = True
+                context.stop_reason = context.stop_reason or (
+                    f"no improvement for {self.patience} epochs")
+
+
+class LRScheduler(Callback):
+    """A :mod:`torch.optim.lr_scheduler` scheduler, stepped after every epoch.
+
+    It replaces the learner's own ``lr_schedule`` (which steps per batch):
+    the learner's warm-up and cosine decay are off while an ``LRScheduler``
+    is among the callbacks.
+
+    Parameters
+    ----------
+    policy : str or type
+        A scheduler class of :mod:`torch.optim.lr_scheduler` or its name,
+        e.g. ``"StepLR"``, ``"ExponentialLR"``, ``"ReduceLROnPlateau"``
+        (which is given the monitored score, in ``mode="max"``).
+    **kwargs
+        Passed to the scheduler, e.g. ``step_size=5, gamma=0.5``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from g2v_sklearn import LRScheduler, VAMPNetEstimator
+    >>> x = np.cumsum(np.random.default_rng(0).normal(size=(400, 2)), axis=0) * 0.01
+    >>> est = VAMPNetEstimator(lagtime=5, max_epochs=3, lr=1e-3, progress=False, random_state=0,
+    ...                        callbacks=[LRScheduler("StepLR", step_size=1, gamma=0.5)]).fit(x)
+    >>> est.history_["lr"]
+    [0.001, 0.0005, 0.00025]
+    """
+
+    def __init__(self, policy, **kwargs) -> None:
+        self.policy = policy
+        self.kwargs = kwargs
+
+    def _scheduler_class(self):
+        policy = self.policy
+        if isinstance(policy, str):
+            policy = getattr(torch.optim.lr_scheduler, policy, None)
+        if not (isinstance(policy, type) and hasattr(policy, "step")):
+            raise ValueError(
+                f"LRScheduler's policy must name a class of torch.optim.lr_scheduler (e.g. 'StepLR'); "
+                f"got {self.policy!r}."
+            )
+        return policy
+
+    def on_fit_begin(self, learner, context) -> None:
+        context.extra[f"lr_scheduler_{id(self)}"] = self._scheduler_class()(context.optimizer, **self.kwargs)
+
+    def on_epoch_end(self, learner, context) -> None:
+        scheduler = context.extra[f"lr_scheduler_{id(self)}"]
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(-context.score)  # it minimises by default; our scores are maximised
+        else:
+            scheduler.step()
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(repr(value).encode()).hexdigest()
+
+
+class SaveBestWeights(Callback):
+    """Write the best weights so far to a file, each time they improve.
+
+    For long runs (a GPU job that may be pre-empted): the file always holds
+    the network of the best epoch so far, written atomically (a temporary
+    file renamed over the old one), with the epoch and score. The file name
+    is made from the learner's class, a digest of its parameters and a
+    digest of the training pairs, so clones with other parameters (the
+    candidates of a grid search) and fits on other data (its folds) never
+    write the same file; the path is recorded in ``history_["best_weights_file"]``.
+
+    Parameters
+    ----------
+    directory : str or path-like
+        Folder for the files (created when missing).
+
+    Notes
+    -----
+    A file holds ``{"state_dict", "epoch", "score", "params"}``; load it
+    with ``torch.load(path, weights_only=True)`` and
+    ``learner.module_.load_state_dict(...)``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> import torch
+    >>> from g2v_sklearn import SaveBestWeights, VAMPNetEstimator
+    >>> x = np.cumsum(np.random.default_rng(0).normal(size=(400, 2)), axis=0) * 0.01
+    >>> folder = tempfile.mkdtemp()
+    >>> est = VAMPNetEstimator(lagtime=5, max_epochs=3, progress=False, random_state=0,
+    ...                        callbacks=[SaveBestWeights(folder)]).fit(x)
+    >>> saved = torch.load(est.history_["best_weights_file"], weights_only=True)
+    >>> saved["epoch"] == est.history_["best_epoch"]
+    True
+    """
+
+    def __init__(self, directory) -> None:
+        self.directory = directory
+
+    def path_for(self, learner, context) -> Path:
+        params = {k: v for k, v in learner.get_params(deep=False).items() if k != "callbacks"}
+        data = (context.series.fingerprint(), context.train.tobytes(), context.run)
+        name = f"{type(learner).__name__}-{_digest(sorted(params.items()))[:12]}-{_digest(data)[:10]}.pt"
+        return Path(self.directory) / name
+
+    def on_fit_begin(self, learner, context) -> None:
+        path = self.path_for(learner, context)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        context.extra[f"save_best_{id(self)}"] = path
+        context.history["best_weights_file"] = str(path)
+
+    def on_epoch_end(self, learner, context) -> None:
+        if context.best_epoch != context.epoch:
+            return
+        path = context.extra[f"save_best_{id(self)}"]
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        params = {k: repr(v) for k, v in learner.get_params(deep=False).items()}
+        torch.save({"state_dict": {k: v.detach().cpu() for k, v in context.net.state_dict().items()},
+                    "epoch": context.epoch, "score": float(context.score), "params": params}, tmp)
+        os.replace(tmp, path)
+
+
+class MetricsLog(Callback):
+    """Append one JSON line per epoch to a file: epoch, scores, learning rate, seconds.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file; lines are appended, each a JSON object with ``learner``
+        (the class name), ``run``, ``epoch``, ``train``, ``validation``,
+        ``lr``, ``seconds`` and ``best_epoch``. Concurrent fits (a grid
+        search) may share the file: every line is one ``write`` call.
+
+    Examples
+    --------
+    >>> import json, tempfile
+    >>> import numpy as np
+    >>> from g2v_sklearn import MetricsLog, VAMPNetEstimator
+    >>> x = np.cumsum(np.random.default_rng(0).normal(size=(400, 2)), axis=0) * 0.01
+    >>> log = tempfile.mktemp(suffix=".jsonl")
+    >>> est = VAMPNetEstimator(lagtime=5, max_epochs=2, progress=False, random_state=0,
+    ...                        callbacks=[MetricsLog(log)]).fit(x)
+    >>> [json.loads(line)["epoch"] for line in open(log)]
+    [0, 1]
+    """
+
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def on_epoch_end(self, learner, context) -> None:
+        h = context.history
+        row = {
+            "learner": type(learner).__name__, "run": context.run, "epoch": context.epoch,
+            "train": h["train"][-1], "validation": h["validation"][-1] if h["validation"] else None,
+            "lr": h["lr"][-1], "seconds": context.epoch_seconds, "best_epoch": context.best_epoch,
+        }
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(row) + "\n")

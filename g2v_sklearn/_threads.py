@@ -1,0 +1,171 @@
+"""Thread hygiene: torch's intra-op threads sized to the cores that are free now.
+
+Why
+---
+torch's CPU kernels run on an OpenMP team whose threads spin-wait at every
+barrier. When another process keeps one of two cores busy, a two-thread team
+waits at each of the thousands of small parallel regions of a training step
+for the thread the kernel has descheduled: a fit measured 24 times slower
+beside a single busy loop, and 1.03 times with one thread (see
+docs/benchmarks.md). The wait policy of OpenMP is fixed when torch is
+imported, so the fix that works from inside a library is the team size.
+
+What
+----
+:class:`ThreadBudget` is a context manager around one fit (or one
+embedding). On entry it shares the cores among the fits running
+concurrently in this process (the threading backend of joblib, or Dask's
+threads). Then, every second (:meth:`ThreadBudget.refresh`, called at every
+training step and embedded batch), it measures how busy the cores this
+process may run on were with *other* work (``/proc/stat`` for the cores in
+the affinity mask, minus this process's own CPU time) and sets torch's
+thread count to the free cores' share, never above what it was. On exit the
+thread count is restored. Where ``/proc/stat`` is missing (not Linux) only
+the concurrency rule applies. On an idle machine nothing changes.
+
+CPU quotas (cgroup ``cpu.max``) are not seen: a container limited to two
+cores' worth of time on a larger host is taken at its affinity mask.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import torch
+
+__all__ = ["ThreadBudget", "free_cores"]
+
+_LOCK = threading.Lock()
+_ACTIVE = 0  # fits inside a ThreadBudget in this process right now
+
+
+def _cores() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def _busy_jiffies(cores: list[int]) -> tuple[int, int] | None:
+    """(busy, total) clock ticks summed over ``cores``, from /proc/stat; None if unreadable."""
+    wanted = {f"cpu{c}" for c in cores}
+    busy = total = 0
+    try:
+        with open("/proc/stat") as handle:
+            for line in handle:
+                fields = line.split()
+                if not fields or fields[0] not in wanted:
+                    continue
+                ticks = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+                total += sum(ticks)
+                busy += sum(ticks) - ticks[3] - ticks[4]
+    except (OSError, ValueError):
+        return None
+    return (busy, total) if total else None
+
+
+def _own_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+class _Sample:
+    """One reading of the cores' and this process's CPU use."""
+
+    def __init__(self, cores: list[int]) -> None:
+        self.jiffies = _busy_jiffies(cores)
+        self.own = _own_seconds()
+        self.wall = time.monotonic()
+
+
+def _others_busy(start: _Sample, end: _Sample, n_cores: int) -> float | None:
+    """Cores' worth of CPU that other processes used between two samples."""
+    if start.jiffies is None or end.jiffies is None:
+        return None
+    busy = end.jiffies[0] - start.jiffies[0]
+    total = end.jiffies[1] - start.jiffies[1]
+    if total <= 0:
+        return None
+    busy_cores = n_cores * busy / total  # all processes, in cores
+    wall = end.wall - start.wall
+    own_cores = (end.own - start.own) / wall if wall > 0 else 0.0
+    return max(0.0, busy_cores - own_cores)
+
+
+def free_cores(window: float = 0.03) -> float | None:
+    """Cores not used by other processes, measured over ``window`` seconds (None: unknown)."""
+    cores = _cores()
+    start = _Sample(cores)
+    time.sleep(window)
+    busy = _others_busy(start, _Sample(cores), len(cores))
+    return None if busy is None else len(cores) - busy
+
+
+class ThreadBudget:
+    """Torch threads for one fit: the free cores shared among concurrent fits.
+
+    Parameters
+    ----------
+    enabled : bool, default=True
+        ``False`` leaves torch's thread count alone (the context manager
+        then does nothing).
+    device : torch.device or None
+        Only CPU work is sized; on CUDA the count is left alone.
+    """
+
+    def __init__(self, enabled: bool = True, device: torch.device | None = None) -> None:
+        self.enabled = enabled and (device is None or device.type == "cpu")
+        self.threads: int | None = None  # in use now
+        self._saved: int | None = None
+        self._cores = _cores()
+        self._last: _Sample | None = None
+
+    #: Seconds between measurements: long enough for /proc/stat's 10 ms ticks to average out.
+    interval: float = 1.0
+
+    def __enter__(self) -> ThreadBudget:
+        global _ACTIVE
+        if not self.enabled:
+            return self
+        with _LOCK:
+            _ACTIVE += 1
+            share = len(self._cores) / _ACTIVE
+        self._saved = torch.get_num_threads()
+        self.threads = max(1, min(self._saved, int(share)))
+        if self.threads != self._saved:
+            torch.set_num_threads(self.threads)
+        self._last = _Sample(self._cores)
+        return self
+
+    def refresh(self) -> None:
+        """Every ``interval`` seconds: measure the others' load since the last time, resize the team.
+
+        Cheap enough to call at every step: between measurements it reads the clock only.
+        """
+        if self.enabled and self._last is not None and time.monotonic() - self._last.wall >= self.interval:
+            self._apply(self._last, _Sample(self._cores))
+
+    def _apply(self, start: _Sample, end: _Sample) -> None:
+        n_cores = len(self._cores)
+        busy = _others_busy(start, end, n_cores)
+        free = n_cores if busy is None else n_cores - busy
+        with _LOCK:
+            share = free / max(_ACTIVE, 1)
+        # a core counts as free when less than a third of it is taken: a shell, a
+        # monitor or an editor must not halve the team, a busy loop must
+        threads = max(1, min(self._saved, int(share + 1.0 / 3.0)))
+        if threads != self.threads:
+            torch.set_num_threads(threads)
+            self.threads = threads
+        self._last = end
+
+    def __exit__(self, *exc) -> None:
+        global _ACTIVE
+        if not self.enabled:
+            return
+        with _LOCK:
+            _ACTIVE -= 1
+        if self._saved is not None:
+            torch.set_num_threads(self._saved)

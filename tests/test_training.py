@@ -1,0 +1,319 @@
+"""The shared training loop: best weights, collapse, restarts, splits, schedules, seams, threads."""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, KFold
+
+from g2v_sklearn import (
+    Callback,
+    EarlyStopping,
+    LRScheduler,
+    MetricsLog,
+    SaveBestWeights,
+    SPIBEstimator,
+    TokenMerger,
+    TokenTrajectory,
+    TrainingWarning,
+    VAMPNetEstimator,
+)
+from g2v_sklearn import _threads
+from g2v_sklearn._learner import lagged_pairs
+
+FAST = dict(hidden_layer_sizes=(16,), batch_size=128, progress=False)
+
+
+@pytest.fixture(scope="module")
+def dihedral_features(ala2_trajs):
+    """(cos, sin) of (phi, psi) of the four alanine-dipeptide trajectories (4 x 5,000 frames)."""
+    import mdtraj as md
+
+    out = []
+    for t in ala2_trajs:
+        phi, psi = md.compute_phi(t)[1][:, 0], md.compute_psi(t)[1][:, 0]
+        out.append(np.stack([np.cos(phi), np.sin(phi), np.cos(psi), np.sin(psi)], 1))
+    return out
+
+
+class ShrinkOutputs(Callback):
+    """Force a collapse: from epoch ``epoch`` on, the last layer's weights shrink to ~0.
+
+    The outputs are then the bias plus variations far below float32 rounding: what a
+    collapsed training leaves. ``every_step=False`` shrinks them after each epoch's last
+    step only, so the end-of-epoch score sees constant outputs; ``True`` after every
+    step, so the next loss is not finite (what a collapse usually does to VAMP-2).
+    """
+
+    def __init__(self, epoch, every_step=False):
+        self.epoch, self.every_step = epoch, every_step
+
+    def on_batch_end(self, learner, context):
+        per_epoch = context.total_steps // context.max_epochs
+        last_step = context.step == per_epoch * (context.epoch + 1)
+        if context.epoch >= self.epoch and (self.every_step or last_step):
+            with torch.no_grad():
+                context.net.net[-1].weight.mul_(1e-9)
+
+
+# --------------------------------------------------------------------------- never a worse model
+@pytest.mark.parametrize("every_step, message", [
+    (False, r"collapsed in epoch 3 \(monitored score .*\); the weights of epoch \d were kept.*smaller lr"),
+    (True, r"failed in epoch 3: the loss became nan; the weights of epoch \d were kept.*smaller lr"),
+])
+def test_forced_collapse_keeps_the_best_epoch_warns_and_scores_it(dihedral_features, every_step, message):
+    x = [t[:2500] for t in dihedral_features]
+    est = VAMPNetEstimator(lagtime=5, max_epochs=6, validation_fraction=0, random_state=0,
+                           callbacks=[ShrinkOutputs(3, every_step)], **FAST)
+    with pytest.warns(TrainingWarning, match=message):
+        est.fit(x)
+    h = est.history_
+    assert h["collapsed_epoch"] == 3 and len(h["train"]) == (3 if every_step else 4)  # stopped there
+    assert h["best_epoch"] < 3 and h["best_score"] == max(h["train"][:3])
+    # the score of the kept weights is that epoch's score, recomputed
+    assert est.score(x) == pytest.approx(h["best_score"], rel=1e-6)
+
+
+def test_large_lr_never_returns_a_worse_model_than_its_best_epoch(dihedral_features):
+    x = [t[:2500] for t in dihedral_features]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est = VAMPNetEstimator(lagtime=5, lr=0.5, max_epochs=8, validation_fraction=0, patience=None,
+                               max_grad_norm=None, warmup=0.0, random_state=1, **FAST).fit(x)
+    h = est.history_
+    assert h["best_score"] == max(h["train"])
+    assert est.score(x) == pytest.approx(h["best_score"], rel=1e-6)
+    if h["collapsed_epoch"] is not None:  # then the user was told
+        assert any(issubclass(w.category, TrainingWarning) for w in caught)
+
+
+def test_collapse_in_every_epoch_is_an_error(dihedral_features):
+    est = VAMPNetEstimator(lagtime=5, max_epochs=3, validation_fraction=0, random_state=0,
+                           callbacks=[ShrinkOutputs(0)], **FAST)
+    with pytest.raises(ValueError, match="collapsed in every epoch.*smaller lr"):
+        est.fit(dihedral_features[0][:2000])
+    assert not hasattr(est, "module_")
+
+
+def test_without_validation_the_best_training_epoch_is_kept(dihedral_features):
+    x = [t[:2000] for t in dihedral_features[:2]]
+    est = VAMPNetEstimator(lagtime=5, max_epochs=6, validation_fraction=0, patience=None, lr=2e-2,
+                           random_state=0, **FAST).fit(x)
+    h = est.history_
+    assert h["validation"] == [] and len(h["train"]) == 6
+    assert h["best_epoch"] == int(np.argmax(h["train"])) and h["best_score"] == max(h["train"])
+    assert est.score(x) == pytest.approx(h["best_score"], rel=1e-6)
+
+
+def test_n_init_keeps_the_best_of_three_and_records_all(dihedral_features):
+    x = [t[:1500] for t in dihedral_features]
+    est = VAMPNetEstimator(lagtime=5, max_epochs=2, n_init=3, validation_fraction=0, random_state=0,
+                           **FAST).fit(x)
+    runs = est.history_["runs"]
+    assert len(runs) == 3 and all(len(r["train"]) == 2 for r in runs)
+    scores = [r["best_score"] for r in runs]
+    assert len(set(scores)) == 3  # independent initialisations
+    assert est.history_["best_run"] == int(np.argmax(scores))
+    assert est.history_["best_score"] == max(scores)
+    assert est.score(x) == pytest.approx(max(scores), rel=1e-6)  # the kept network is the best run's
+
+
+# --------------------------------------------------------------------------- the validation split
+@pytest.mark.parametrize("n_trajs", [1, 3])
+def test_block_split_holds_out_the_end_of_every_trajectory(dihedral_features, n_trajs):
+    lag = 7
+    x = [t[:1000 - 100 * i] for i, t in enumerate(dihedral_features[:n_trajs])]
+    est = VAMPNetEstimator(lagtime=lag, validation_fraction=0.25, **FAST)
+    series = est._as_time_series(x, reset=True)
+    pairs = lagged_pairs(series.lengths, lag, "test")
+    train, val = est._split(series, pairs, np.random.default_rng(0))
+    for traj, n in enumerate(series.lengths):
+        t_train, t_val = train[train[:, 0] == traj, 1], val[val[:, 0] == traj, 1]
+        n_pairs = n - lag
+        assert len(t_val) == round(0.25 * n_pairs)  # the final quarter of this trajectory's pairs
+        np.testing.assert_array_equal(t_val, np.arange(n_pairs - len(t_val), n_pairs))
+        # a gap of lagtime: the last training frame (t + lag) comes before the first validation frame
+        assert t_train.max() + lag < t_val.min()
+        np.testing.assert_array_equal(t_train, np.arange(t_train.max() + 1))
+
+
+def test_trajectory_split_holds_out_whole_trajectories(dihedral_features):
+    x = [t[:500] for t in dihedral_features]
+    est = VAMPNetEstimator(lagtime=5, validation_split="trajectories", validation_fraction=0.25, **FAST)
+    series = est._as_time_series(x, reset=True)
+    train, val = est._split(series, lagged_pairs(series.lengths, 5, "test"), np.random.default_rng(0))
+    assert len(np.unique(val[:, 0])) == 1 and not set(val[:, 0]) & set(train[:, 0])
+
+
+# --------------------------------------------------------------------------- stabilisers
+def test_warmup_and_cosine_schedule(dihedral_features):
+    x = dihedral_features[0][:1286]  # 1,281 pairs: 10 steps of 128 per epoch (the last pair alone is skipped)
+    est = VAMPNetEstimator(lagtime=5, lr=1e-2, max_epochs=4, warmup=0.25, validation_fraction=0, patience=None,
+                           random_state=0, **FAST).fit(x)
+    lrs = est.history_["lr"]  # the rate of each epoch's last step
+    # 40 steps, 10 of warm-up: epoch 0 ends at the full rate times the cosine at step 9/40
+    assert lrs[0] == pytest.approx(1e-2 * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * 9 / 40))))
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.2e-2
+    flat = clone(est).set_params(lr_schedule="constant", warmup=0.0).fit(x)
+    assert flat.history_["lr"] == [1e-2] * 4
+
+
+def test_gradient_clipping_bounds_the_step(dihedral_features):
+    class GradNorms(Callback):
+        def __init__(self):
+            self.norms = []
+
+        def on_batch_end(self, learner, context):
+            grads = [p.grad for p in context.net.parameters() if p.grad is not None]
+            self.norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+    record = GradNorms()
+    VAMPNetEstimator(lagtime=5, max_epochs=1, max_grad_norm=1e-3, random_state=0, callbacks=[record],
+                     **FAST).fit(dihedral_features[0][:1000])
+    assert len(record.norms) > 3 and max(record.norms) <= 1e-3 * (1 + 1e-5)
+
+
+def test_bfloat16_without_native_support_trains_in_float32(dihedral_features, monkeypatch):
+    from g2v_sklearn import _learner
+
+    monkeypatch.setattr(_learner, "supports_bfloat16", lambda device: False)
+    x = dihedral_features[0][:600]
+    with pytest.warns(UserWarning, match="does not compute in bfloat16 natively.*trains in float32"):
+        bf = VAMPNetEstimator(lagtime=5, max_epochs=1, precision="bfloat16", random_state=0, **FAST).fit(x)
+    fp = VAMPNetEstimator(lagtime=5, max_epochs=1, random_state=0, **FAST).fit(x)
+    np.testing.assert_array_equal(bf.transform(x), fp.transform(x))
+
+
+# --------------------------------------------------------------------------- memory
+def planted(rng, n_frames=120, n_res=12, h=8):
+    state = np.repeat(rng.integers(0, 2, size=n_frames // 20), 20)
+    features = rng.normal(size=(n_frames, n_res, 4, h)).astype(np.float32)
+    features[:, -3:, 0] += 2.0 * (2 * state[:, None, None] - 1)
+    walk = np.cumsum(rng.normal(size=(n_res, 3)), axis=0) * 2.5
+    positions = np.broadcast_to(walk, (n_frames, n_res, 3)).astype(np.float32).copy()
+    return TokenTrajectory(features, positions, residue_names=["ALA"] * n_res, chain_ids=["A"] * n_res,
+                           residue_ids=range(n_res))
+
+
+def test_checkpointing_only_above_the_memory_budget(rng):
+    merged = TokenMerger(window=2).fit_transform([planted(rng)])
+    kw = dict(lagtime=2, d_model=16, n_heads=2, n_layers=1, batch_size=32, max_epochs=1, random_state=0,
+              progress=False)
+    roomy = VAMPNetEstimator(**kw).fit(merged)
+    assert roomy.memory_plan_["checkpointing"] is False
+    assert not roomy.module_.checkpoint_blocks and roomy.module_.merger.checkpoint_frames is None
+    per_frame = roomy.memory_plan_["activation_bytes_per_frame"]
+    assert roomy.memory_plan_["batch_activation_bytes"] == per_frame * 2 * 32 > 0
+    tight = VAMPNetEstimator(memory_budget=per_frame * 10, **kw).fit(merged)
+    assert tight.memory_plan_["checkpointing"] is True
+    assert tight.module_.checkpoint_blocks and tight.module_.merger.checkpoint_frames == 10
+    # recomputation changes memory, not the result
+    np.testing.assert_allclose(tight.transform(merged)[0], roomy.transform(merged)[0], rtol=1e-3, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- seams: partial_fit, callbacks
+def test_partial_fit_continues_from_the_current_weights(dihedral_features):
+    x = [t[:1000] for t in dihedral_features[:2]]
+    est = VAMPNetEstimator(lagtime=5, random_state=0, **FAST)
+    est.partial_fit(x)
+    first = [p.detach().clone() for p in est.module_.parameters()]
+    scale = est.output_scale_.copy()
+    est.partial_fit(x)
+    assert len(est.history_["train"]) == 2 and est.n_iter_ == 2
+    assert any(not torch.equal(a, b) for a, b in zip(first, est.module_.parameters()))
+    assert not np.array_equal(scale, est.output_scale_)  # the decomposition follows the new weights
+    assert est.score(x) == pytest.approx(est.history_["train"][-1], rel=1e-6)
+    with pytest.raises(ValueError, match="X has 3 features, but VAMPNetEstimator is expecting 4 features"):
+        est.partial_fit(x[0][:, :3])
+    # fit starts over
+    est.fit(x)
+    assert len(est.history_["runs"]) == 1
+
+
+def test_callbacks_survive_clone_and_pickle(tmp_path):
+    callbacks = [EarlyStopping(patience=2, tolerance=1e-3), LRScheduler("StepLR", step_size=1, gamma=0.5),
+                 SaveBestWeights(tmp_path), MetricsLog(tmp_path / "log.jsonl")]
+    est = VAMPNetEstimator(callbacks=callbacks)
+    twin = clone(est)
+    assert twin.callbacks == callbacks and twin.callbacks is not callbacks
+    assert all(a is not b for a, b in zip(twin.callbacks, callbacks))
+    assert pickle.loads(pickle.dumps(est)).callbacks == callbacks
+    with pytest.raises(TypeError, match=r"callbacks\[0\] is a str"):
+        VAMPNetEstimator(callbacks=["early"]).fit(np.zeros((50, 2)) + np.arange(50)[:, None])
+    with pytest.raises(ValueError, match="LRScheduler's policy must name a class"):
+        VAMPNetEstimator(max_epochs=1, progress=False, callbacks=[LRScheduler("Nope")]).fit(
+            np.random.default_rng(0).normal(size=(60, 2)))
+
+
+def test_grid_search_saves_best_weights_per_candidate_and_fold(dihedral_features, tmp_path):
+    x = [t[:600] for t in dihedral_features]
+    log = tmp_path / "metrics.jsonl"
+    est = VAMPNetEstimator(lagtime=5, max_epochs=2, random_state=0,
+                           callbacks=[SaveBestWeights(tmp_path / "best"), MetricsLog(log)], **FAST)
+    search = GridSearchCV(est, {"lr": [1e-3, 1e-2]}, cv=KFold(2), error_score="raise").fit(x)
+    files = sorted((tmp_path / "best").glob("*.pt"))
+    assert len(files) == 2 * 2 + 1  # candidates x folds, and the refit on all of X
+    best = search.best_estimator_
+    saved = torch.load(best.history_["best_weights_file"], weights_only=True)
+    assert saved["epoch"] == best.history_["best_epoch"] and saved["score"] == best.history_["best_score"]
+    for name, tensor in best.module_.state_dict().items():  # the file holds the kept weights
+        torch.testing.assert_close(saved["state_dict"][name], tensor)
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(rows) == sum(2 for _ in range(5))  # 2 epochs in each of the 5 fits
+    assert {r["learner"] for r in rows} == {"VAMPNetEstimator"}
+
+
+def test_spib_trains_on_the_same_seams(tmp_path):
+    rng = np.random.default_rng(3)
+    side = np.repeat(rng.integers(0, 2, size=30), 30)
+    x = rng.normal(size=(900, 3)) * 0.3 + side[:, None]
+    log = tmp_path / "spib.jsonl"
+    est = SPIBEstimator(lagtime=5, n_states=4, max_epochs=6, refinements=2, validation_fraction=0, progress=False,
+                        random_state=0, callbacks=[MetricsLog(log)]).fit(x)
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(rows) == len(est.history_["train"])
+    assert [r["run"] for r in rows] == est.history_["round"]  # context.run is the training round
+
+
+# --------------------------------------------------------------------------- threads
+def test_thread_budget_is_restored_and_shared_among_concurrent_fits(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.setattr(_threads, "_cores", lambda: [0, 1])
+    try:
+        torch.set_num_threads(2)
+        with _threads.ThreadBudget() as outer:
+            assert outer.threads == 2
+            with _threads.ThreadBudget() as inner:  # a second fit in this process
+                assert inner.threads == 1 and torch.get_num_threads() == 1
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert _threads._ACTIVE == 0
+
+
+def test_others_load_is_the_busy_time_not_ours():
+    class S:
+        def __init__(self, busy, total, own, wall):
+            self.jiffies, self.own, self.wall = (busy, total), own, wall
+
+    # 2 cores for 1 s = 200 ticks; 150 busy, of which this process used 0.5 s: others used 1 core
+    assert _threads._others_busy(S(0, 0, 0.0, 0.0), S(150, 200, 0.5, 1.0), 2) == pytest.approx(1.0)
+    assert _threads._others_busy(S(0, 0, 0.0, 0.0), S(100, 200, 1.0, 1.0), 2) == pytest.approx(0.0)
+    # a busy core halves the team; a lightly used one does not
+    before = torch.get_num_threads()
+    budget = _threads.ThreadBudget()
+    budget._saved, budget._cores = 2, [0, 1]
+    try:
+        budget._apply(S(0, 0, 0.0, 0.0), S(150, 200, 0.5, 1.0))
+        assert budget.threads == 1 and torch.get_num_threads() == 1
+        budget._apply(S(0, 0, 0.0, 0.0), S(20, 200, 0.0, 1.0))
+        assert budget.threads == 2
+    finally:
+        torch.set_num_threads(before)
