@@ -170,9 +170,15 @@ class VectorLinear(nn.Module):
 def _neighbour_sum(values: Tensor, edge_index: Tensor) -> Tensor:
     """Sum the values of each node's neighbours: out[i] = sum of values[j] over edges j -> i.
 
-    A sparse adjacency product, so no per-edge copy of ``values`` is made (or
-    kept for the backward pass): memory stays O(nodes), not O(edges).
+    ``edge_index`` is either a (2, n_edges) edge list, summed by a sparse
+    adjacency product (no per-edge copy of ``values`` is made or kept for
+    the backward pass: memory stays O(nodes), not O(edges)), or a dense
+    (n_frames, n, n) adjacency of small graphs, summed by a batched product.
     """
+    if edge_index.dim() == 3:
+        b, m, _ = edge_index.shape
+        flat = values.reshape(b, m, -1)
+        return torch.bmm(edge_index.to(flat.dtype), flat).reshape(values.shape)
     n = values.shape[0]
     flat = values.reshape(n, -1)
     source, target = edge_index
@@ -254,6 +260,7 @@ class _NoConv(nn.Module):
 
 
 FragmentConv = {"graphconv": GraphConv, "rggc": ResGatedGraphConv, "none": _NoConv}
+_DENSE_GRAPH_MAX_RESIDUES = 32  # up to here the residue graph is a dense adjacency (measured faster)
 """Registry of fragment-graph operators by name."""
 
 
@@ -283,9 +290,21 @@ class TokenMergerModule(nn.Module):
         mask[: spec.n_residues] = True
         self.register_buffer("valid", mask, persistent=False)
 
-    def graph(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """Residue graph of every frame: edges within the cutoff, no self-loops."""
+    def graph(self, positions: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Residue graph of every frame: edges within the cutoff (inclusive), no self-loops.
+
+        (edge_index, edge lengths) of all frames; for small systems under the
+        root + neighbour-sum convolution, which needs no edge lengths, a dense
+        (n_frames, n, n) adjacency and None instead (the same graph, without
+        the overhead of a neighbour search and sparse products on a few nodes).
+        """
         b, n, _ = positions.shape
+        if n <= _DENSE_GRAPH_MAX_RESIDUES and self.spec.operator == "graphconv":
+            flat = positions.float()
+            d2 = ((flat[:, :, None] - flat[:, None, :]) ** 2).sum(-1)
+            near = d2 <= self.spec.cutoff ** 2
+            near &= ~torch.eye(n, dtype=torch.bool, device=positions.device)
+            return near, None
         flat = positions.reshape(-1, 3).float()
         batch = torch.arange(b, device=positions.device).repeat_interleave(n)
         edge_index = radius_graph(flat, self.spec.cutoff, batch, loop=False)
@@ -317,7 +336,8 @@ class TokenMergerModule(nn.Module):
         if self.spec.operator != "none":
             edge_index, length = self.graph(positions)
             c = s.shape[-1]
-            s, v = self.conv(s.reshape(b * n, c), v.reshape(b * n, 3, c), edge_index, length.to(s.dtype))
+            length = None if length is None else length.to(s.dtype)
+            s, v = self.conv(s.reshape(b * n, c), v.reshape(b * n, 3, c), edge_index, length)
             s, v = s.reshape(b, n, c), v.reshape(b, n, 3, c)
         return self.merge_windows(s, v)
 

@@ -15,6 +15,7 @@ from ._merger import MergeSpec, TokenMergerModule, VectorLinear, sinusoidal_enco
 __all__ = ["MLPLobe", "MixerBlock", "TokenLobe", "attention", "attention_backend"]
 
 _FLASH = None  # flash_attn.flash_attn_func once looked up; False when not installed
+_CPU_MATH_MAX_TOKENS = 32  # below this, attention on CPU is plain matrix products (measured faster)
 
 
 def _flash_attn_func():
@@ -33,10 +34,14 @@ def attention_backend(q: Tensor) -> str:
     """Which kernel :func:`attention` uses for queries like ``q``.
 
     ``"flash_attn"`` when the flash-attn package is importable and ``q`` is a
-    CUDA tensor in float16/bfloat16; otherwise ``"sdpa"``, torch's
-    ``scaled_dot_product_attention``, which itself picks FlashAttention
-    kernels on CUDA in half precision (no mask is ever passed, so it can).
+    CUDA tensor in float16/bfloat16; ``"math"`` on CPU for at most
+    32 tokens (plain matrix products, faster there than the fused kernel);
+    otherwise ``"sdpa"``, torch's ``scaled_dot_product_attention``, which
+    itself picks FlashAttention kernels on CUDA in half precision (no mask
+    is ever passed, so it can).
     """
+    if not q.is_cuda and q.shape[-2] <= _CPU_MATH_MAX_TOKENS:
+        return "math"
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and _flash_attn_func():
         return "flash_attn"
     return "sdpa"
@@ -52,6 +57,12 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, need_weights: bool = False):
         scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
         weights = scores.softmax(dim=-1)
         return weights @ v, weights
+    if not q.is_cuda and q.shape[-2] <= _CPU_MATH_MAX_TOKENS:
+        # torch's fused CPU kernel works in blocks of query rows: for a handful of tokens
+        # (alanine dipeptide has 3) its per-block overhead dominates, and three plain
+        # batched matrix products are several times faster.
+        scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+        return scores.softmax(dim=-1) @ v, None
     if attention_backend(q) == "flash_attn":
         out = _flash_attn_func()(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return out.transpose(1, 2), None

@@ -136,14 +136,33 @@ def test_checkpointed_training_gives_the_same_gradients(rng):
     f = torch.as_tensor(tok.features, dtype=torch.float64)
     p = torch.as_tensor(tok.positions, dtype=torch.float64)
     grads = []
-    for chunk in (None, 2):  # no checkpointing; chunks of 2 frames (4 chunks, the last short)
+    for chunk in (None, 2, 7):  # none; chunks of 2 frames (4 chunks, the last short); one chunk
         module.checkpoint_frames = chunk
         module.zero_grad()
         out = module(f, p)
         (out ** 2).sum().backward()
         grads.append([q.grad.clone() for q in module.parameters() if q.grad is not None])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b)
+    assert all(len(g) == len(grads[0]) > 0 for g in grads)
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other):
+            torch.testing.assert_close(a, b)
+
+
+def test_dense_small_graph_equals_the_radius_graph(rng, monkeypatch):
+    from g2v_sklearn import _merger
+
+    torch.manual_seed(0)
+    module = TokenMergerModule(spec(2, "graphconv")).double()
+    tok = synthetic_tokens(rng, n_frames=5)
+    f = torch.as_tensor(tok.features, dtype=torch.float64)
+    p = torch.as_tensor(tok.positions, dtype=torch.float64)
+    adjacency, lengths = module.graph(p)
+    assert adjacency.shape == (5, 10, 10) and lengths is None
+    dense = module(f, p)
+    monkeypatch.setattr(_merger, "_DENSE_GRAPH_MAX_RESIDUES", 0)  # the edge-list path
+    edge_index, _ = module.graph(p)
+    assert edge_index.shape[0] == 2 and int(adjacency.sum()) == edge_index.shape[1] > 0
+    torch.testing.assert_close(module(f, p), dense)
 
 
 def test_checkpointed_lobe_gives_the_same_gradients(rng):

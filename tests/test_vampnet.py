@@ -157,10 +157,14 @@ def test_nan_loss_stops_restores_and_advises(dihedral_features, nan_on_fourth_lo
 # --------------------------------------------------------------------------- attention
 def test_attention_dispatch(monkeypatch):
     q, k, v = (torch.randn(2, 3, 5, 4) for _ in range(3))
-    assert attention_backend(q) == "sdpa"
+    assert attention_backend(q) == "math"  # few tokens on CPU: plain matrix products
     out, _ = attention(q, k, v)
     explicit, weights = attention(q, k, v, need_weights=True)
     torch.testing.assert_close(out, explicit)
+    torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, v))
+    long = torch.randn(2, 3, 40, 4)
+    assert attention_backend(long) == "sdpa"
+    torch.testing.assert_close(attention(long, long, long)[0], attention(long, long, long, need_weights=True)[0])
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3, 5))
 
     class FakeCudaHalf:
@@ -171,7 +175,7 @@ def test_attention_dispatch(monkeypatch):
     assert attention_backend(FakeCudaHalf()) == "sdpa"
     monkeypatch.setattr(_networks, "_FLASH", lambda q, k, v: q)  # flash-attn installed
     assert attention_backend(FakeCudaHalf()) == "flash_attn"
-    assert attention_backend(q) == "sdpa"  # CPU float32 never goes to flash-attn
+    assert attention_backend(long) == "sdpa"  # CPU float32 never goes to flash-attn
 
 
 def planted_tokens(rng, n_frames=3000, n_res=50, h=8, signal=range(40, 50)):
