@@ -390,25 +390,29 @@ class TorchLearner(BaseEstimator):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def _forward_pairs(self, net, series, pairs, device, *, lag: int | None = None):
-        """Network outputs at t and t + lag for the given pairs, in pair order."""
+        """Network outputs at t and t + lag for the given pairs, in pair order.
+
+        Every frame needed is read once (ascending, per trajectory) and all of
+        them go through the network in one call, whatever trajectories the
+        pairs come from: one forward pass of the whole batch, not one per
+        trajectory.
+        """
         lag = self.lagtime if lag is None else lag
-        chunks_0, chunks_t, order = [], [], []
+        inputs, where, offset = [], np.empty(2 * len(pairs), dtype=np.int64), 0
         for traj in np.unique(pairs[:, 0]):
             rows = np.flatnonzero(pairs[:, 0] == traj)
             t = pairs[rows, 1]
             # each frame once, in ascending order, even when it is both a t and a t + lag
-            frames, where = np.unique(np.concatenate([t, t + lag]), return_inverse=True)
-            with self._autocast(device):
-                out = _full_precision(net(*series.frames(int(traj), frames, device)))
-            out = out[torch.as_tensor(where.reshape(-1), device=device)]
-            chunks_0.append(out[: len(t)])
-            chunks_t.append(out[len(t):])
-            order.append(rows)
-        order = np.concatenate(order)
-        inverse = torch.as_tensor(np.argsort(order), device=device)
-        out_0 = torch.cat(chunks_0)[inverse]
-        out_t = torch.cat(chunks_t)[inverse]
-        return out_0, out_t
+            frames, inverse = np.unique(np.concatenate([t, t + lag]), return_inverse=True)
+            inputs.append(series.frames(int(traj), frames, device))
+            inverse = inverse.reshape(-1) + offset
+            where[rows], where[len(pairs) + rows] = inverse[: len(t)], inverse[len(t):]
+            offset += len(frames)
+        batch = tuple(torch.cat(parts) for parts in zip(*inputs)) if len(inputs) > 1 else inputs[0]
+        with self._autocast(device):
+            out = _full_precision(net(*batch))
+        out = out[torch.as_tensor(where, device=device)]
+        return out[: len(pairs)], out[len(pairs):]
 
     def _outputs(self, net, series, device, batch_size: int | None = None) -> list[np.ndarray]:
         """Network outputs of every frame of every trajectory (eval mode, no grad)."""

@@ -581,6 +581,18 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         losses, w = self._pair_losses(ctx, ctx.forward, batch, ctx.extra["spib"].generator)
         return (w * losses).sum() / w.sum().clamp_min(1e-300)
 
+    #: Training pairs the end-of-epoch training loss is computed on (evenly spaced, fixed per fit).
+    _monitor_pairs = 8192
+
+    def _epoch_scores(self, ctx):
+        """Minus the loss of the end-of-epoch weights on (up to 8,192 of) the training pairs, and on
+        the validation pairs; the noise is the same every epoch."""
+        train = ctx.train
+        if len(train) > self._monitor_pairs:
+            train = train[np.linspace(0, len(train) - 1, self._monitor_pairs).astype(np.int64)]
+        score, _ = self._evaluate(ctx, train)
+        return score, (self._evaluate(ctx, ctx.val)[0] if len(ctx.val) else None), False
+
     def _evaluate(self, ctx, pairs) -> tuple[float, bool]:
         """Minus the mean loss on ``pairs``, with the same noise every time."""
         ctx.net.eval()

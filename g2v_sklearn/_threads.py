@@ -23,7 +23,8 @@ thread count to the free cores' share, never above what it was. On exit the
 thread count is restored. Where ``/proc/stat`` is missing (not Linux) only
 the concurrency rule applies. On an idle machine nothing changes.
 
-CPU quotas (cgroup ``cpu.max``) are not seen: a container limited to two
+``G2V_THREAD_BUDGET=0`` in the environment switches it off (torch's thread
+count is then left as it is). CPU quotas (cgroup ``cpu.max``) are not seen: a container limited to two
 cores' worth of time on a larger host is taken at its affinity mask.
 """
 
@@ -116,7 +117,8 @@ class ThreadBudget:
     """
 
     def __init__(self, enabled: bool = True, device: torch.device | None = None) -> None:
-        self.enabled = enabled and (device is None or device.type == "cpu")
+        self.enabled = (enabled and (device is None or device.type == "cpu")
+                        and os.environ.get("G2V_THREAD_BUDGET", "1") != "0")
         self.threads: int | None = None  # in use now
         self._saved: int | None = None
         self._cores = _cores()

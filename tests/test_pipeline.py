@@ -35,14 +35,15 @@ def dihedral_msm_timescale(ala2_trajs):
     return reference[-1].timescales_[0]
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
 def test_alanine_dipeptide_vampnet_msm_matches_dihedral_msm(
-        visnet_checkpoint, ala2_trajs, ala2_tokens, token_cache, dihedral_msm_timescale):
+        visnet_checkpoint, ala2_trajs, ala2_tokens, token_cache, dihedral_msm_timescale, seed):
     pipe = Pipeline([
         ("embed", GeomEmbedder(visnet_checkpoint, memory=token_cache, progress=False)),
         ("merge", TokenMerger(window=1)),
         ("vamp", VAMPNetEstimator(lagtime=LAG, n_components=2, d_model=32, n_heads=2, n_layers=1,
                                   batch_size=1000, lr=1e-3, max_epochs=5, validation_fraction=0,
-                                  progress=False, random_state=0)),
+                                  progress=False, random_state=seed)),
         ("cluster", KMeansDiscretizer(100, random_state=0)),
         ("msm", MSMEstimator(lagtime=LAG)),
     ]).fit(ala2_trajs)
@@ -80,3 +81,21 @@ def test_grid_search_over_window_on_adenylate_kinase(visnet_checkpoint, adk_path
     assert best["vamp"].module_.merger.spec.n_fragments == math.ceil(214 / best["merge"].window)
     # fresh merger per candidate and fold: the pipeline's own step was never fitted by the search
     assert not hasattr(pipe["merge"], "spec_")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_defaults_do_not_collapse_at_a_large_learning_rate(visnet_checkpoint, token_cache, seed):
+    """The shipped data, the library's defaults, lr 5e-3 (the grid's larger rate): no collapse."""
+    import warnings
+
+    from g2v_sklearn.datasets import load_alanine_dipeptide
+
+    data = load_alanine_dipeptide(stride=10)  # 4 x 1,000 frames, 100 ps apart
+    tokens = GeomEmbedder(visnet_checkpoint, memory=token_cache, progress=False).fit_transform(data.trajectories)
+    merged = TokenMerger(window=1).fit_transform(tokens)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a TrainingWarning (collapse) fails the test
+        est = VAMPNetEstimator(lagtime=1, lr=5e-3, max_epochs=5, progress=False, random_state=seed).fit(merged)
+    h = est.history_
+    assert h["collapsed_epoch"] is None
+    assert h["best_score"] > 1.3 and est.score(merged) > 1.5  # well above the constant function's 1

@@ -330,14 +330,15 @@ def test_adenylate_kinase_pipeline_to_msm_and_window_search(visnet_checkpoint, a
 LAG = 5  # frames of 20 ps
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
 def test_alanine_dipeptide_states_match_the_dihedral_msm_pcca_sets(
-        visnet_checkpoint, ala2_trajs, ala2_tokens, token_cache):
+        visnet_checkpoint, ala2_trajs, ala2_tokens, token_cache, seed):
     pipe = Pipeline([
         ("embed", GeomEmbedder(visnet_checkpoint, memory=token_cache, progress=False)),
         ("merge", TokenMerger(window=1)),
         ("spib", SPIBEstimator(lagtime=LAG, transform_output="states", d_model=32, n_heads=2, n_layers=1,
                                batch_size=250, max_epochs=25, patience=3, validation_fraction=0,
-                               progress=False, random_state=0)),
+                               progress=False, random_state=seed)),
         ("msm", MSMEstimator(lagtime=LAG)),
     ]).fit(ala2_trajs)
     spib = pipe["spib"]
