@@ -569,15 +569,21 @@ class TorchLearner(BaseEstimator):
     #: The score of outputs that carry no signal (VAMP: the constant function's 1), or None.
     _score_floor: float | None = None
 
-    def _collapsed(self, ctx: FitContext, score: float, constant: bool) -> bool:
-        """Outputs went constant, or the score fell back to the floor after being above it."""
+    def _collapsed(self, ctx: FitContext, train_score: float, constant: bool) -> bool:
+        """Outputs went constant, or the training score fell back to the floor after being above it.
+
+        The training score, not the validation score: a validation block that
+        happens to hold few events of the slowest process can score near the
+        floor without anything being wrong with the network.
+        """
+        best_train = max(ctx.history["train"][:-1], default=-np.inf)
         if constant:
             return True
         floor = self._score_floor
-        if floor is None or ctx.best_epoch is None:
+        if floor is None or not np.isfinite(best_train):
             return False
-        gain = ctx.best_score - floor
-        return gain > _COLLAPSE_MIN_GAIN and score - floor < _COLLAPSE_FRACTION * gain
+        gain = best_train - floor
+        return gain > _COLLAPSE_MIN_GAIN and train_score - floor < _COLLAPSE_FRACTION * gain
 
     def _run_epoch(self, ctx: FitContext) -> None:
         """One pass over the training pairs, then the monitored score, best weights and callbacks."""
@@ -609,7 +615,7 @@ class TorchLearner(BaseEstimator):
         history["lr"].append(float(ctx.optimizer.param_groups[0]["lr"]))
         ctx.epoch_seconds = time.perf_counter() - clock
         ctx.score = score
-        if self._collapsed(ctx, score, constant):
+        if self._collapsed(ctx, train_score, constant):
             ctx.collapsed_epoch = ctx.epoch
             ctx.stop = True
             ctx.stop_reason = "collapse"
@@ -663,8 +669,9 @@ class TorchLearner(BaseEstimator):
         history["best_score"] = ctx.best_score
         ctx.net.eval()
         if ctx.collapsed_epoch is not None:
-            what = (f"collapsed in epoch {ctx.collapsed_epoch} (monitored score {ctx.score:.4g}, against "
-                    f"{ctx.best_score:.4g} in epoch {ctx.best_epoch})" if ctx.stop_reason == "collapse" else
+            train = ctx.history["train"]
+            what = (f"collapsed in epoch {ctx.collapsed_epoch} (training score {train[-1]:.4g}, against "
+                    f"{max(train[:-1], default=float('nan')):.4g} before)" if ctx.stop_reason == "collapse" else
                     f"failed in epoch {ctx.collapsed_epoch}: {ctx.stop_reason}")
             warnings.warn(
                 f"{type(self).__name__}: training {what}; the weights of epoch {ctx.best_epoch} were kept. "

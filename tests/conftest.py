@@ -105,6 +105,18 @@ def ala2_tokens(ala2_embedder, ala2_trajs):
     return ala2_embedder.transform(ala2_trajs)
 
 
+@pytest.fixture(scope="session")
+def dihedral_features(ala2_trajs):
+    """(cos, sin) of (phi, psi) of the four alanine-dipeptide trajectories (4 x 5,000 frames)."""
+    import mdtraj as md
+
+    out = []
+    for t in ala2_trajs:
+        phi, psi = md.compute_phi(t)[1][:, 0], md.compute_psi(t)[1][:, 0]
+        out.append(np.stack([np.cos(phi), np.sin(phi), np.cos(psi), np.sin(psi)], 1))
+    return out
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(20251125)

@@ -43,9 +43,13 @@ def test_alanine_dipeptide_example(visnet_checkpoint, tmp_path):
     ours, ref = summary["slowest_timescales_ns"]["learned"], summary["slowest_timescales_ns"]["phi_psi_msm"]
     assert len(ours) == len(ref) == 2 and all(t > 0 for t in ours + ref)
     assert sum(summary["spib"]["populations"]) == pytest.approx(1.0)
+    recovery = summary["alpha_L_from_coordinate_1"]
+    assert set(recovery) == {"precision", "recall"} and all(0.0 <= v <= 1.0 for v in recovery.values())
+    assert "precision" in stdout and "recall" in stdout
     assert "slowest implied timescales" in stdout and "(phi, psi) MSM" in stdout
     report = (out / "report.md").read_text()
-    assert "| d_model | lr | n_components | mean_cv_vamp2 |" in report and "Chosen:" in report
+    assert "| lr | mean_cv_vamp2 |" in report and "Chosen:" in report
+    assert f"precision {recovery['precision']:.3f}, recall {recovery['recall']:.3f}" in report
 
 
 def test_adenylate_kinase_example(visnet_checkpoint, tmp_path):

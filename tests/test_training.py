@@ -31,18 +31,6 @@ from g2v_sklearn._learner import lagged_pairs
 FAST = dict(hidden_layer_sizes=(16,), batch_size=128, progress=False)
 
 
-@pytest.fixture(scope="module")
-def dihedral_features(ala2_trajs):
-    """(cos, sin) of (phi, psi) of the four alanine-dipeptide trajectories (4 x 5,000 frames)."""
-    import mdtraj as md
-
-    out = []
-    for t in ala2_trajs:
-        phi, psi = md.compute_phi(t)[1][:, 0], md.compute_psi(t)[1][:, 0]
-        out.append(np.stack([np.cos(phi), np.sin(phi), np.cos(psi), np.sin(psi)], 1))
-    return out
-
-
 class ShrinkOutputs(Callback):
     """Force a collapse: from epoch ``epoch`` on, the last layer's weights shrink to ~0.
 
@@ -65,7 +53,7 @@ class ShrinkOutputs(Callback):
 
 # --------------------------------------------------------------------------- never a worse model
 @pytest.mark.parametrize("every_step, message", [
-    (False, r"collapsed in epoch 3 \(monitored score .*\); the weights of epoch \d were kept.*smaller lr"),
+    (False, r"collapsed in epoch 3 \(training score .*\); the weights of epoch \d were kept.*smaller lr"),
     (True, r"failed in epoch 3: the loss became nan; the weights of epoch \d were kept.*smaller lr"),
 ])
 def test_forced_collapse_keeps_the_best_epoch_warns_and_scores_it(dihedral_features, every_step, message):

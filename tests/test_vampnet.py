@@ -18,18 +18,6 @@ from g2v_sklearn._networks import attention, attention_backend
 FAST = dict(max_epochs=3, batch_size=128, hidden_layer_sizes=(16,), progress=False, random_state=0)
 
 
-@pytest.fixture(scope="module")
-def dihedral_features(ala2_trajs):
-    """(cos, sin) of (phi, psi) of the four alanine-dipeptide trajectories."""
-    import mdtraj as md
-
-    out = []
-    for t in ala2_trajs:
-        phi, psi = md.compute_phi(t)[1][:, 0], md.compute_psi(t)[1][:, 0]
-        out.append(np.stack([np.cos(phi), np.sin(phi), np.cos(psi), np.sin(psi)], 1))
-    return out
-
-
 def test_input_dispatch(dihedral_features):
     x = dihedral_features[0][:600]
     est = VAMPNetEstimator(lagtime=5, **FAST).fit(x)
