@@ -122,7 +122,8 @@ def run_science(args) -> dict:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 learner = Pipeline([("merge", TokenMerger(window=1)),
-                                    ("vamp", VAMPNetEstimator(lagtime=lag, progress=False, random_state=seed))])
+                                    ("vamp", VAMPNetEstimator(lagtime=lag, progress=False, random_state=seed,
+                                                              **args.params))])
                 z = learner.fit(tokens).transform(tokens)
             seconds = time.perf_counter() - clock
             dtrajs = KMeansDiscretizer(100, random_state=seed).fit_transform(z)
@@ -177,15 +178,19 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", default=None, help="comma-separated (default 0-4; 0-9 with --collapse)")
     parser.add_argument("--datasets", default="shipped,shared")
     parser.add_argument("--collapse", action="store_true")
+    parser.add_argument("--params", default="", help="VAMPNetEstimator parameters to change, e.g. "
+                        "'validation_fraction=0.2' (default: none, the library's defaults)")
     parser.add_argument("--cache", type=Path, default=HERE / "results" / "token-cache")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(range(10 if args.collapse else 5))
     args.datasets = args.datasets.split(",")
+    args.params = eval(f"dict({args.params})")  # noqa: S307 - a command-line convenience
     import torch
 
     started = time.perf_counter()
     report = run_collapse(args) if args.collapse else run_science(args)
+    report["params"] = {k: repr(v) for k, v in args.params.items()}
     report["machine"] = {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "torch": torch.__version__,
                          "torch_threads": torch.get_num_threads()}
     report["total_seconds"] = time.perf_counter() - started

@@ -417,7 +417,7 @@ def test_fitted_vampnet_history_its_and_ck():
         state = np.cumsum(rng.random(1000) < 0.02) % 2  # a two-state jump process
         trajectories.append(np.stack([2.0 * state + rng.normal(0, 0.3, 1000), rng.normal(size=1000)], 1))
     est = VAMPNetEstimator(lagtime=5, max_epochs=3, batch_size=128, hidden_layer_sizes=(16,),
-                           progress=False, random_state=0).fit(trajectories)
+                           validation_fraction=0.2, progress=False, random_state=0).fit(trajectories)
 
     ax = plot_history(est)
     np.testing.assert_array_equal(by_label(ax, "train").get_ydata(), est.history_["train"])
