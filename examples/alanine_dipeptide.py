@@ -62,6 +62,10 @@ SIZES = {
     "quick": {"stride": 10, "frames": 400, "clusters": 20, "epochs": 2, "spib_epochs": 2,
               "grid": {"vamp__lr": [1e-3, 5e-3]}},
 }
+# The four fits of the grid search run side by side in worker processes, one core each:
+# a network this small keeps one core busy but not two (measured: 2 processes x 1 thread
+# take about half the time of 1 process x 2 threads; benchmarks/bench_threads.py).
+N_JOBS = min(4, os.cpu_count() or 1)
 LAGS_PS = (50, 100, 200, 400, 700, 1000)  # implied timescales up to half the slow process's ~2 ns
 
 
@@ -134,7 +138,7 @@ def main(argv=None) -> dict:
     n_fits = 2 * int(np.prod([len(v) for v in size["grid"].values()]))
     print(f"grid search: {n_fits} fits ({size['grid']}, 2 folds), one line each:", flush=True)
     search = GridSearchCV(pipe, size["grid"], cv=KFold(2, shuffle=True, random_state=0),
-                          error_score="raise", verbose=2).fit(tokens)
+                          error_score="raise", verbose=2, n_jobs=N_JOBS).fit(tokens)
     cv_table = [
         {**{k.removeprefix("vamp__"): v for k, v in params.items()},
          "mean_cv_vamp2": float(m), "std_cv_vamp2": float(s)}

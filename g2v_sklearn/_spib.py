@@ -634,7 +634,7 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         candidates = np.zeros(sum(lengths), dtype=bool)  # training frames may represent states
         candidates[offsets[train[:, 0]] + train[:, 1]] = True
         frame_weights = np.concatenate(weights) if weights is not None else np.ones(sum(lengths))
-        history = {"train": [], "validation": [], "round": [], "best_epoch": [], "n_states": []}
+        history = {"train": [], "validation": [], "round": [], "best_epoch": [], "n_states": [], "rollbacks": []}
         labels_history = [labels]
         converged = False
         with local_torch_seed(rng):
@@ -659,6 +659,7 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
                 ctx = self._new_context(net, series, train, val, weights, device, rng, max_epochs=epochs_left,
                                         run=round_, extra={"spib": state}, threads=threads)
                 rounds = self._fit_loop(ctx)
+                history["rollbacks"] += [len(history["train"]) + epoch for epoch in rounds["rollbacks"]]
                 epochs_left -= len(rounds["train"])
                 history["train"] += rounds["train"]
                 history["validation"] += rounds["validation"]

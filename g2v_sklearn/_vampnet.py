@@ -155,10 +155,13 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         Per epoch of the kept run: ``train`` (VAMP-2 of the weights at the
         end of the epoch on the training pairs), ``validation`` (on the
         validation pairs; empty without validation), ``train_batches`` (the
-        mean of the batch scores while the weights changed) and ``lr``; then ``best_epoch`` and ``best_score`` (the monitored
-        score of the kept weights), ``stop_reason``, ``collapsed_epoch``
-        (None unless training collapsed), ``best_run`` and ``runs`` (the
-        history of every ``n_init`` run).
+        mean of the batch scores while the weights changed) and ``lr``;
+        then ``best_epoch`` and ``best_score`` (the monitored score of the
+        kept weights), ``stop_reason``, ``collapsed_epoch`` (the first epoch
+        that collapsed; None unless training collapsed), ``rollbacks`` (the
+        epochs after which training went back to the best weights at half
+        the learning rate, at most two; a third collapse stops it),
+        ``best_run`` and ``runs`` (the history of every ``n_init`` run).
     n_iter_ : int
         Epochs run by the kept run.
     memory_plan_ : dict

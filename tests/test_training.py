@@ -40,21 +40,23 @@ class ShrinkOutputs(Callback):
     step, so the next loss is not finite (what a collapse usually does to VAMP-2).
     """
 
-    def __init__(self, epoch, every_step=False):
-        self.epoch, self.every_step = epoch, every_step
+    def __init__(self, epoch, every_step=False, until=None):
+        self.epoch, self.every_step, self.until = epoch, every_step, until
 
     def on_batch_end(self, learner, context):
         per_epoch = context.total_steps // context.max_epochs
         last_step = context.step == per_epoch * (context.epoch + 1)
-        if context.epoch >= self.epoch and (self.every_step or last_step):
+        during = context.epoch >= self.epoch and (self.until is None or context.epoch <= self.until)
+        if during and (self.every_step or last_step):
             with torch.no_grad():
                 context.net.net[-1].weight.mul_(1e-9)
 
 
 # --------------------------------------------------------------------------- never a worse model
 @pytest.mark.parametrize("every_step, message", [
-    (False, r"collapsed in epoch 3 \(training score .*\); the weights of epoch \d were kept.*smaller lr"),
-    (True, r"failed in epoch 3: the loss became nan; the weights of epoch \d were kept.*smaller lr"),
+    (False, r"collapsed in epoch 3 \(training score .*\); it went on from the best weights at a smaller rate "
+            r"2 times \(epochs \[3, 4\]\); the weights of epoch \d were kept.*smaller lr"),
+    (True, r"failed in epoch 3: the loss became nan; it went on .* 2 times.*; the weights of epoch \d were kept"),
 ])
 def test_forced_collapse_keeps_the_best_epoch_warns_and_scores_it(dihedral_features, every_step, message):
     x = [t[:2500] for t in dihedral_features]
@@ -63,9 +65,31 @@ def test_forced_collapse_keeps_the_best_epoch_warns_and_scores_it(dihedral_featu
     with pytest.warns(TrainingWarning, match=message):
         est.fit(x)
     h = est.history_
-    assert h["collapsed_epoch"] == 3 and len(h["train"]) == (3 if every_step else 4)  # stopped there
+    # rolled back twice (epochs 3 and 4), then stopped at the third collapse (epoch 5)
+    assert h["collapsed_epoch"] == 3 and h["rollbacks"] == [3, 4] and len(h["train"]) == 6
     assert h["best_epoch"] < 3 and h["best_score"] == max(h["train"][:3])
     # the score of the kept weights is that epoch's score, recomputed
+    assert est.score(x) == pytest.approx(h["best_score"], rel=1e-6)
+
+
+def test_a_passing_collapse_is_rolled_back_and_training_goes_on(dihedral_features):
+    """One bad epoch: back to the best weights at half the rate, then on to max_epochs."""
+    x = [t[:2500] for t in dihedral_features]
+    rates = []
+
+    class Rates(Callback):
+        def on_epoch_end(self, learner, context):
+            rates.append(context.optimizer.param_groups[0]["lr"])
+
+    est = VAMPNetEstimator(lagtime=5, max_epochs=6, validation_fraction=0, patience=None, lr_schedule="constant",
+                           warmup=0.0, random_state=0, callbacks=[ShrinkOutputs(2, until=2), Rates()], **FAST)
+    with pytest.warns(TrainingWarning, match=r"collapsed in epoch 2 .*went on from the best weights .*1 time "):
+        est.fit(x)
+    h = est.history_
+    assert h["collapsed_epoch"] == 2 and h["rollbacks"] == [2] and len(h["train"]) == 6
+    assert rates[:2] == [est.lr] * 2 and rates[3:] == [est.lr / 2] * 3  # halved from the roll-back on
+    # the epochs after the roll-back start from the best weights before it, and the best of all is kept
+    assert h["train"][3] > h["train"][2] and h["best_score"] == max(h["train"])
     assert est.score(x) == pytest.approx(h["best_score"], rel=1e-6)
 
 
