@@ -13,12 +13,21 @@ Variants:
   its default graph convolution (it runs even at w=1);
 * ``ours_none``: the same with ``operator="none"`` (no graph convolution), the
   like-for-like case for geom2vec's ``merger=False`` at w=1;
+* ``ours_compiled``: ``ours`` through ``torch.compile`` (what ``compile=True``
+  does; compilation happens in the warm-up step and is not timed);
 * ``g2v_std``: geom2vec's ``Lobe(equi_rep=False, merger=w > 1, merger_window=w)``,
   imported from ../shared/anchors (geom2vec v1.0, MIT; torch-scatter and
   torch-cluster replaced by that folder's pure-torch shims). With merging its
   residue graph comes from the shims' brute-force ``radius_graph``: the time
   spent there is measured separately (``g2v_radius_s``), and the ratio is given
   with and without it.
+
+Ours steps with the estimator's own optimizer (AdamW, fused where torch has
+it), geom2vec's with ``torch.optim.AdamW`` as geom2vec does. Each variant's
+step is also counted in floating-point operations (``FlopCounterMode``: matrix
+products and attention), and set against the machine's matrix-multiply rate
+measured in the same process: a step cannot take less than its FLOPs at that
+rate, which bounds any ratio between two steps that do the same work.
 
 Usage::
 
@@ -46,7 +55,24 @@ TAG = "SIDE_BY_SIDE "
 DEFAULT_CONFIGS = "3:1:256,214:1:16,214:8:16,2645:1:2,2645:8:4"
 
 
-def worker(n: int, w: int, b: int, repeats: int) -> dict:
+def _cpu_attention_flops() -> dict:
+    """FLOP formulas for torch's fused CPU attention kernels, which FlopCounterMode does not count."""
+    import torch
+    from torch.utils import flop_counter
+
+    aten = torch.ops.aten
+
+    def forward(query, key, value, *args, out_shape=None, **kwargs):
+        return flop_counter.sdpa_flop_count(query, key, value)
+
+    def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs):
+        return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
+
+    return {aten._scaled_dot_product_flash_attention_for_cpu: forward,
+            aten._scaled_dot_product_flash_attention_for_cpu_backward: backward}
+
+
+def worker(n: int, w: int, b: int, repeats: int, compile_ours: bool = True) -> dict:
     import numpy as np
     import torch
 
@@ -54,6 +80,9 @@ def worker(n: int, w: int, b: int, repeats: int) -> dict:
     import sitecustomize  # noqa: F401 - points torch_geometric's radius_graph at the shim
     from geom2vec.models.downstream import lobe as g2v_lobe
 
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from _common import matmul_rates
     from bench_train import make_tokens
     from g2v_sklearn import TokenMerger, VAMPNetEstimator
     from g2v_sklearn._learner import TimeSeries, lagged_pairs
@@ -71,6 +100,10 @@ def worker(n: int, w: int, b: int, repeats: int) -> dict:
         series[name] = TimeSeries("tokens", merger.transform([tokens]), spec=merger.spec_)
         torch.manual_seed(0)
         nets[name] = est._build_network(series[name], 2)
+    if compile_ours:
+        series["ours_compiled"] = series["ours"]
+        torch.manual_seed(0)
+        nets["ours_compiled"] = est._build_network(series["ours"], 2)
     torch.manual_seed(0)
     nets["g2v_std"] = g2v_lobe.Lobe(output_channels=2, input_channels=64, hidden_channels=64, num_tokens=n,
                                      merger=w > 1, merger_window=w, equi_rep=False, num_mixer_layers=4, nhead=8,
@@ -86,11 +119,14 @@ def worker(n: int, w: int, b: int, repeats: int) -> dict:
 
     g2v_lobe.radius_graph = timed_radius
     feat, pos = torch.as_tensor(np.asarray(tokens.features)), torch.as_tensor(np.asarray(tokens.positions))
-    optimizers = {k: torch.optim.AdamW(v.parameters(), lr=1e-4) for k, v in nets.items()}
+    est.set_params(lr=1e-4)
+    optimizers = {k: torch.optim.AdamW(v.parameters(), lr=1e-4) if k == "g2v_std" else est._make_optimizer(v)
+                  for k, v in nets.items()}
+    forwards = {k: torch.compile(v) if k == "ours_compiled" else v for k, v in nets.items()}
 
     def step(name):
-        net = nets[name]
-        net.train()
+        net = forwards[name]
+        nets[name].train()
         if name == "g2v_std":
             out = net((feat, pos))
             out_0, out_t = out[:b], out[b:]
@@ -114,12 +150,27 @@ def worker(n: int, w: int, b: int, repeats: int) -> dict:
             if name == "g2v_std":
                 radius_times.append(radius["s"])
     med = {k: float(np.median(v)) for k, v in times.items()}
+    gflop = {}
+    for name in nets:
+        if name == "ours_compiled":
+            continue  # the same arithmetic as ours
+        counter = FlopCounterMode(display=False, custom_mapping=_cpu_attention_flops())
+        with counter:
+            step(name)
+        gflop[name] = counter.get_total_flops() / 1e9
+    rate = matmul_rates("cpu", repeats=3)["square_2048_float32"]
     row = {"n_residues": n, "window": w, "batch_pairs": b, "repeats": repeats,
-           **{f"{k}_s": v for k, v in med.items()}, "g2v_radius_s": float(np.median(radius_times))}
+           **{f"{k}_s": v for k, v in med.items()}, "g2v_radius_s": float(np.median(radius_times)),
+           **{f"{k}_gflop": v for k, v in gflop.items()}, "matmul_gflop_per_s": rate,
+           **{f"{k}_floor_s": v / rate for k, v in gflop.items()}}
     row["g2v_over_ours"] = med["g2v_std"] / med["ours"]
     row["g2v_without_radius_over_ours"] = (med["g2v_std"] - row["g2v_radius_s"]) / med["ours"]
     if "ours_none" in med:
         row["g2v_over_ours_none"] = med["g2v_std"] / med["ours_none"]
+    if "ours_compiled" in med:
+        row["g2v_over_ours_compiled"] = med["g2v_std"] / med["ours_compiled"]
+    # the largest ratio any step doing ours' FLOPs could reach against geom2vec's measured time
+    row["g2v_over_ours_floor"] = med["g2v_std"] / row["ours_floor_s"]
     return row
 
 
@@ -127,15 +178,17 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="N:w:B,... (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variant")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         n, w, b = map(int, args.worker.split(":"))
-        print(TAG + json.dumps(worker(n, w, b, args.repeats)), flush=True)
+        print(TAG + json.dumps(worker(n, w, b, args.repeats, not args.no_compile)), flush=True)
         return
     rows = []
     for config in args.configs.split(","):
-        done = subprocess.run([sys.executable, __file__, "--worker", config, "--repeats", str(args.repeats)],
+        done = subprocess.run([sys.executable, __file__, "--worker", config, "--repeats", str(args.repeats)]
+                              + (["--no-compile"] if args.no_compile else []),
                               capture_output=True, text=True, cwd=HERE)
         lines = [line for line in done.stdout.splitlines() if line.startswith(TAG)]
         if done.returncode or not lines:
@@ -149,7 +202,11 @@ def main(argv=None) -> None:
         print(f"N={row['n_residues']} w={row['window']} B={row['batch_pairs']}: ours {row['ours_s'] * 1e3:.0f} ms, "
               f"geom2vec {row['g2v_std_s'] * 1e3:.0f} ms (of which radius graph {row['g2v_radius_s'] * 1e3:.0f} ms): "
               f"{row['g2v_over_ours']:.2f}x, {row['g2v_without_radius_over_ours']:.2f}x without its radius graph"
-              f"{extra}", flush=True)
+              f"{extra}" + (f", compiled {row['ours_compiled_s'] * 1e3:.0f} ms ({row['g2v_over_ours_compiled']:.2f}x)"
+                            if "ours_compiled_s" in row else "")
+              + f"; FLOPs ours {row['ours_gflop']:.2f} G, geom2vec {row['g2v_std_gflop']:.2f} G, at "
+              f"{row['matmul_gflop_per_s']:.0f} GFLOP/s ours cannot take less than {row['ours_floor_s'] * 1e3:.0f} ms "
+              f"(ratio at most {row['g2v_over_ours_floor']:.1f}x)", flush=True)
     out = HERE / "results" / "side_by_side.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": {"cpu": cpu_model(), "logical_cpus": os.cpu_count()},

@@ -6,7 +6,10 @@ What it measures (each number a ratio against a baseline run in the same process
   tokens at stride 5) and an embedding of 1,000 frames, on an idle machine and
   with a busy loop (a child process spinning on one core) beside it, with the
   package's thread budget (default) and without it (``G2V_THREAD_BUDGET=0``,
-  torch's own thread count): busy / idle;
+  torch's own thread count): busy / idle, each the best of two runs after a
+  warm-up run; and the same work idle on one thread, whose ratio to idle on
+  two is the floor of busy / idle (with one of two cores taken, one core is
+  what is left);
 * ``GridSearchCV`` over two learning rates with 2 folds, ``n_jobs=2`` on
   joblib's threading backend against ``n_jobs=1``.
 
@@ -82,16 +85,23 @@ def main() -> None:
         plain.transform([frames])
 
     rows = {}
-    for budget in ("1", "0"):
-        os.environ["G2V_THREAD_BUDGET"] = budget
-        label = "with thread budget" if budget == "1" else "without (torch's threads)"
-        for name, fn in (("fit", fit), ("embed", embed)):
-            idle = timed(fn)
+    threads = torch.get_num_threads()
+    for name, fn in (("fit", fit), ("embed", embed)):
+        fn()  # warm-up: first-call allocations and kernel choices are not timed
+        torch.set_num_threads(1)
+        one_thread = timed(fn, 2)
+        torch.set_num_threads(threads)
+        for budget in ("1", "0"):
+            os.environ["G2V_THREAD_BUDGET"] = budget
+            label = "with thread budget" if budget == "1" else "without (torch's threads)"
+            idle = timed(fn, 2)
             with Busy():
-                busy = timed(fn)
-            rows[f"{name}, {label}"] = {"idle_s": idle, "busy_s": busy, "busy_over_idle": busy / idle}
+                busy = timed(fn, 2)
+            rows[f"{name}, {label}"] = {"idle_s": idle, "busy_s": busy, "busy_over_idle": busy / idle,
+                                        "idle_one_thread_s": one_thread, "floor": one_thread / idle}
             print(f"{name:5s} {label:26s}: idle {idle:6.1f} s, beside a busy core {busy:6.1f} s "
-                  f"({busy / idle:.2f}x)", flush=True)
+                  f"({busy / idle:.2f}x; one thread idle {one_thread:.1f} s, the floor {one_thread / idle:.2f}x)",
+                  flush=True)
     os.environ["G2V_THREAD_BUDGET"] = "1"
 
     def search(n_jobs):
@@ -99,6 +109,7 @@ def main() -> None:
         with joblib.parallel_config(backend="threading"):
             GridSearchCV(est, {"lr": [1e-3, 5e-3]}, cv=KFold(2), n_jobs=n_jobs, refit=False).fit(merged)
 
+    search(1)  # warm-up
     one, two = timed(lambda: search(1)), timed(lambda: search(2))
     rows["GridSearchCV threading"] = {"n_jobs_1_s": one, "n_jobs_2_s": two, "n_jobs_2_over_1": two / one}
     print(f"GridSearchCV (4 fits), threading backend: n_jobs=1 {one:.1f} s, n_jobs=2 {two:.1f} s "

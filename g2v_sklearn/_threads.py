@@ -18,7 +18,8 @@ concurrently in this process (the threading backend of joblib, or Dask's
 threads). Then, every second (:meth:`ThreadBudget.refresh`, called at every
 training step and embedded batch), it measures how busy the cores this
 process may run on were with *other* work (``/proc/stat`` for the cores in
-the affinity mask, minus this process's own CPU time) and sets torch's
+the affinity mask, minus this process's own CPU time; on entry, a first
+guess from the threads of other processes runnable at that moment) and sets torch's
 thread count to the free cores' share, never above what it was. On exit the
 thread count is restored. Where ``/proc/stat`` is missing (not Linux) only
 the concurrency rule applies. On an idle machine nothing changes.
@@ -65,6 +66,21 @@ def _busy_jiffies(cores: list[int]) -> tuple[int, int] | None:
     except (OSError, ValueError):
         return None
     return (busy, total) if total else None
+
+
+def _others_running() -> int | None:
+    """Threads of other processes runnable right now (/proc/stat's procs_running less ours); None if unknown."""
+    try:
+        with open("/proc/stat") as handle:
+            running = next(int(line.split()[1]) for line in handle if line.startswith("procs_running"))
+        ours = 0
+        for entry in os.scandir("/proc/self/task"):
+            with open(os.path.join(entry.path, "stat")) as handle:
+                text = handle.read()
+            ours += text[text.rindex(")") + 2] == "R"
+    except (OSError, ValueError, StopIteration):
+        return None
+    return max(0, running - ours)
 
 
 def _own_seconds() -> float:
@@ -123,9 +139,14 @@ class ThreadBudget:
         self._saved: int | None = None
         self._cores = _cores()
         self._last: _Sample | None = None
+        self._measured = False
 
     #: Seconds between measurements: long enough for /proc/stat's 10 ms ticks to average out.
     interval: float = 1.0
+    #: Seconds before the first measurement: soon, so that a fit started beside a busy
+    #: core does not spend its first second on a team that waits for a descheduled thread
+    #: (twenty ticks per core tell a busy loop from an idle core).
+    first_interval: float = 0.2
 
     def __enter__(self) -> ThreadBudget:
         global _ACTIVE
@@ -135,7 +156,10 @@ class ThreadBudget:
             _ACTIVE += 1
             share = len(self._cores) / _ACTIVE
         self._saved = torch.get_num_threads()
-        self.threads = max(1, min(self._saved, int(share)))
+        # a first guess from what is runnable now; the first measurement follows in 0.2 s
+        others = _others_running()
+        free = len(self._cores) if others is None else max(1, len(self._cores) - others)
+        self.threads = max(1, min(self._saved, int(share), free))
         if self.threads != self._saved:
             torch.set_num_threads(self.threads)
         self._last = _Sample(self._cores)
@@ -146,8 +170,12 @@ class ThreadBudget:
 
         Cheap enough to call at every step: between measurements it reads the clock only.
         """
-        if self.enabled and self._last is not None and time.monotonic() - self._last.wall >= self.interval:
+        if not self.enabled or self._last is None:
+            return
+        interval = self.interval if self._measured else self.first_interval
+        if time.monotonic() - self._last.wall >= interval:
             self._apply(self._last, _Sample(self._cores))
+            self._measured = True
 
     def _apply(self, start: _Sample, end: _Sample) -> None:
         n_cores = len(self._cores)

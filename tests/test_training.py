@@ -298,6 +298,7 @@ def test_spib_trains_on_the_same_seams(tmp_path):
 def test_thread_budget_is_restored_and_shared_among_concurrent_fits(monkeypatch):
     before = torch.get_num_threads()
     monkeypatch.setattr(_threads, "_cores", lambda: [0, 1])
+    monkeypatch.setattr(_threads, "_others_running", lambda: 0)  # an idle machine
     try:
         torch.set_num_threads(2)
         with _threads.ThreadBudget() as outer:
@@ -305,9 +306,30 @@ def test_thread_budget_is_restored_and_shared_among_concurrent_fits(monkeypatch)
             with _threads.ThreadBudget() as inner:  # a second fit in this process
                 assert inner.threads == 1 and torch.get_num_threads() == 1
             assert torch.get_num_threads() == 2
+        # another process runnable on entry: start on the core that is left
+        monkeypatch.setattr(_threads, "_others_running", lambda: 1)
+        with _threads.ThreadBudget() as budget:
+            assert budget.threads == 1 and torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
     assert _threads._ACTIVE == 0
+
+
+def test_a_busy_process_beside_us_is_seen_as_runnable():
+    import subprocess
+    import sys
+    import time
+
+    if _threads._others_running() is None:
+        pytest.skip("no /proc/stat")
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert _threads._others_running() >= 1
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 def test_others_load_is_the_busy_time_not_ours():
@@ -329,3 +351,23 @@ def test_others_load_is_the_busy_time_not_ours():
         assert budget.threads == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_first_measurement_comes_soon_then_one_every_interval(monkeypatch):
+    """A fit started beside a busy core is resized within 0.2 s, not after a whole second."""
+    clock = [100.0]
+    monkeypatch.setattr(_threads.time, "monotonic", lambda: clock[0])
+    measured = []
+    with _threads.ThreadBudget() as budget:
+        if not budget.enabled:
+            pytest.skip("G2V_THREAD_BUDGET=0")
+
+        def apply(start, end):
+            measured.append(round(end.wall - 100.0, 3))
+            budget._last = end
+
+        monkeypatch.setattr(budget, "_apply", apply)
+        for _ in range(24):  # a step every 0.125 s (exact in binary) for 3 s
+            clock[0] += 0.125
+            budget.refresh()
+    assert measured == [0.25, 1.25, 2.25]
