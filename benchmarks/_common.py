@@ -47,14 +47,17 @@ def matmul_rates(device: str = "cpu", repeats: int = 5) -> dict:
     Square ``2048 x 2048`` products (the usual peak) and the edge-shaped
     ``(53,000 x 64) @ (64 x 64)`` product of a ViSNet layer on ADK (1,656
     atoms, 32 neighbours each), in float32 and, where oneDNN is present,
-    bfloat16 (on CUDA: always).
+    bfloat16 where the device computes it natively (AVX512-BF16 or AMX; CUDA).
     """
     import time
 
     import torch
 
     shapes = {"square_2048": (2048, 2048, 2048), "edge_53000x64x64": (53_000, 64, 64)}
-    native_bf16 = device == "cuda" or torch.backends.mkldnn.is_available()
+    from g2v_sklearn._utils import supports_bfloat16
+
+    # bfloat16 only where it is native: emulated, one 2048^3 product takes minutes
+    native_bf16 = supports_bfloat16(torch.device(device))
     dtypes = [torch.float32] + ([torch.bfloat16] if native_bf16 else [])
 
     def sync():

@@ -24,8 +24,8 @@ Variants:
 
 Ours steps with the estimator's own optimizer (AdamW, fused where torch has
 it), geom2vec's with ``torch.optim.AdamW`` as geom2vec does. Each variant's
-step is also counted in floating-point operations (``FlopCounterMode``: matrix
-products and attention), and set against the machine's matrix-multiply rate
+step is also counted in floating-point operations (``count_gflop``: matrix
+products, attention, sparse products by their nonzeros), and set against the machine's matrix-multiply rate
 measured in the same process: a step cannot take less than its FLOPs at that
 rate, which bounds any ratio between two steps that do the same work.
 
@@ -55,21 +55,53 @@ TAG = "SIDE_BY_SIDE "
 DEFAULT_CONFIGS = "3:1:256,214:1:16,214:8:16,2645:1:2,2645:8:4"
 
 
-def _cpu_attention_flops() -> dict:
-    """FLOP formulas for torch's fused CPU attention kernels, which FlopCounterMode does not count."""
+def count_gflop(fn) -> float:
+    """GFLOPs of ``fn()``: matrix products and attention by torch's formulas, sparse products by nonzeros.
+
+    torch's ``FlopCounterMode`` counts the backward of a sparse-dense product
+    as a dense product of the full adjacency (for 2,645 residues x 4 frames,
+    ~100x its real work) and does not count the fused CPU attention kernels;
+    this counter uses torch's formulas for the dense products, the CPU
+    attention kernels' shapes for those, and ``2 * nnz * columns`` for any
+    product with a sparse operand.
+    """
     import torch
     from torch.utils import flop_counter
+    from torch.utils._python_dispatch import TorchDispatchMode
 
     aten = torch.ops.aten
+    registry = dict(flop_counter.flop_registry)
 
-    def forward(query, key, value, *args, out_shape=None, **kwargs):
+    @flop_counter.shape_wrapper
+    def attention(query, key, value, *args, out_shape=None, **kwargs):
         return flop_counter.sdpa_flop_count(query, key, value)
 
-    def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs):
+    @flop_counter.shape_wrapper
+    def attention_backward(grad_out, query, key, value, *args, out_shape=None, **kwargs):
         return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
 
-    return {aten._scaled_dot_product_flash_attention_for_cpu: forward,
-            aten._scaled_dot_product_flash_attention_for_cpu_backward: backward}
+    registry[aten._scaled_dot_product_flash_attention_for_cpu] = attention
+    registry[aten._scaled_dot_product_flash_attention_for_cpu_backward] = attention_backward
+
+    class Counter(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            sparse = [t for t in tensors if t.layout != torch.strided]
+            if sparse:
+                dense = [t for t in tensors if t.layout == torch.strided and t.dim() == 2]
+                if dense and func._overloadpacket in (aten.mm, aten.addmm, aten._sparse_addmm):
+                    Counter.total += 2 * sparse[0]._nnz() * dense[-1].shape[-1]
+            elif func._overloadpacket in registry:
+                Counter.total += registry[func._overloadpacket](*args, **kwargs, out_val=out)
+            return out
+
+    with Counter():
+        fn()
+    return Counter.total / 1e9
 
 
 def worker(n: int, w: int, b: int, repeats: int, compile_ours: bool = True) -> dict:
@@ -79,8 +111,6 @@ def worker(n: int, w: int, b: int, repeats: int, compile_ours: bool = True) -> d
     sys.path[:0] = [str(ANCHORS / "shims"), str(ANCHORS)]
     import sitecustomize  # noqa: F401 - points torch_geometric's radius_graph at the shim
     from geom2vec.models.downstream import lobe as g2v_lobe
-
-    from torch.utils.flop_counter import FlopCounterMode
 
     from _common import matmul_rates
     from bench_train import make_tokens
@@ -154,10 +184,7 @@ def worker(n: int, w: int, b: int, repeats: int, compile_ours: bool = True) -> d
     for name in nets:
         if name == "ours_compiled":
             continue  # the same arithmetic as ours
-        counter = FlopCounterMode(display=False, custom_mapping=_cpu_attention_flops())
-        with counter:
-            step(name)
-        gflop[name] = counter.get_total_flops() / 1e9
+        gflop[name] = count_gflop(lambda: step(name))
     rate = matmul_rates("cpu", repeats=3)["square_2048_float32"]
     row = {"n_residues": n, "window": w, "batch_pairs": b, "repeats": repeats,
            **{f"{k}_s": v for k, v in med.items()}, "g2v_radius_s": float(np.median(radius_times)),

@@ -244,6 +244,7 @@ class FitContext:
     stop: bool = False
     stop_reason: str | None = None
     collapsed_epoch: int | None = None  # the first epoch that collapsed
+    collapse_reason: str | None = None  # and how ("collapse" or the non-finite loss)
     lr_factor: float = 1.0  # halved at every roll-back after a collapse
     extra: dict = field(default_factory=dict)  # learner- and callback-specific state
 
@@ -691,10 +692,9 @@ class TorchLearner(BaseEstimator):
         lists the epochs that collapsed.
         """
         if ctx.collapsed_epoch is None:
-            ctx.collapsed_epoch = ctx.epoch
-        ctx.stop_reason = reason
+            ctx.collapsed_epoch, ctx.collapse_reason = ctx.epoch, reason
         if ctx.best_state is None or len(ctx.history["rollbacks"]) >= _MAX_ROLLBACKS:
-            ctx.stop = True
+            ctx.stop, ctx.stop_reason = True, reason
             return
         ctx.history["rollbacks"].append(ctx.epoch)
         ctx.net.load_state_dict(ctx.best_state)
@@ -754,8 +754,8 @@ class TorchLearner(BaseEstimator):
             train, first = ctx.history["train"], ctx.collapsed_epoch
             what = (f"collapsed in epoch {first} (training score {train[first]:.4g}, against "
                     f"{max((s for s in train[:first] if np.isfinite(s)), default=float('nan')):.4g} before)"
-                    if len(train) > first and ctx.stop_reason == "collapse" else
-                    f"failed in epoch {first}: {ctx.stop_reason}")
+                    if len(train) > first and ctx.collapse_reason == "collapse" else
+                    f"failed in epoch {first}: {ctx.collapse_reason}")
             rollbacks = ctx.history["rollbacks"]
             went_on = (f"; it went on from the best weights at a smaller rate {len(rollbacks)} time"
                        f"{'s' if len(rollbacks) > 1 else ''} (epochs {rollbacks})" if rollbacks else "")

@@ -67,6 +67,7 @@ def test_forced_collapse_keeps_the_best_epoch_warns_and_scores_it(dihedral_featu
     h = est.history_
     # rolled back twice (epochs 3 and 4), then stopped at the third collapse (epoch 5)
     assert h["collapsed_epoch"] == 3 and h["rollbacks"] == [3, 4] and len(h["train"]) == 6
+    assert h["stop_reason"] == ("collapse" if not every_step else "the loss became nan")
     assert h["best_epoch"] < 3 and h["best_score"] == max(h["train"][:3])
     # the score of the kept weights is that epoch's score, recomputed
     assert est.score(x) == pytest.approx(h["best_score"], rel=1e-6)
@@ -87,6 +88,7 @@ def test_a_passing_collapse_is_rolled_back_and_training_goes_on(dihedral_feature
         est.fit(x)
     h = est.history_
     assert h["collapsed_epoch"] == 2 and h["rollbacks"] == [2] and len(h["train"]) == 6
+    assert h["stop_reason"] is None  # it ran to max_epochs: the collapse did not end it
     assert rates[:2] == [est.lr] * 2 and rates[3:] == [est.lr / 2] * 3  # halved from the roll-back on
     # the epochs after the roll-back start from the best weights before it, and the best of all is kept
     assert h["train"][3] > h["train"][2] and h["best_score"] == max(h["train"])
