@@ -15,6 +15,9 @@ The hooks, in the order the loop calls them:
 * ``on_epoch_end(learner, context)``: after every epoch, once its monitored
   score is in ``context.history``. Set ``context.stop = True`` to end
   training; set ``context.stop_reason`` to say why.
+* ``on_rollback(learner, context)``: after a collapse, once training went
+  back to the best weights at half the learning rate (``context.lr_factor``)
+  and before it goes on.
 * ``on_fit_end(learner, context)``: once per run, after the best weights
   were restored.
 """
@@ -68,6 +71,9 @@ class Callback:
 
     def on_epoch_end(self, learner, context) -> None:
         """Called after every epoch; ``context.stop = True`` ends training."""
+
+    def on_rollback(self, learner, context) -> None:
+        """Called after a collapse, once the best weights are back and the rate is halved."""
 
     def on_fit_end(self, learner, context) -> None:
         """Called once per training run, after the best weights were restored."""
@@ -133,6 +139,10 @@ class EarlyStopping(Callback):
                 context.stop_reason = context.stop_reason or (
                     f"no improvement for {self.patience} epochs")
 
+    def on_rollback(self, learner, context) -> None:
+        # training starts again from the best weights: the epochs since then count no more
+        context.extra.setdefault(f"early_stopping_{id(self)}", {"best": -np.inf, "stale": 0})["stale"] = 0
+
 
 class LRScheduler(Callback):
     """A :mod:`torch.optim.lr_scheduler` scheduler, stepped after every epoch.
@@ -185,6 +195,18 @@ class LRScheduler(Callback):
             scheduler.step(-context.score)  # it minimises by default; our scores are maximised
         else:
             scheduler.step()
+
+    def on_rollback(self, learner, context) -> None:
+        # Schedulers that compute the rate from their base rates undo the halving at every
+        # step (this epoch's step, just taken, already did): halve the base rates and the
+        # rate they set. ReduceLROnPlateau works on the current rate, which stays halved.
+        scheduler = context.extra[f"lr_scheduler_{id(self)}"]
+        if hasattr(scheduler, "base_lrs"):
+            scheduler.base_lrs = [lr * 0.5 for lr in scheduler.base_lrs]
+            for group in context.optimizer.param_groups:
+                group["lr"] *= 0.5
+                if "initial_lr" in group:
+                    group["initial_lr"] *= 0.5
 
 
 def _digest(value) -> str:

@@ -131,10 +131,10 @@ def _fused_where_possible(optimizer_class):
 
     def make(params, **kwargs):
         params = list(params)
-        try:
-            return optimizer_class(params, fused=True, **kwargs)
-        except (RuntimeError, TypeError, ValueError):  # a device or dtype without the fused kernel
-            return optimizer_class(params, **kwargs)
+        # torch checks devices and dtypes for the fused kernel only at the first step, so
+        # decide here: CPU and CUDA floating-point parameters (float16/32/64, bfloat16)
+        fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+        return optimizer_class(params, fused=fused, **kwargs) if fused else optimizer_class(params, **kwargs)
 
     return make
 
@@ -245,6 +245,7 @@ class FitContext:
     stop_reason: str | None = None
     collapsed_epoch: int | None = None  # the first epoch that collapsed
     collapse_reason: str | None = None  # and how ("collapse" or the non-finite loss)
+    stopped_by_collapse: bool = False  # a collapse after the last roll-back ended training
     lr_factor: float = 1.0  # halved at every roll-back after a collapse
     extra: dict = field(default_factory=dict)  # learner- and callback-specific state
 
@@ -674,14 +675,18 @@ class TorchLearner(BaseEstimator):
         history["lr"].append(float(ctx.optimizer.param_groups[0]["lr"]))
         ctx.epoch_seconds = time.perf_counter() - clock
         ctx.score = score
+        rolled_back = False
         if self._collapsed(ctx, train_score, constant):
-            self._on_collapse(ctx, "collapse")
+            rolled_back = self._on_collapse(ctx, "collapse")
         elif score > ctx.best_score:
             ctx.best_score, ctx.best_epoch, ctx.best_state = score, ctx.epoch, _state_copy(ctx.net)
         for callback in ctx.callbacks:
             callback.on_epoch_end(self, ctx)
+        if rolled_back:  # after on_epoch_end, so that what callbacks reset there stays reset
+            for callback in ctx.callbacks:
+                callback.on_rollback(self, ctx)
 
-    def _on_collapse(self, ctx: FitContext, reason: str) -> None:
+    def _on_collapse(self, ctx: FitContext, reason: str) -> bool:
         """Back to the best epoch's weights at half the learning rate, or stop after ``_MAX_ROLLBACKS``.
 
         A collapse at a large learning rate is usually one bad stretch of
@@ -689,13 +694,14 @@ class TorchLearner(BaseEstimator):
         best weights with fresh optimizer moments (Adam's running averages are
         what carried the weights off) at half the rate recovers it. The
         epochs before the roll-back stay in ``history``; ``history["rollbacks"]``
-        lists the epochs that collapsed.
+        lists the epochs that collapsed. Returns whether it rolled back (the
+        caller then calls the callbacks' ``on_rollback``).
         """
         if ctx.collapsed_epoch is None:
             ctx.collapsed_epoch, ctx.collapse_reason = ctx.epoch, reason
         if ctx.best_state is None or len(ctx.history["rollbacks"]) >= _MAX_ROLLBACKS:
-            ctx.stop, ctx.stop_reason = True, reason
-            return
+            ctx.stop, ctx.stop_reason, ctx.stopped_by_collapse = True, reason, True
+            return False
         ctx.history["rollbacks"].append(ctx.epoch)
         ctx.net.load_state_dict(ctx.best_state)
         ctx.optimizer.state.clear()
@@ -703,6 +709,7 @@ class TorchLearner(BaseEstimator):
         if not ctx.scheduled:  # nothing sets the rate per step: halve it here
             for group in ctx.optimizer.param_groups:
                 group["lr"] *= 0.5
+        return True
 
     def _on_non_finite_loss(self, ctx: FitContext, value: float, epoch_start: dict) -> None:
         """Keep the last good weights: roll back to the best epoch's, or raise before there is one."""
@@ -713,7 +720,10 @@ class TorchLearner(BaseEstimator):
             for key in ("train", "train_batches") + (("validation",) if len(ctx.val) else ()):
                 ctx.history[key].append(float("nan"))
             ctx.history["lr"].append(float(ctx.optimizer.param_groups[0]["lr"]))
-            self._on_collapse(ctx, f"the loss became {value}")
+            ctx.score = float("nan")  # the epoch ended unscored; callbacks see no on_epoch_end for it
+            if self._on_collapse(ctx, f"the loss became {value}"):
+                for callback in ctx.callbacks:
+                    callback.on_rollback(self, ctx)
             return
         raise FloatingPointError(
             f"{type(self).__name__}: the loss became {value} in epoch {ctx.epoch}; training stopped "
@@ -758,7 +768,10 @@ class TorchLearner(BaseEstimator):
                     f"failed in epoch {first}: {ctx.collapse_reason}")
             rollbacks = ctx.history["rollbacks"]
             went_on = (f"; it went on from the best weights at a smaller rate {len(rollbacks)} time"
-                       f"{'s' if len(rollbacks) > 1 else ''} (epochs {rollbacks})" if rollbacks else "")
+                       f"{'s' if len(rollbacks) > 1 else ''} (after the collapses in epochs {rollbacks})"
+                       if rollbacks else "")
+            if ctx.stopped_by_collapse and rollbacks:
+                went_on += f", and stopped at the next collapse (epoch {ctx.epoch})"
             warnings.warn(
                 f"{type(self).__name__}: training {what}{went_on}; the weights of epoch {ctx.best_epoch} "
                 f"were kept. Try a smaller lr (now {self.lr}).", TrainingWarning, stacklevel=3,

@@ -354,7 +354,10 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
     history_ : dict
         ``train`` and ``validation`` scores (minus the loss) per epoch,
         ``round`` (the training round of each epoch), ``best_epoch`` (per
-        round, counted within the round) and ``n_states`` (before each round).
+        round, counted within the round), ``n_states`` (before each round)
+        and ``rollbacks`` (epochs, counted over all rounds, after which a
+        non-finite loss sent training back to the best weights at half the
+        learning rate).
     timestep_ : float or None
         Time between frames (ps), when the input carries it.
     n_features_in_ : int

@@ -73,13 +73,17 @@ def _others_running() -> int | None:
     try:
         with open("/proc/stat") as handle:
             running = next(int(line.split()[1]) for line in handle if line.startswith("procs_running"))
-        ours = 0
-        for entry in os.scandir("/proc/self/task"):
-            with open(os.path.join(entry.path, "stat")) as handle:
-                text = handle.read()
-            ours += text[text.rindex(")") + 2] == "R"
+        tasks = list(os.scandir("/proc/self/task"))
     except (OSError, ValueError, StopIteration):
         return None
+    ours = 0
+    for entry in tasks:
+        try:
+            with open(os.path.join(entry.path, "stat")) as handle:
+                text = handle.read()
+        except OSError:  # the thread ended meanwhile
+            continue
+        ours += text[text.rindex(")") + 2] == "R"
     return max(0, running - ours)
 
 
@@ -157,9 +161,14 @@ class ThreadBudget:
             share = len(self._cores) / _ACTIVE
         self._saved = torch.get_num_threads()
         # a first guess from what is runnable now; the first measurement follows in 0.2 s
+        # (machine-wide: on a host with more cores than the affinity mask this only errs low,
+        # for 0.2 s)
         others = _others_running()
         free = len(self._cores) if others is None else max(1, len(self._cores) - others)
-        self.threads = max(1, min(self._saved, int(share), free))
+        with _LOCK:
+            free_share = free / max(_ACTIVE, 1)
+        self.threads = max(1, min(self._saved, int(share), int(free_share)))
+        self._measured = False
         if self.threads != self._saved:
             torch.set_num_threads(self.threads)
         self._last = _Sample(self._cores)

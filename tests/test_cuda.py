@@ -34,8 +34,8 @@ def cuda_embedder(visnet_checkpoint, frames):
 
 
 def test_tokens_on_cuda_equal_the_cpus_in_float32(visnet_checkpoint, frames, cuda_embedder):
-    assert next(cuda_embedder.module_.parameters()).is_cuda
     gpu = cuda_embedder.transform(frames)
+    assert next(cuda_embedder.module_.parameters()).is_cuda  # the backbone moves to the device to embed
     cpu = GeomEmbedder(visnet_checkpoint, device="cpu", progress=False).fit_transform(frames)
     for g, c in zip(gpu, cpu):
         scale = float(np.abs(c.features).max())

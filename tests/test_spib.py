@@ -76,7 +76,8 @@ def test_refinement_merges_kmeans_clusters_into_the_hidden_states(wells, fitted)
     assert est.n_states_ == 3
     assert np.unique(np.concatenate(est.labels_history_[0])).tolist() == list(range(8))
     assert est.n_refinements_ == len(est.labels_history_) - 1 >= 1
-    assert set(est.history_) == {"train", "validation", "round", "best_epoch", "n_states"}
+    assert set(est.history_) == {"train", "validation", "round", "best_epoch", "n_states", "rollbacks"}
+    assert est.history_["rollbacks"] == []  # nothing collapsed on these wells
     assert est.history_["n_states"][0] == 8 and len(est.history_["train"]) == len(est.history_["round"])
     recalls = matched_recalls(np.concatenate(est.labels_), np.concatenate(states))
     assert np.all(recalls > 0.95), recalls

@@ -55,7 +55,8 @@ class ShrinkOutputs(Callback):
 # --------------------------------------------------------------------------- never a worse model
 @pytest.mark.parametrize("every_step, message", [
     (False, r"collapsed in epoch 3 \(training score .*\); it went on from the best weights at a smaller rate "
-            r"2 times \(epochs \[3, 4\]\); the weights of epoch \d were kept.*smaller lr"),
+            r"2 times \(after the collapses in epochs \[3, 4\]\), and stopped at the next collapse "
+            r"\(epoch 5\); the weights of epoch \d were kept.*smaller lr"),
     (True, r"failed in epoch 3: the loss became nan; it went on .* 2 times.*; the weights of epoch \d were kept"),
 ])
 def test_forced_collapse_keeps_the_best_epoch_warns_and_scores_it(dihedral_features, every_step, message):
@@ -73,26 +74,54 @@ def test_forced_collapse_keeps_the_best_epoch_warns_and_scores_it(dihedral_featu
     assert est.score(x) == pytest.approx(h["best_score"], rel=1e-6)
 
 
-def test_a_passing_collapse_is_rolled_back_and_training_goes_on(dihedral_features):
+class CheckRollback(Callback):
+    """At each roll-back: the network holds the best epoch's weights and the optimizer no moments."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_rollback(self, learner, context):
+        state = context.net.state_dict()
+        restored = all(torch.equal(state[k], v) for k, v in context.best_state.items())
+        self.seen.append((context.epoch, restored, len(context.optimizer.state), context.lr_factor))
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_a_passing_collapse_is_rolled_back_and_training_goes_on(dihedral_features, schedule):
     """One bad epoch: back to the best weights at half the rate, then on to max_epochs."""
     x = [t[:2500] for t in dihedral_features]
-    rates = []
-
-    class Rates(Callback):
-        def on_epoch_end(self, learner, context):
-            rates.append(context.optimizer.param_groups[0]["lr"])
-
-    est = VAMPNetEstimator(lagtime=5, max_epochs=6, validation_fraction=0, patience=None, lr_schedule="constant",
-                           warmup=0.0, random_state=0, callbacks=[ShrinkOutputs(2, until=2), Rates()], **FAST)
+    check = CheckRollback()
+    extra = dict(lr_schedule="constant", warmup=0.0) if schedule == "constant" else {}
+    est = VAMPNetEstimator(lagtime=5, max_epochs=6, validation_fraction=0, random_state=0,
+                           callbacks=[ShrinkOutputs(2, until=2), check, EarlyStopping(patience=2)],
+                           **extra, **{**FAST, "patience": None})
     with pytest.warns(TrainingWarning, match=r"collapsed in epoch 2 .*went on from the best weights .*1 time "):
         est.fit(x)
     h = est.history_
-    assert h["collapsed_epoch"] == 2 and h["rollbacks"] == [2] and len(h["train"]) == 6
-    assert h["stop_reason"] is None  # it ran to max_epochs: the collapse did not end it
-    assert rates[:2] == [est.lr] * 2 and rates[3:] == [est.lr / 2] * 3  # halved from the roll-back on
-    # the epochs after the roll-back start from the best weights before it, and the best of all is kept
-    assert h["train"][3] > h["train"][2] and h["best_score"] == max(h["train"])
+    assert check.seen == [(2, True, 0, 0.5)]  # weights restored, moments cleared, rate halved
+    # early stopping's patience of 2 starts again at the roll-back: without that reset the
+    # collapsed epoch and the next would end training at epoch 3
+    assert h["collapsed_epoch"] == 2 and h["rollbacks"] == [2] and len(h["train"]) >= 5
+    assert h["stop_reason"] != "collapse"
+    # the rate at each epoch's end: the schedule's own (a fit without the collapse has the same
+    # steps), halved from the roll-back on
+    plain = VAMPNetEstimator(lagtime=5, max_epochs=6, validation_fraction=0, random_state=0,
+                             **extra, **{**FAST, "patience": None}).fit(x).history_["lr"]
+    assert h["lr"][:3] == plain[:3]  # epoch 2's rate is recorded before its roll-back
+    assert h["lr"][3:] == pytest.approx([lr / 2 for lr in plain[3:len(h["lr"])]], rel=1e-12)
+    assert h["best_score"] == max(h["train"])
     assert est.score(x) == pytest.approx(h["best_score"], rel=1e-6)
+
+
+def test_a_rollback_carries_through_an_epoch_wise_scheduler(dihedral_features):
+    """LambdaLR computes the rate from its base rates: those are halved too, so the halving holds."""
+    x = [t[:2500] for t in dihedral_features]
+    est = VAMPNetEstimator(lagtime=5, max_epochs=5, validation_fraction=0, random_state=0,
+                           callbacks=[ShrinkOutputs(2, until=2), LRScheduler("LambdaLR", lr_lambda=lambda e: 1.0)],
+                           **FAST)
+    with pytest.warns(TrainingWarning):
+        est.fit(x)
+    assert est.history_["lr"][:2] == [est.lr] * 2 and est.history_["lr"][3:] == [est.lr / 2] * 2
 
 
 def test_large_lr_never_returns_a_worse_model_than_its_best_epoch(dihedral_features):
