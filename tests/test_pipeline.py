@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import mdtraj as md
 import numpy as np
 import pytest
 from sklearn.model_selection import GridSearchCV
@@ -22,16 +21,12 @@ LAG = 5  # frames of 20 ps: 100 ps, well below the slow process's few nanosecond
 
 
 @pytest.fixture(scope="module")
-def dihedral_msm_timescale(ala2_trajs):
+def dihedral_msm_timescale(dihedral_features):
     """Slowest implied timescale (frames) of an MSM on (cos, sin) of (phi, psi)."""
-    feats = []
-    for t in ala2_trajs:
-        phi, psi = md.compute_phi(t)[1][:, 0], md.compute_psi(t)[1][:, 0]
-        feats.append(np.stack([np.cos(phi), np.sin(phi), np.cos(psi), np.sin(psi)], 1))
     # 100 clusters: with 50, k-means may split the rare alpha_L basin badly for some seeds
     # (1.6 ns instead of 2.6 ns); from 100 on the timescale is stable across seeds.
     reference = Pipeline([("cluster", KMeansDiscretizer(100, random_state=0)),
-                          ("msm", MSMEstimator(lagtime=LAG))]).fit(feats)
+                          ("msm", MSMEstimator(lagtime=LAG))]).fit(dihedral_features)
     return reference[-1].timescales_[0]
 
 
