@@ -72,24 +72,15 @@ def load(name: str):
     return trajs, 20.0
 
 
-def dihedrals(trajs):
-    import mdtraj as md
+def _example():
+    """examples/alanine_dipeptide.py as a module: its (phi, psi) features and alpha_L measure, not copies."""
+    import importlib.util
 
-    phi = [md.compute_phi(t)[1][:, 0] for t in trajs]
-    psi = [md.compute_psi(t)[1][:, 0] for t in trajs]
-    feats = [np.stack([np.cos(a), np.sin(a), np.cos(b), np.sin(b)], 1) for a, b in zip(phi, psi)]
-    return phi, feats
-
-
-def alpha_l_recovery(coordinate: np.ndarray, in_alpha_l: np.ndarray) -> tuple[float, float]:
-    """Precision and recall of the smaller 1-D k-means cluster of ``coordinate`` against phi > 0."""
-    from sklearn.cluster import KMeans
-
-    labels = KMeans(2, n_init=10, random_state=0).fit_predict(coordinate.reshape(-1, 1))
-    rare = np.argmin(np.bincount(labels, minlength=2))
-    called = labels == rare
-    hits = np.sum(called & in_alpha_l)
-    return float(hits / max(called.sum(), 1)), float(hits / max(in_alpha_l.sum(), 1))
+    spec = importlib.util.spec_from_file_location("alanine_dipeptide_example",
+                                                  REPO / "examples" / "alanine_dipeptide.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def reference_msm(feats, lag):
@@ -106,12 +97,13 @@ def run_science(args) -> dict:
 
     from g2v_sklearn import GeomEmbedder, KMeansDiscretizer, MSMEstimator, TokenMerger, VAMPNetEstimator
 
+    example = _example()
     rows = []
     for name in args.datasets:
         trajs, dt = load(name)
         lag = max(1, round(LAG_PS / dt))
-        phi, feats = dihedrals(trajs)
-        in_alpha_l = np.concatenate(phi) > 0
+        angles, feats = example.dihedral_features(trajs)
+        in_alpha_l = np.concatenate(angles)[:, 0] > 0
         ref, ref_low, ref_high = reference_msm(feats, lag)
         tokens = GeomEmbedder(str(CHECKPOINT), memory=str(args.cache), progress=False).fit_transform(trajs)
         print(f"{name}: {len(trajs)} x {trajs[0].n_frames} frames, {dt:g} ps apart, lag {lag}; "
@@ -128,7 +120,7 @@ def run_science(args) -> dict:
             seconds = time.perf_counter() - clock
             dtrajs = KMeansDiscretizer(100, random_state=seed).fit_transform(z)
             ours = float(MSMEstimator(lagtime=lag).fit(dtrajs).timescales_[0])
-            precision, recall = alpha_l_recovery(np.concatenate(z)[:, 0], in_alpha_l)
+            precision, recall = example.alpha_l_recovery(np.concatenate(z)[:, 0], in_alpha_l)
             vamp = learner["vamp"]
             row = {
                 "dataset": name, "seed": seed, "timestep_ps": dt, "lag_frames": lag,
