@@ -62,9 +62,9 @@ SIZES = {
     "quick": {"stride": 10, "frames": 400, "clusters": 20, "epochs": 2, "spib_epochs": 2,
               "grid": {"vamp__lr": [1e-3, 5e-3]}},
 }
-# The four fits of the grid search run side by side in worker processes, one core each:
-# a network this small keeps one core busy but not two (measured: 2 processes x 1 thread
-# take about half the time of 1 process x 2 threads; benchmarks/bench_threads.py).
+# The four fits of the grid search run two at a time in worker processes, one core each:
+# a network this small does not keep two threads busy (measured on a 2-core AMD EPYC: a fit
+# takes 26-28 s beside another instead of 18 s alone, so the four take ~55 s, not ~72 s).
 N_JOBS = min(4, os.cpu_count() or 1)
 LAGS_PS = (50, 100, 200, 400, 700, 1000)  # implied timescales up to half the slow process's ~2 ns
 

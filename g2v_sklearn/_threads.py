@@ -156,18 +156,16 @@ class ThreadBudget:
         global _ACTIVE
         if not self.enabled:
             return self
-        with _LOCK:
-            _ACTIVE += 1
-            share = len(self._cores) / _ACTIVE
-        self._saved = torch.get_num_threads()
-        # a first guess from what is runnable now; the first measurement follows in 0.2 s
-        # (machine-wide: on a host with more cores than the affinity mask this only errs low,
-        # for 0.2 s)
+        # the free cores, first guessed from what is runnable now (the first measurement
+        # follows in 0.2 s; machine-wide: on a host with more cores than the affinity mask
+        # this only errs low, for 0.2 s), shared among the fits running in this process
         others = _others_running()
         free = len(self._cores) if others is None else max(1, len(self._cores) - others)
         with _LOCK:
-            free_share = free / max(_ACTIVE, 1)
-        self.threads = max(1, min(self._saved, int(share), int(free_share)))
+            _ACTIVE += 1
+            share = free / _ACTIVE
+        self._saved = torch.get_num_threads()
+        self.threads = max(1, min(self._saved, int(share)))
         self._measured = False
         if self.threads != self._saved:
             torch.set_num_threads(self.threads)
