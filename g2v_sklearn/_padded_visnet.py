@@ -28,11 +28,13 @@ says when a block qualifies.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 from torch_geometric.nn.models.visnet import (
+    ExpNormalSmearing,
     VecLayerNorm,
     ViS_MP,
     ViS_MP_Vertex,
@@ -42,6 +44,13 @@ from torch_geometric.nn.models.visnet import (
 from ._neighbors import radius_graph
 
 __all__ = ["neighbor_table", "padded_forward", "supports_padded", "table_forward"]
+
+#: Edges (target atoms x table width) per block of the eager per-edge pass. Its
+#: temporaries are then a few MB, which glibc serves from its heap instead of a
+#: fresh ``mmap`` per tensor (above 32 MB every allocation is new pages, each
+#: one a page fault), and which stay in cache between the operations on them.
+#: ``benchmarks/bench_profile.py --chunks`` measures the choice.
+EDGES_PER_CHUNK = 8192
 
 
 def supports_padded(block: ViSNetBlock) -> bool:
@@ -97,7 +106,9 @@ def _vec_layernorm(norm: VecLayerNorm, vec: Tensor) -> Tensor:
     spread is 0, replaced by 1, and every direction is 0).
     """
     if norm.norm_type == "max_min":
-        dist = torch.norm(vec, dim=1, keepdim=True).clamp(min=norm.eps)  # (n, 1, H)
+        # the length over the 3-axis, written out: torch.norm over a middle axis of size 3
+        # takes a strided path about 100x slower (23 ms against 0.2 ms on (1656, 3, 64))
+        dist = vec.square().sum(1, keepdim=True).sqrt().clamp(min=norm.eps)  # (n, 1, H)
         direct = vec / dist
         max_val = dist.amax(dim=-1, keepdim=True)
         min_val = dist.amin(dim=-1, keepdim=True)
@@ -107,46 +118,101 @@ def _vec_layernorm(norm: VecLayerNorm, vec: Tensor) -> Tensor:
     return vec * norm.weight
 
 
+def _smearing(expansion, r: Tensor) -> Tensor:
+    """``expansion(r)``, with torch-geometric's ExpNormalSmearing computed without its slow tail.
+
+    Its outer exponent reaches -1,000 for distances near zero (the self-loops),
+    and ``exp`` of arguments whose result is near or below the smallest normal
+    number takes a slow path (on 1656 x 105 x 64 adenylate-kinase entries:
+    130-210 ms against 9 ms). The argument is clamped 8 above the log of the
+    smallest normal number, so an entry changes by at most
+    ``exp(log(tiny) + 8)`` (3.5e-35 in float32), far below rounding.
+    """
+    if not isinstance(expansion, ExpNormalSmearing):
+        return expansion(r)
+    dist = r.unsqueeze(-1)
+    floor = math.log(torch.finfo(dist.dtype).tiny) + 8.0
+    exponent = -expansion.betas * ((expansion.alpha * (-dist)).exp() - expansion.means).square()
+    return expansion.cutoff_fn(dist) * exponent.clamp_min(floor).exp()
+
+
 def _message_passing(layer: ViS_MP, x: Tensor, vec: Tensor, f: Tensor, neighbors: Tensor,
-                     attn_cut: Tensor, valid: Tensor, d: Tensor):
-    """One ViS_MP layer: residual updates of atom scalars, vectors and edge features."""
+                     attn_cut: Tensor, valid: Tensor, d: Tensor, rows_per_chunk: int | None = None):
+    """One ViS_MP layer: updates of atom scalars and vectors, and the new edge features.
+
+    The per-atom projections are computed once for all atoms; the per-edge
+    part runs over blocks of ``rows_per_chunk`` target atoms (all at once
+    when None), so that its temporaries stay small: see :data:`EDGES_PER_CHUNK`.
+    """
     n, width = neighbors.shape
-    hidden, heads = layer.hidden_channels, layer.num_heads
+    hidden = layer.hidden_channels
     x = layer.layernorm(x)
     vec = _vec_layernorm(layer.vec_layernorm, vec)
-
-    q = layer.q_proj(x).view(n, 1, heads, -1)
-    k = _gather(layer.k_proj(x), neighbors).view(n, width, heads, -1)
-    dk = F.silu(layer.dk_proj(f)).view(n, width, heads, -1)
-    attn = F.silu((k.mul_(dk).mul_(q)).sum(-1)).mul_(attn_cut.unsqueeze(-1))
-    v = _gather(layer.v_proj(x), neighbors).mul_(F.silu(layer.dv_proj(f)))
-    v = v.view(n, width, heads, -1).mul_(attn.unsqueeze(-1)).view(n, width, hidden)
-    s1, s2 = torch.split(F.silu(layer.s_proj(v)).mul_(valid), hidden, dim=-1)
-
-    # messages: v_j into x; vec_j * s1 + s2 d^T into vec
-    x_in = v.sum(1)
-    vec_in = (_gather(vec, neighbors) * s1.unsqueeze(2)).sum(1)
-    vec_in = torch.baddbmm(vec_in, d.transpose(1, 2), s2)
+    atoms = {
+        "q": layer.q_proj(x), "k": layer.k_proj(x), "v": layer.v_proj(x), "vec": vec,
+        "a": None if layer.last_layer else layer.w_trg_proj(vec),
+        "b": None if layer.last_layer else layer.w_src_proj(vec),
+    }
+    x_in, vec_in, f_new = _by_blocks(
+        lambda rows: _edge_messages(layer, atoms, rows, f, neighbors, attn_cut, valid, d),
+        n, rows_per_chunk,
+    )
 
     vec1, vec2, vec3 = torch.split(layer.vec_proj(vec), hidden, dim=-1)
     o1, o2, o3 = torch.split(layer.o_proj(x_in), hidden, dim=1)
     dx = (vec1 * vec2).sum(1).mul_(o2).add_(o3)
     dvec = vec3.mul_(o1.unsqueeze(1)).add_(vec_in)
+    return dx, dvec, f if f_new is None else f_new
+
+
+def _by_blocks(compute, n: int, rows_per_chunk: int | None):
+    """``compute(rows)`` over blocks of ``rows_per_chunk`` rows of ``n``, concatenated.
+
+    ``compute`` returns a tensor or a tuple of tensors (or None, kept as None);
+    each is concatenated over the blocks along its first axis.
+    """
+    step = n if rows_per_chunk is None else max(1, rows_per_chunk)
+    parts = [compute(slice(i, i + step)) for i in range(0, max(n, 1), step)]
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], Tensor):
+        return torch.cat(parts)
+    return tuple(None if p[0] is None else torch.cat(p) for p in zip(*parts))
+
+
+def _edge_messages(layer: ViS_MP, atoms: dict, rows: slice, f: Tensor, neighbors: Tensor,
+                   attn_cut: Tensor, valid: Tensor, d: Tensor):
+    """Messages into the target atoms ``rows``, and their edges' new features (None at the end)."""
+    neighbors, f, d = neighbors[rows], f[rows], d[rows]
+    n, width = neighbors.shape
+    hidden, heads = layer.hidden_channels, layer.num_heads
+    q = atoms["q"][rows].view(n, 1, heads, -1)
+    k = _gather(atoms["k"], neighbors).view(n, width, heads, -1)
+    dk = F.silu(layer.dk_proj(f)).view(n, width, heads, -1)
+    attn = F.silu((k.mul_(dk).mul_(q)).sum(-1)).mul_(attn_cut[rows].unsqueeze(-1))
+    v = _gather(atoms["v"], neighbors).mul_(F.silu(layer.dv_proj(f)))
+    v = v.view(n, width, heads, -1).mul_(attn.unsqueeze(-1)).view(n, width, hidden)
+    s1, s2 = torch.split(F.silu(layer.s_proj(v)).mul_(valid[rows]), hidden, dim=-1)
+
+    # messages: v_j into x; vec_j * s1 + s2 d^T into vec
+    x_in = v.sum(1)
+    vec_in = (_gather(atoms["vec"], neighbors) * s1.unsqueeze(2)).sum(1)
+    vec_in = torch.baddbmm(vec_in, d.transpose(1, 2), s2)
     if layer.last_layer:
-        return dx, dvec, None
+        return x_in, vec_in, None
 
     # rej(a_i, d) . rej(b_j, -d) = a_i . b_j - (a_i . d)(b_j . d), for |d| = 1 or d = 0
-    a = layer.w_trg_proj(vec)
-    b = _gather(layer.w_src_proj(vec), neighbors)  # (n, K, 3, H)
+    a = atoms["a"][rows]
+    b = _gather(atoms["b"], neighbors)  # (n, K, 3, H)
     a_dot_d = torch.bmm(d, a)  # (n, K, H)
     b_dot_d = (b * d.unsqueeze(-1)).sum(2)
     w_dot = b.mul_(a.unsqueeze(1)).sum(2).sub_(a_dot_d.mul_(b_dot_d))
-    df = F.silu(layer.f_proj(f)).mul_(w_dot)
-    return dx, dvec, df
+    return x_in, vec_in, F.silu(layer.f_proj(f)).mul_(w_dot).add_(f)
 
 
 def padded_forward(block: ViSNetBlock, z: Tensor, pos: Tensor, batch: Tensor, *,
-                   compile: bool = False) -> tuple[Tensor, Tensor]:
+                   compile: bool = False, edges_per_chunk: int | None = EDGES_PER_CHUNK,
+                   ) -> tuple[Tensor, Tensor]:
     """``block(z, pos, batch)`` computed on a padded neighbour table.
 
     Parameters
@@ -164,6 +230,10 @@ def padded_forward(block: ViSNetBlock, z: Tensor, pos: Tensor, batch: Tensor, *,
         Run the part after the neighbour search (:func:`table_forward`)
         through ``torch.compile``, compiled once per process and recompiled
         for new shapes. Compilation errors propagate.
+    edges_per_chunk : int or None, default=EDGES_PER_CHUNK
+        Edges per block of the eager per-edge pass (None: all at once). The
+        compiled pass always runs whole: the compiler fuses the per-edge
+        operations itself.
 
     Returns
     -------
@@ -176,8 +246,11 @@ def padded_forward(block: ViSNetBlock, z: Tensor, pos: Tensor, batch: Tensor, *,
     edge_index = radius_graph(pos, distance.cutoff, batch, loop=True,
                               max_num_neighbors=distance.max_num_neighbors)
     neighbors, valid = neighbor_table(edge_index, pos.size(0))
-    forward = _compiled_table_forward() if compile else table_forward
-    return forward(block, z, pos, neighbors, valid)
+    if compile:
+        return _compiled_table_forward()(block, z, pos, neighbors, valid)
+    width = max(1, neighbors.size(1))
+    rows = None if edges_per_chunk is None else max(1, edges_per_chunk // width)
+    return table_forward(block, z, pos, neighbors, valid, rows_per_chunk=rows)
 
 
 @functools.cache
@@ -186,11 +259,12 @@ def _compiled_table_forward():
 
 
 def table_forward(block: ViSNetBlock, z: Tensor, pos: Tensor, neighbors: Tensor,
-                  valid: Tensor) -> tuple[Tensor, Tensor]:
+                  valid: Tensor, rows_per_chunk: int | None = None) -> tuple[Tensor, Tensor]:
     """The forward pass of :func:`padded_forward` on a given neighbour table.
 
     All shapes are fixed by ``(n_atoms, K)``, so this is the part worth
-    handing to ``torch.compile``.
+    handing to ``torch.compile``. ``rows_per_chunk`` target atoms at a time
+    go through each layer's per-edge part (all at once when None).
     """
     n = pos.size(0)
     vec_ij = _gather(pos, neighbors) - pos.unsqueeze(1)  # (n, K, 3): pos_j - pos_i
@@ -199,22 +273,29 @@ def table_forward(block: ViSNetBlock, z: Tensor, pos: Tensor, neighbors: Tensor,
     valid = valid.to(pos.dtype)
 
     cut = block.neighbor_embedding.cutoff(r).mul_(valid)  # torch-geometric's CosineCutoff
-    rbf = block.distance_expansion(r)  # (n, K, num_rbf)
+    rbf = _by_blocks(lambda rows: _smearing(block.distance_expansion, r[rows]), n, rows_per_chunk)
 
     x = block.embedding(z)
     embed = block.neighbor_embedding
     not_self = neighbors != torch.arange(n, device=pos.device).unsqueeze(1)
-    weight = embed.distance_proj(rbf).mul_((cut * not_self).unsqueeze(-1))
-    x_neighbors = (_gather(embed.embedding(z), neighbors) * weight).sum(1)
+    neighbor_cut = (cut * not_self).unsqueeze(-1)
+    z_embedding = embed.embedding(z)
+    x_neighbors = _by_blocks(
+        lambda rows: (_gather(z_embedding, neighbors[rows])
+                      * embed.distance_proj(rbf[rows]).mul_(neighbor_cut[rows])).sum(1),
+        n, rows_per_chunk,
+    )
     x = embed.combine(torch.cat([x, x_neighbors], dim=1))
-    f = block.edge_embedding.edge_proj(rbf).mul_(_gather(x, neighbors).add_(x.unsqueeze(1)))
+    f = _by_blocks(
+        lambda rows: block.edge_embedding.edge_proj(rbf[rows]).mul_(
+            _gather(x, neighbors[rows]).add_(x[rows].unsqueeze(1))),
+        n, rows_per_chunk,
+    )
 
     vec = x.new_zeros(n, 3, x.size(1))
     valid = valid.unsqueeze(-1)
     for layer in block.vis_mp_layers:
-        dx, dvec, df = _message_passing(layer, x, vec, f, neighbors, cut, valid, d)
+        dx, dvec, f = _message_passing(layer, x, vec, f, neighbors, cut, valid, d, rows_per_chunk)
         x = x + dx
         vec = vec + dvec
-        if df is not None:
-            f = f + df
     return block.out_norm(x), _vec_layernorm(block.vec_out_norm, vec)
