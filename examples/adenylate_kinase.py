@@ -14,8 +14,10 @@ closed state with the importance in the B-factor column.
 
 These frames are transition paths made by a biased method, not equilibrium
 dynamics: the slow coordinate found is the opening itself, and any timescale
-is illustrative only. ``--quick`` (or ``G2V_EXAMPLE_QUICK=1``) uses 10 frames
+is illustrative only. ``--quick`` (or ``G2V_EXAMPLE_QUICK=1``) uses 8 frames
 per path, as CI does. The checkpoint is found as in alanine_dipeptide.py.
+Tokens are cached in ``--memory`` (default: a ``token-cache`` folder in the
+output folder), so a second run skips the embedding.
 """
 
 from __future__ import annotations
@@ -47,11 +49,15 @@ DEFAULT_CHECKPOINT = (
     Path(__file__).resolve().parents[1].parent / "shared" / "checkpoints" / "visnet_l6_h64_rbf64_r75.pth"
 )
 
+QUICK_FRAMES = 8  # frames per path with --quick
+
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("adk_report"), help="output folder")
     parser.add_argument("--checkpoint", default=os.environ.get("G2V_CHECKPOINT", str(DEFAULT_CHECKPOINT)))
+    parser.add_argument("--memory", type=Path, default=None,
+                        help="token cache folder (default: OUT/token-cache)")
     parser.add_argument("--quick", action="store_true", default=os.environ.get("G2V_EXAMPLE_QUICK") == "1",
                         help="reduced size, as in CI")
     args = parser.parse_args(argv)
@@ -63,10 +69,10 @@ def main(argv=None) -> dict:
     print("NOTE: these frames are two closed -> open transition paths (DIMS), not equilibrium "
           "dynamics; the kinetics below are illustrative only.")
 
-    adk = load_adenylate_kinase(n_frames=10 if args.quick else None)
+    adk = load_adenylate_kinase(n_frames=QUICK_FRAMES if args.quick else None)
     print(f"data       : {[p.n_frames for p in adk.paths]} frames, {adk.paths[0].n_residues} residues")
 
-    embedder = GeomEmbedder(args.checkpoint, memory=str(args.out / "token-cache"))
+    embedder = GeomEmbedder(args.checkpoint, memory=str(args.memory or args.out / "token-cache"))
     tokens = embedder.fit_transform(adk.paths)
     print(f"tokens     : {embedder.n_residues_} residue tokens per frame from "
           f"{embedder.atom_indices_.size} heavy atoms, {time.perf_counter() - clock:.0f} s so far")

@@ -17,6 +17,7 @@ SHARED = Path(os.environ.get("G2V_SHARED", REPO.parent / "shared"))
 CHECKPOINTS = SHARED / "checkpoints"
 VISNET = CHECKPOINTS / "visnet_l6_h64_rbf64_r75.pth"
 ALA2 = SHARED / "data" / "ala2"
+ADK_QUICK_FRAMES = 8  # frames per path: examples/adenylate_kinase.py's QUICK_FRAMES
 ALA2_STRIDE = 20  # 20 ps between frames: 20,000 frames over the four trajectories
 
 
@@ -55,11 +56,15 @@ def adk_files():
 
 @pytest.fixture(scope="session")
 def adk_paths_short(adk_files):
-    """The two adenylate-kinase transition paths, 8 frames each (CI allows at most 10)."""
-    import mdtraj as md
+    """The two adenylate-kinase transition paths, 8 frames each: the example's quick size.
 
-    psf, dcd, dcd2 = adk_files
-    return [md.load(dcd, top=psf)[:8], md.load(dcd2, top=psf)[:8]]
+    Loaded as ``examples/adenylate_kinase.py --quick`` loads them, so the
+    example run in tests/test_examples.py finds their tokens in the session's
+    token cache instead of embedding 16 frames of 1,656 atoms again.
+    """
+    from g2v_sklearn.datasets import load_adenylate_kinase
+
+    return load_adenylate_kinase(n_frames=ADK_QUICK_FRAMES).paths
 
 
 @pytest.fixture(scope="session")
