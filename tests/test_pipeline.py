@@ -22,12 +22,16 @@ LAG = 5  # frames of 20 ps: 100 ps, well below the slow process's few nanosecond
 
 @pytest.fixture(scope="module")
 def dihedral_msm_timescale(dihedral_features):
-    """Slowest implied timescale (frames) of an MSM on (cos, sin) of (phi, psi)."""
+    """Slowest implied timescale (frames) of a Bayesian MSM on (cos, sin) of (phi, psi), and
+    the upper end of its 95% interval."""
     # 100 clusters: with 50, k-means may split the rare alpha_L basin badly for some seeds
     # (1.6 ns instead of 2.6 ns); from 100 on the timescale is stable across seeds.
-    reference = Pipeline([("cluster", KMeansDiscretizer(100, random_state=0)),
-                          ("msm", MSMEstimator(lagtime=LAG))]).fit(dihedral_features)
-    return reference[-1].timescales_[0]
+    reference = Pipeline([
+        ("cluster", KMeansDiscretizer(100, random_state=0)),
+        ("msm", MSMEstimator(lagtime=LAG, bayesian=True, n_samples=100, random_state=0)),
+    ]).fit(dihedral_features)
+    stats = reference[-1].posterior_.gather_stats("timescales", k=1, confidence=0.95)
+    return reference[-1].timescales(1)[0], float(np.ravel(stats.R)[0])
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -43,9 +47,14 @@ def test_alanine_dipeptide_vampnet_msm_matches_dihedral_msm(
         ("msm", MSMEstimator(lagtime=LAG)),
     ]).fit(ala2_trajs)
     ours = pipe[-1].timescales_[0]
-    print(f"slowest implied timescale: ours {ours * 20:.0f} ps, dihedral MSM {dihedral_msm_timescale * 20:.0f} ps")
-    assert dihedral_msm_timescale * 20 > 1000  # the alpha_L exchange: nanoseconds
-    assert abs(ours - dihedral_msm_timescale) <= 0.2 * dihedral_msm_timescale
+    ref, ref_high = dihedral_msm_timescale
+    print(f"slowest implied timescale: ours {ours * 20:.0f} ps, dihedral MSM {ref * 20:.0f} ps "
+          f"(95% up to {ref_high * 20:.0f} ps)")
+    assert ref * 20 > 1000  # the alpha_L exchange: nanoseconds
+    # issue 10's bound, as in benchmarks/bench_seeds.py: a learned coordinate may resolve the
+    # slow process better than (phi, psi) (a longer timescale, by the variational principle),
+    # but not beyond what the reference's own uncertainty allows
+    assert 0.85 * ref <= ours <= ref_high
     # the learner's own timescale in time units, from the token timestep
     assert pipe["vamp"].timescales(unit="time")[0] == pytest.approx(pipe["vamp"].timescales_[0] * 20)
 
