@@ -29,7 +29,14 @@ from ._backbone import (
 from ._compat import Interval, Options, StrOptions, validate_parameter_constraints
 from ._padded_visnet import padded_forward, supports_padded
 from ._threads import ThreadBudget
-from ._tokens import TokenStoreWriter, TokenTrajectory, is_complete_store, load_tokens
+from ._tokens import (
+    TokenStoreWriter,
+    TokenTrajectory,
+    _discard_damaged,
+    _store_problem,
+    is_complete_store,
+    load_tokens,
+)
 from ._topology import (
     atomic_numbers_of,
     describe_topology,
@@ -234,8 +241,13 @@ class _Engine:
             centroid = torch.where(has_ca.view(1, -1, 1), ca, centroid)
         return tokens.cpu().numpy(), centroid.cpu().numpy()
 
-    def embed(self, source: _Source, directory: str | None) -> TokenTrajectory:
-        """Embed one trajectory, into RAM or into a memory-mapped store at ``directory``."""
+    def embed(self, source: _Source, directory: str | None, key: str | None = None,
+              if_exists: str = "replace") -> TokenTrajectory:
+        """Embed one trajectory, into RAM or into a memory-mapped store at ``directory``.
+
+        ``key`` (the cache key) goes into the store's provenance; ``if_exists``
+        is the store writer's (a cache keeps a store another worker finished first).
+        """
         self.module.to(self.device).eval()
         n_frames = self.n_frames(source)
         layout = self.layout
@@ -246,7 +258,7 @@ class _Engine:
         else:
             writer = TokenStoreWriter(
                 directory, n_frames=n_frames, n_residues=layout.n_residues,
-                n_channels=hidden, dtype="float32",
+                n_channels=hidden, dtype="float32", if_exists=if_exists,
             )
         timestep = None
         bar = tqdm(total=n_frames, unit="frame", desc=f"embedding {source.label}",
@@ -268,6 +280,8 @@ class _Engine:
             if timestep is None and source.traj is not None and source.traj.n_frames > 1:
                 timestep = float(source.traj.timestep) * self.stride
             provenance = dict(self.provenance, source=source.path or "mdtraj.Trajectory")
+            if key is not None:
+                provenance["key"] = key
             return writer.finalize(
                 residue_names=layout.residue_names, chain_ids=layout.chain_ids,
                 residue_ids=layout.residue_ids, timestep=timestep, provenance=provenance,
@@ -302,8 +316,9 @@ class _RamWriter:
         return TokenTrajectory(self.features, self.positions, **metadata)
 
 
-def _embed_one(engine: _Engine, source: _Source, directory: str | None) -> TokenTrajectory:
-    return engine.embed(source, directory)
+def _embed_one(engine: _Engine, source: _Source, directory: str | None, key: str | None,
+               if_exists: str) -> TokenTrajectory:
+    return engine.embed(source, directory, key, if_exists)
 
 
 class GeomEmbedder(TransformerMixin, BaseEstimator):
@@ -375,11 +390,15 @@ class GeomEmbedder(TransformerMixin, BaseEstimator):
     store_dir : str or path-like, default=None
         Write tokens into memory-mapped files under this directory instead
         of RAM (one sub-directory per trajectory, named by a hash of its
-        input and written atomically; ``tokens[i].path`` gives it).
+        input and written atomically; ``tokens[i].path`` gives it). A
+        complete store there from the same input, parameters and weights is
+        reused; a damaged one is an error that names it.
     memory : str or path-like, default=None
         Directory of a token cache keyed by the coordinates, the topology,
         the parameters and the backbone weights: identical inputs are never
-        embedded twice. Cached tokens are memory-mapped.
+        embedded twice. Cached tokens are memory-mapped. Concurrent writers
+        of one key (threads, processes) all get the first complete entry; a
+        damaged entry is embedded again, with a warning.
     n_jobs : int, default=None
         Trajectories embedded in parallel through joblib (so
         ``joblib.parallel_config(backend="dask")`` sends them to a cluster).
@@ -807,27 +826,60 @@ class GeomEmbedder(TransformerMixin, BaseEstimator):
             self._check_topology(source)
         device = resolve_device(self.device)
         engine = self._engine(self.module_, device)
-        root = self.memory if self.memory is not None else self.store_dir
+        cache = self.memory is not None
+        root = self.memory if cache else self.store_dir
+        if_exists = "keep" if cache else "replace"
         results: list[TokenTrajectory | None] = [None] * len(sources)
         todo = []
         for source in sources:
-            directory = None
+            directory = key = None
             if root is not None:
-                directory = os.path.join(os.fspath(root), self._cache_key(source))
-                if self.memory is not None and is_complete_store(directory):
-                    results[source.index] = load_tokens(directory)
+                key = self._cache_key(source)
+                directory = os.path.join(os.fspath(root), key)
+                reused = self._reuse_store(directory, key, source)
+                if reused is not None:
+                    results[source.index] = reused
                     continue
-            todo.append((source, directory))
+            todo.append((source, directory, key))
         if todo:
             if self.n_jobs in (None, 1) or len(todo) == 1:
-                embedded = [_embed_one(engine, s, d) for s, d in todo]
+                embedded = [_embed_one(engine, s, d, k, if_exists) for s, d, k in todo]
             else:
                 embedded = Parallel(n_jobs=self.n_jobs)(
-                    delayed(_embed_one)(engine, s, d) for s, d in todo
+                    delayed(_embed_one)(engine, s, d, k, if_exists) for s, d, k in todo
                 )
-            for (source, _), tokens in zip(todo, embedded):
+            for (source, _, _), tokens in zip(todo, embedded):
                 results[source.index] = tokens
         return results
+
+    def _reuse_store(self, directory: str, key: str, source: _Source) -> TokenTrajectory | None:
+        """The finished store of ``source`` at ``directory``, or None to embed it.
+
+        A cache (``memory``) entry is named by its key, so a complete one is
+        used; a damaged one is replaced, with a warning naming it. A
+        ``store_dir`` store is used when its provenance records the same key
+        (same input, parameters and weights); stores of other inputs, or from
+        before keys were recorded, are embedded again and replaced. A damaged
+        ``store_dir`` entry is left for the writer to refuse, with what to do.
+        """
+        problem = _store_problem(directory)
+        if problem is not None:
+            if self.memory is not None and _discard_damaged(directory):
+                warnings.warn(
+                    f"The token cache entry {directory} for {source.label} was damaged or "
+                    f"incomplete ({problem}); it was removed and is embedded again.",
+                    RuntimeWarning, stacklevel=3,
+                )
+            return None
+        if not is_complete_store(directory):
+            return None
+        try:
+            tokens = load_tokens(directory)
+        except (FileNotFoundError, ValueError):  # replaced or removed meanwhile
+            return None
+        if self.memory is not None or tokens.provenance.get("key") == key:
+            return tokens
+        return None
 
     def fit_transform(self, X, y=None):
         """Fit, then embed ``X``; see :meth:`fit` and :meth:`transform`.

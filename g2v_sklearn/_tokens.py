@@ -11,17 +11,28 @@ Large systems do not fit in memory, so a token trajectory can live in a
 ``<directory>.partial-<random>`` directory, ``meta.json`` is written last,
 and the directory is then renamed to its final name, so an interrupted write
 never leaves anything at ``directory`` that looks complete.
+
+Concurrent writers of one store (threads, processes, joblib or Dask workers)
+commit one at a time under an advisory lock (``flock``) on the parent
+directory, which readers take shared while they open a store; the lock also
+lets a writer remove the debris of killed ones (``.old-*`` directories, and
+``.partial-*`` directories whose writing process on this host is gone). A
+store's ``store_id`` is a digest of its arrays, so a store replaced by the
+same data is the same store to objects pickled from it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import numbers
 import os
 import re
 import secrets
 import shutil
-import uuid
+import socket
+import time
 import warnings
 import weakref
 from collections.abc import Mapping, Sequence
@@ -55,6 +66,9 @@ _META_KEYS = (
     "provenance",
 )
 _PARTIAL_RE = re.compile(r"\.partial-[0-9a-f]+$")
+_OLD_RE = re.compile(r"\.old-[0-9a-f]+$")
+_OWNER = "writer.json"  # in a partial directory: the host and process writing it
+_ORPHAN_AGE_S = 600.0  # a partial directory without an owner file this old is debris
 _COPY_BLOCK_BYTES = 64 * 2**20  # frames copied per block by save_tokens
 
 
@@ -421,6 +435,102 @@ def _from_store(path: str, store_id: str, frames: slice, meta: tuple) -> TokenTr
 
 
 # --------------------------------------------------------------------------- #
+# the parent directory's lock, and the debris of killed writers
+# --------------------------------------------------------------------------- #
+@contextlib.contextmanager
+def _directory_lock(parent: str, exclusive: bool = True):
+    """Hold ``flock`` on the directory ``parent``; yields whether the lock is held.
+
+    Exclusive for commits, shared for readers. Where the platform or the
+    filesystem has no ``flock`` (Windows; some network filesystems) nothing
+    is locked and False is yielded: commits are then atomic renames only.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield False
+        return
+    try:
+        fd = os.open(parent or ".", os.O_RDONLY)
+    except OSError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        except OSError:
+            locked = False
+        else:
+            locked = True
+        yield locked
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (Linux's /proc), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _owner_record() -> dict:
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "start": _process_start(pid)}
+
+
+def _writer_is_gone(partial: str) -> bool:
+    """Whether the process that made ``partial`` has ended (only provable on this host)."""
+    try:
+        with open(os.path.join(partial, _OWNER), encoding="utf-8") as fh:
+            owner = json.load(fh)
+    except FileNotFoundError:
+        # the owner file is written right after the directory is made; without it the
+        # writer died in between, or the directory is not ours: judge by its age
+        try:
+            return time.time() - os.stat(partial).st_mtime > _ORPHAN_AGE_S
+        except OSError:
+            return False
+    except (OSError, ValueError):
+        return False
+    if not isinstance(owner, dict) or owner.get("host") != socket.gethostname():
+        return False  # another machine's writer (a shared filesystem): not ours to judge
+    pid = owner.get("pid")
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    start = owner.get("start")
+    return start is not None and _process_start(pid) not in (None, start)  # pid reused
+
+
+def _remove_debris(parent: str, name: str) -> None:
+    """Remove ``name``'s ``.old-*`` and dead writers' ``.partial-*`` siblings.
+
+    Call with the parent's exclusive lock held: commits move an old store
+    aside and remove it inside that lock, so an ``.old-*`` seen under it
+    belongs to a commit that was killed.
+    """
+    try:
+        entries = os.listdir(parent or ".")
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.startswith(name + "."):
+            continue
+        suffix = entry[len(name):]
+        path = os.path.join(parent, entry)
+        if _OLD_RE.fullmatch(suffix) or (_PARTIAL_RE.fullmatch(suffix) and _writer_is_gone(path)):
+            _remove_tree(path)
+
+
+# --------------------------------------------------------------------------- #
 # store reading
 # --------------------------------------------------------------------------- #
 def _read_store(directory: str, mmap_mode: str | None) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -502,8 +612,39 @@ def is_complete_store(directory: str | os.PathLike) -> bool:
         True when ``meta.json`` exists and the arrays' shapes and dtypes match
         it; False for a missing directory or an unfinished write.
     """
+    directory = _abspath(directory)
+    with _directory_lock(os.path.dirname(directory), exclusive=False):
+        return _is_complete(directory)
+
+
+def _store_problem(directory: str) -> str | None:
+    """Why ``directory`` is not a complete store (None if it is, or if nothing is there)."""
+    if not os.path.lexists(directory) or (os.path.isdir(directory) and not os.listdir(directory)):
+        return None
     try:
-        _read_store(_abspath(directory), "r")
+        _read_store(directory, "r")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return str(exc)
+    return None
+
+
+def _discard_damaged(directory: str) -> bool:
+    """Remove ``directory`` if, under the parent's lock, it is still not a complete store."""
+    directory = _abspath(directory)
+    with _directory_lock(os.path.dirname(directory)):
+        if _store_problem(directory) is None:
+            return False
+        if os.path.isdir(directory) and not os.path.islink(directory):
+            shutil.rmtree(directory)
+        else:
+            os.remove(directory)
+        return True
+
+
+def _is_complete(directory: str) -> bool:
+    """:func:`is_complete_store` without the lock (for callers that hold it)."""
+    try:
+        _read_store(directory, "r")
     except (OSError, ValueError, KeyError, TypeError):
         return False
     return True
@@ -559,6 +700,13 @@ def load_tokens(directory: str | os.PathLike, mmap_mode: str | None = "r") -> To
     if mmap_mode not in ("r", "r+", "c", None):
         raise ValueError(f"mmap_mode must be 'r', 'r+', 'c' or None; got {mmap_mode!r}")
     directory = _abspath(directory)
+    # shared lock: a concurrent commit of this store is not half-way through its renames
+    with _directory_lock(os.path.dirname(directory), exclusive=False):
+        return _open_store(directory, mmap_mode)
+
+
+def _open_store(directory: str, mmap_mode: str | None) -> TokenTrajectory:
+    """:func:`load_tokens` without the lock (for callers that hold it)."""
     meta, features, positions = _read_store(directory, mmap_mode)
     tokens = TokenTrajectory(
         features,
@@ -586,10 +734,12 @@ def _check_target(directory: str) -> None:
     if not os.path.lexists(directory):
         return
     if os.path.isdir(directory) and not os.path.islink(directory):
-        if not os.listdir(directory) or is_complete_store(directory):
+        if not os.listdir(directory) or _is_complete(directory):
             return
     raise FileExistsError(
-        f"{directory!r} exists and is not a token store; refusing to overwrite it"
+        f"{directory!r} exists and is not a complete token store (an unrelated folder, or a "
+        f"store damaged or written by an incompatible version); refusing to overwrite it. "
+        f"Remove it, or write elsewhere."
     )
 
 
@@ -611,6 +761,11 @@ class TokenStoreWriter:
         Floating dtype of the stored features.
     positions_dtype : dtype-like, default="float32"
         Floating dtype of the stored positions.
+    if_exists : {"replace", "keep"}, default="replace"
+        What :meth:`finalize` does when a complete store is already at
+        ``directory`` (another writer of the same key finished first):
+        replace it, or keep it, discard this one and return the kept store
+        (for content-addressed caches, where both hold the same data).
 
     Notes
     -----
@@ -625,7 +780,9 @@ class TokenStoreWriter:
     is written last and that directory is then renamed to ``directory``. If
     the block raises, :meth:`finalize` is not called, or the number of written
     frames differs from ``n_frames``, the partial directory is removed and
-    ``directory`` is left as it was.
+    ``directory`` is left as it was. Commits of one directory by concurrent
+    writers (threads or processes) take turns under a lock on the parent
+    directory (see the module's notes); each writer returns a complete store.
     """
 
     def __init__(
@@ -637,7 +794,11 @@ class TokenStoreWriter:
         n_channels: int,
         dtype: Any = "float32",
         positions_dtype: Any = "float32",
+        if_exists: str = "replace",
     ) -> None:
+        if if_exists not in ("replace", "keep"):
+            raise ValueError(f"if_exists must be 'replace' or 'keep'; got {if_exists!r}")
+        self.if_exists = if_exists
         self.directory = _abspath(directory)
         self.n_frames = _check_count(n_frames, "n_frames")
         self.n_residues = _check_count(n_residues, "n_residues")
@@ -646,13 +807,16 @@ class TokenStoreWriter:
         self.positions_dtype = _float_dtype(positions_dtype, "positions_dtype")
         if _PARTIAL_RE.search(os.path.basename(self.directory)):
             raise ValueError(f"store name {self.directory!r} looks like a temporary directory")
-        _check_target(self.directory)
+        with _directory_lock(os.path.dirname(self.directory), exclusive=False):
+            _check_target(self.directory)  # not while another writer's commit moves it
         self.n_written = 0
         self._state = "new"  # new -> open -> finalized | aborted
         self._partial: str | None = None
         self._features: np.memmap | None = None
         self._positions: np.memmap | None = None
         self._cleanup: weakref.finalize | None = None
+        # streamed digests of the two arrays' bytes (block sizes do not change them)
+        self._digests = (hashlib.sha256(), hashlib.sha256())
 
     # ------------------------------------------------------------ lifecycle
     def __enter__(self) -> TokenStoreWriter:
@@ -683,17 +847,22 @@ class TokenStoreWriter:
             raise RuntimeError(f"this TokenStoreWriter is already {self._state}")
         parent, name = os.path.split(self.directory)
         os.makedirs(parent, exist_ok=True)
-        while True:
-            partial = os.path.join(parent, f"{name}.partial-{secrets.token_hex(6)}")
-            try:
-                os.mkdir(partial)  # honours the umask, unlike tempfile.mkdtemp
-                break
-            except FileExistsError:
-                continue
+        with _directory_lock(parent) as locked:
+            if locked:
+                _remove_debris(parent, name)
+            while True:
+                partial = os.path.join(parent, f"{name}.partial-{secrets.token_hex(6)}")
+                try:
+                    os.mkdir(partial)  # honours the umask, unlike tempfile.mkdtemp
+                    break
+                except FileExistsError:
+                    continue
         self._partial = partial
         self._cleanup = weakref.finalize(self, _remove_tree, partial)
         self._state = "open"
         try:
+            with open(os.path.join(partial, _OWNER), "w", encoding="utf-8") as fh:
+                json.dump(_owner_record(), fh)
             self._features = np.lib.format.open_memmap(
                 os.path.join(partial, _FEATURES),
                 mode="w+",
@@ -756,6 +925,9 @@ class TokenStoreWriter:
         stop = self.n_written + k
         self._features[self.n_written : stop] = features
         self._positions[self.n_written : stop] = positions
+        if k:
+            for digest, array in zip(self._digests, (self._features, self._positions)):
+                digest.update(memoryview(array[self.n_written : stop]).cast("B"))
         self.n_written = stop
 
     def finalize(
@@ -801,10 +973,11 @@ class TokenStoreWriter:
             partial = self._partial
             for fname in (_FEATURES, _POSITIONS):
                 _fsync(os.path.join(partial, fname))
+            os.remove(os.path.join(partial, _OWNER))
             meta = {
                 "format": _FORMAT,
                 "format_version": _FORMAT_VERSION,
-                "store_id": uuid.uuid4().hex,
+                "store_id": self._store_id(),
                 "n_frames": self.n_frames,
                 "n_residues": self.n_residues,
                 "n_channels": self.n_channels,
@@ -824,35 +997,58 @@ class TokenStoreWriter:
                 fh.flush()
                 os.fsync(fh.fileno())
             _fsync(partial)
-            self._commit(partial)
+            tokens = self._commit(partial)
         except BaseException:
             if self._state == "open":
                 self._abort()
             raise
         self._state = "finalized"
         self._cleanup.detach()
-        return load_tokens(self.directory, mmap_mode="r")
+        return tokens
 
-    def _commit(self, partial: str) -> None:
-        """Rename ``partial`` to the final directory, replacing an old store."""
+    def _store_id(self) -> str:
+        """A digest of the arrays' shapes, dtypes and bytes: equal data, equal id."""
+        digest = hashlib.sha256()
+        for array_digest, shape, dtype in (
+            (self._digests[0], (self.n_frames, self.n_residues, 4, self.n_channels), self.dtype),
+            (self._digests[1], (self.n_frames, self.n_residues, 3), self.positions_dtype),
+        ):
+            digest.update(f"{shape}{dtype.str}".encode())
+            digest.update(array_digest.digest())
+        return digest.hexdigest()[:32]
+
+    def _commit(self, partial: str) -> TokenTrajectory:
+        """Move ``partial`` into place under the parent's lock; open the store there.
+
+        Under the lock no other commit of this parent is half-way, so the
+        debris of killed ones can go, and the store is opened before another
+        writer may replace it.
+        """
         target = self.directory
-        _check_target(target)
-        if os.path.lexists(target) and not os.listdir(target):
-            os.rmdir(target)
-        if os.path.lexists(target):
-            parent, name = os.path.split(target)
-            aside = os.path.join(parent, f"{name}.old-{secrets.token_hex(6)}")
-            os.rename(target, aside)
-            try:
+        parent, name = os.path.split(target)
+        with _directory_lock(parent) as locked:
+            if locked:
+                _remove_debris(parent, name)
+            if self.if_exists == "keep" and _is_complete(target):
+                _remove_tree(partial)  # the same key was committed first by another writer
+                return _open_store(target, "r")
+            _check_target(target)
+            if os.path.lexists(target) and not os.listdir(target):
+                os.rmdir(target)
+            if os.path.lexists(target):
+                aside = os.path.join(parent, f"{name}.old-{secrets.token_hex(6)}")
+                os.rename(target, aside)
+                try:
+                    os.rename(partial, target)
+                except BaseException:
+                    os.rename(aside, target)
+                    raise
+                _fsync(parent)
+                _remove_tree(aside)
+            else:
                 os.rename(partial, target)
-            except BaseException:
-                os.rename(aside, target)
-                raise
             _fsync(parent)
-            _remove_tree(aside)
-        else:
-            os.rename(partial, target)
-        _fsync(os.path.dirname(target))
+            return _open_store(target, "r")
 
 
 def save_tokens(tokens: TokenTrajectory, directory: str | os.PathLike) -> TokenTrajectory:

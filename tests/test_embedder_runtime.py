@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 
 import mdtraj as md
 import numpy as np
@@ -51,6 +53,66 @@ def test_memory_cache_embeds_each_trajectory_once(visnet_checkpoint, two_short, 
     # other parameters, other entry
     emb.set_params(pooling="mean").fit_transform(two_short[:1])
     assert count_batches["frames"] == 110
+
+
+def test_damaged_cache_entry_is_replaced_with_a_warning(visnet_checkpoint, two_short, reference,
+                                                       tmp_path, count_batches):
+    _, expected = reference
+    cache = tmp_path / "cache"
+    emb = GeomEmbedder(visnet_checkpoint, memory=str(cache), progress=False)
+    entry = Path(emb.fit_transform(two_short[:1])[0].path)
+    (entry / "meta.json").write_text("{ truncated")  # a torn or damaged entry
+    with pytest.warns(RuntimeWarning, match=f"cache entry {entry} for trajectory 0 was damaged.*"
+                                            "unreadable meta.json.*removed and is embedded again"):
+        again = emb.transform(two_short[:1])[0]
+    assert count_batches["frames"] == 80  # embedded twice: once before, once after the damage
+    np.testing.assert_array_equal(again.features, expected[0].features)
+    assert sorted(p.name for p in cache.iterdir()) == [entry.name]
+
+
+def test_store_dir_reuses_its_finished_stores_and_refuses_damaged_ones(
+        visnet_checkpoint, two_short, reference, tmp_path, count_batches):
+    from g2v_sklearn import save_tokens
+
+    _, expected = reference
+    emb = GeomEmbedder(visnet_checkpoint, store_dir=str(tmp_path), progress=False)
+    first = emb.fit_transform(two_short)
+    assert count_batches["frames"] == 70
+    second = emb.transform(two_short)  # a rerun: the finished stores are used, not embedded again
+    assert count_batches["frames"] == 70
+    assert [t.path for t in second] == [t.path for t in first]
+    assert second[0].provenance["key"] == os.path.basename(first[0].path)
+    # a store at that path that did not come from this input (no matching key): embedded again
+    path0 = first[0].path
+    del first, second
+    save_tokens(expected[1][:40], path0)
+    third = emb.transform(two_short)
+    assert count_batches["frames"] == 110
+    np.testing.assert_array_equal(third[0].features, expected[0].features)
+    # a damaged store is the user's to remove: an error that says so, naming it
+    del third
+    os.remove(os.path.join(path0, "positions.npy"))
+    with pytest.raises(FileExistsError, match=f"{path0}' exists and is not a complete token store.*Remove it"):
+        emb.transform(two_short[:1])
+
+
+def test_concurrent_cache_writers_short_stress(visnet_checkpoint, tmp_path, monkeypatch):
+    """The short version of benchmarks/stress_stores.py on one memory= key (2 threads + 1 process)."""
+    stress = _stress_module(monkeypatch)
+    report = stress.stress("memory", str(tmp_path / "cache"), n_threads=2, n_processes=1, rounds=3,
+                           frames=20, checkpoint=visnet_checkpoint)
+    assert report["calls"] == 9
+    assert report["exceptions"] == [] and report["debris"] == [] and report["bad_token_sets"] == []
+
+
+def _stress_module(monkeypatch):
+    import importlib
+
+    from conftest import REPO
+
+    # importable by name, so that its worker function reaches the spawned processes
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    return importlib.import_module("stress_stores")
 
 
 def test_rewritten_file_is_never_served_stale(visnet_checkpoint, ala2_files, tmp_path,

@@ -146,7 +146,7 @@ def test_save_refuses_to_overwrite_non_store(tmp_path):
     d = tmp_path / "data"
     d.mkdir()
     (d / "precious.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="not a token store"):
+    with pytest.raises(FileExistsError, match="not a complete token store .*refusing to overwrite it. Remove it, or write elsewhere"):
         save_tokens(_tokens(), d)
     assert (d / "precious.txt").read_text() == "keep me"
     assert _siblings(str(d)) == ["data"]
@@ -354,14 +354,14 @@ def test_killed_writer_leaves_nothing_that_looks_complete(tmp_path):
     import sys
     import textwrap
 
-    from g2v_sklearn import _tokens
+    from g2v_sklearn import _tokens as tokens_module
 
     d = tmp_path / "store"
     # Load _tokens.py by file so the child skips the package's heavy imports.
     code = textwrap.dedent(
         f"""
         import importlib.util, os, signal, numpy as np
-        spec = importlib.util.spec_from_file_location("_tokens", {_tokens.__file__!r})
+        spec = importlib.util.spec_from_file_location("_tokens", {tokens_module.__file__!r})
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         w = mod.TokenStoreWriter({str(d)!r}, n_frames=10, n_residues=3, n_channels=2)
@@ -378,6 +378,9 @@ def test_killed_writer_leaves_nothing_that_looks_complete(tmp_path):
     assert not is_complete_store(tmp_path / leftovers[0])
     with pytest.raises(FileNotFoundError, match="incomplete, interrupted or ongoing write"):
         load_tokens(d)
+    # the next writer of that store removes the dead writer's debris
+    save_tokens(_tokens(), d)
+    assert _siblings(str(d)) == ["store"]
 
 
 def test_finished_but_unrenamed_partial_is_not_complete(tmp_path):
@@ -389,3 +392,56 @@ def test_finished_but_unrenamed_partial_is_not_complete(tmp_path):
     assert not is_complete_store(partial)
     with pytest.raises(ValueError, match="unfinished write"):
         load_tokens(partial)
+
+
+# ----------------------------------------------------------- concurrent writers
+def test_equal_data_gives_equal_store_ids_so_a_replaced_store_still_unpickles(tmp_path):
+    a = save_tokens(_tokens(seed=1), tmp_path / "a")
+    b = save_tokens(_tokens(seed=1)[::1], tmp_path / "b")  # same data, written again elsewhere
+    c = save_tokens(_tokens(seed=2), tmp_path / "c")
+    assert a._store[2] == b._store[2] != c._store[2]
+    blob = pickle.dumps(a)
+    save_tokens(_tokens(seed=1), tmp_path / "a")  # replaced by the same data
+    _assert_same(pickle.loads(blob), a)
+
+
+def test_keep_returns_the_store_another_writer_finished_first(tmp_path):
+    d = tmp_path / "store"
+    feats, pos = _arrays(seed=3)
+    with TokenStoreWriter(d, n_frames=N_FRAMES, n_residues=N_RES, n_channels=H, if_exists="keep") as late:
+        late.write(feats, pos)
+        first = save_tokens(_tokens(seed=3), d)  # finishes while `late` is still writing
+        got = late.finalize(**_meta(), timestep=2.0, provenance={"model": "toy", "seed": 3})
+    assert got._store[2] == first._store[2]
+    _assert_same(got, first)
+    assert _siblings(str(d)) == ["store"]  # the late writer's partial store is gone
+    with pytest.raises(ValueError, match="if_exists must be 'replace' or 'keep'"):
+        TokenStoreWriter(d, n_frames=1, n_residues=1, n_channels=1, if_exists="overwrite")
+
+
+def test_debris_of_killed_commits_goes_and_live_writers_stay(tmp_path):
+    d = tmp_path / "store"
+    save_tokens(_tokens(), d)
+    (tmp_path / "store.old-0123456789ab").mkdir()  # a commit killed between its two renames
+    live = TokenStoreWriter(d, n_frames=N_FRAMES, n_residues=N_RES, n_channels=H)
+    live.write(*_arrays(seed=4))  # an ongoing write, in this process
+    save_tokens(_tokens(seed=5), d)
+    remaining = _siblings(str(d))
+    assert "store.old-0123456789ab" not in remaining
+    assert len(remaining) == 2 and ".partial-" in remaining[1]  # the live writer's, untouched
+    live.finalize(**_meta())
+    assert _siblings(str(d)) == ["store"]
+
+
+def test_concurrent_writers_short_stress(tmp_path, monkeypatch):
+    """The short version of benchmarks/stress_stores.py: save_tokens, 3 threads + 2 processes."""
+    import importlib
+
+    from conftest import REPO
+
+    # importable by name, so that its worker function reaches the spawned processes
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    stress = importlib.import_module("stress_stores")
+    report = stress.stress("save_tokens", str(tmp_path / "st"), n_threads=3, n_processes=2, rounds=4)
+    assert report["calls"] == 20
+    assert report["exceptions"] == [] and report["debris"] == [] and report["bad_token_sets"] == []
