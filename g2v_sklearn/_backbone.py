@@ -149,6 +149,11 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def _read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    if os.path.isdir(path):
+        raise IsADirectoryError(
+            f"Checkpoint {os.fspath(path)!r} is a directory; give the checkpoint file in it "
+            f"(for example visnet_l6_h64_rbf64_r75.pth)."
+        )
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint file {os.fspath(path)!r} does not exist.")
     try:
@@ -160,10 +165,17 @@ def _read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
         ) from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]  # a Lightning-style wrapper
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+    if not isinstance(state, dict):
         raise ValueError(
             f"Checkpoint {os.fspath(path)!r} is not a state_dict of tensors "
-            f"(got {type(state).__name__})."
+            f"(it holds a {type(state).__name__})."
+        )
+    odd = [k for k, v in state.items() if not isinstance(v, Tensor)]
+    if odd:
+        raise ValueError(
+            f"Checkpoint {os.fspath(path)!r} is not a state_dict of tensors: entry {odd[0]!r} is a "
+            f"{type(state[odd[0]]).__name__}"
+            f"{f' ({len(odd)} such entries)' if len(odd) > 1 else ''}."
         )
     return state
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -114,6 +115,48 @@ def lagged_pairs(lengths: list[int], lagtime: int, who: str) -> np.ndarray:
         [np.stack([np.full(n - lagtime, i), np.arange(n - lagtime)], axis=1)
          for i, n in enumerate(lengths) if n > lagtime]
     ).astype(np.int64)
+
+
+def _check_not_raw_frames(X, who: str) -> None:
+    """Refuse MD frames (mdtraj trajectories, file paths): the learners take features or tokens."""
+    items = X if isinstance(X, (list, tuple)) else [X]
+    for i, item in enumerate(items):
+        if type(item).__module__.startswith("mdtraj") or isinstance(item, (str, os.PathLike)):
+            kind = ("a file path" if isinstance(item, (str, os.PathLike))
+                    else f"an MD trajectory (mdtraj.{type(item).__name__})")
+            raise TypeError(
+                f"X[{i}] is {kind}: {who} learns from features (2-D arrays) or token trajectories, "
+                f"not from MD frames. Embed the frames first, e.g. "
+                f"Pipeline([('embed', GeomEmbedder(checkpoint)), ('merge', TokenMerger()), "
+                f"('learn', {who}(...))])."
+            )
+
+
+def _check_array_trajectories(X, who: str) -> None:
+    """Each array in a list of trajectories is 2-D (n_frames, n_features), named if not."""
+    for i, x in enumerate(X):
+        if not isinstance(x, np.ndarray):
+            raise TypeError(
+                f"X mixes arrays with other inputs (trajectory {i} is a {type(x).__name__}); "
+                f"{who} takes one kind."
+            )
+        if x.ndim != 2:
+            hint = " (for one feature, x.reshape(-1, 1))" if x.ndim == 1 else ""
+            raise ValueError(
+                f"Trajectory {i} of X is an array of shape {x.shape}; {who} takes a list of "
+                f"trajectories, each a 2-D array of shape (n_frames, n_features){hint}. One "
+                f"trajectory as a list of frames is a 2-D array: np.stack(frames)."
+            )
+
+
+def _check_not_constant(items: list[np.ndarray], who: str) -> None:
+    """Refuse features that never change: no dynamics to learn (and no whitening to do)."""
+    if len(items) and all(len(x) > 1 and np.ptp(x, axis=0).max(initial=0.0) == 0 for x in items):
+        if len({x[0].tobytes() for x in items}) == 1:
+            raise ValueError(
+                f"X is constant: every feature has one value in every frame of every trajectory, "
+                f"so there are no dynamics for {who} to learn. Check the featurisation."
+            )
 
 
 def _full_precision(out: Tensor) -> Tensor:
@@ -361,7 +404,12 @@ class TorchLearner(BaseEstimator):
     # ------------------------------------------------------------------ input dispatch
     def _as_time_series(self, X, *, reset: bool) -> TimeSeries:
         who = type(self).__name__
+        _check_not_raw_frames(X, who)
+        if isinstance(X, (list, tuple)) and len(X) == 0:
+            raise ValueError(f"X is an empty list; {who} needs at least one trajectory.")
         is_list = isinstance(X, (list, tuple)) and len(X) > 0
+        if is_list and isinstance(X[0], np.ndarray):  # the first item sets the kind
+            _check_array_trajectories(X, who)
         if isinstance(X, (TokenTrajectory, MergedTokens)) or (
             is_list and isinstance(X[0], (TokenTrajectory, MergedTokens))
         ):
@@ -394,6 +442,7 @@ class TorchLearner(BaseEstimator):
                 raise ValueError(f"The trajectories in X have different numbers of features: {sorted(widths)}.")
             width = widths.pop()
             if reset:
+                _check_not_constant(items, who)
                 self.n_features_in_ = width
                 self.input_shape_ = (width,)
             elif getattr(self, "input_shape_", None) != (width,):
@@ -403,6 +452,7 @@ class TorchLearner(BaseEstimator):
             return TimeSeries("array", [x.astype(np.float64, copy=False) for x in items])
         array = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32])
         if reset:
+            _check_not_constant([array], who)
             self.input_shape_ = (array.shape[1],)
         return TimeSeries("array", [array.astype(np.float64, copy=False)], single=True)
 
@@ -433,8 +483,12 @@ class TorchLearner(BaseEstimator):
                     f"sample_weight for trajectory {i} has shape {w.shape}, expected ({n},): one "
                     f"weight per frame."
                 )
-            if not np.isfinite(w).all() or (w < 0).any():
-                raise ValueError("sample_weight must be finite and non-negative.")
+            bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
+            if bad.size:
+                raise ValueError(
+                    f"sample_weight for trajectory {i} is {w[bad[0]]} at frame {bad[0]} "
+                    f"({bad.size} such frames): weights must be finite and non-negative."
+                )
             out.append(w)
         return out
 

@@ -140,6 +140,18 @@ def test_partial_or_corrupt_checkpoint(small_ala2, visnet_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="weights-only torch file"):
         GeomEmbedder(str(tmp_path / "garbage.pth")).fit([small_ala2])
 
+    odd = dict(state)
+    odd["representation_model.settings"] = {"cutoff": 7.5}  # not a tensor: the key is named
+    torch.save(odd, tmp_path / "odd.pth")
+    with pytest.raises(ValueError, match=r"not a state_dict of tensors: entry 'representation_model.settings' "
+                                         r"is a dict\."):
+        GeomEmbedder(str(tmp_path / "odd.pth")).fit([small_ala2])
+    torch.save([1, 2], tmp_path / "list.pth")
+    with pytest.raises(ValueError, match=r"not a state_dict of tensors \(it holds a list\)"):
+        GeomEmbedder(str(tmp_path / "list.pth")).fit([small_ala2])
+    with pytest.raises(IsADirectoryError, match="is a directory; give the checkpoint file in it"):
+        GeomEmbedder(str(tmp_path)).fit([small_ala2])
+
 
 def test_explicit_parameters_that_conflict_with_the_checkpoint(visnet_checkpoint, small_ala2):
     with pytest.raises(ValueError, match="hidden_channels=64, which conflicts .*hidden_channels=128"):

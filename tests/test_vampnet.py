@@ -10,7 +10,7 @@ import torch
 from deeptime.decomposition import VAMP
 from sklearn.base import clone
 
-from g2v_sklearn import TokenMerger, TokenTrajectory, VAMPNetEstimator
+from g2v_sklearn import SPIBEstimator, TokenMerger, TokenTrajectory, VAMPNetEstimator
 from g2v_sklearn import _networks
 from g2v_sklearn._learner import lagged_pairs
 from g2v_sklearn._networks import attention, attention_backend
@@ -129,6 +129,46 @@ def test_input_errors(dihedral_features, rng):
                             residue_names=["ALA"] * 6, chain_ids=["A"] * 6, residue_ids=range(6))
     with pytest.raises(ValueError, match="Token trajectory 1 has 6 residues"):
         VAMPNetEstimator(**FAST).fit([tok, other])
+
+
+@pytest.mark.parametrize("Learner", [VAMPNetEstimator, SPIBEstimator])
+def test_list_input_errors_name_the_trajectory(Learner, dihedral_features, ala2_trajs):
+    """Issue 11's learner probes: each error says what is wrong, where, in the user's terms."""
+    x = dihedral_features[0][:50]
+    with pytest.raises(ValueError, match=f"X is an empty list; {Learner.__name__} needs at least one trajectory"):
+        Learner(**FAST).fit([])
+    with pytest.raises(ValueError, match=r"Trajectory 0 of X is an array of shape \(50,\); .* each a 2-D "
+                                         r"array of shape \(n_frames, n_features\) \(for one feature, "
+                                         r"x.reshape\(-1, 1\)\)"):
+        Learner(**FAST).fit([x[:, 0], x[:, 1]])  # a list of 1-D arrays is not one trajectory
+    with pytest.raises(ValueError, match=r"Trajectory 0 of X is an array of shape \(50,\)"):
+        Learner(**FAST).fit([x[:, 0], x])
+    with pytest.raises(ValueError, match=r"Trajectory 1 of X is an array of shape \(50,\)"):
+        Learner(**FAST).fit([x, x[:, 0]])
+    with pytest.raises(TypeError, match=r"X\[0\] is an MD trajectory \(mdtraj.Trajectory\): .* not from MD frames. Embed the "
+                                        r"frames first.*GeomEmbedder"):
+        Learner(**FAST).fit([ala2_trajs[0][:50]])
+    with pytest.raises(TypeError, match=r"X\[1\] is a file path"):
+        Learner(**FAST).fit([x, "traj.xtc"])
+
+
+@pytest.mark.parametrize("Learner", [VAMPNetEstimator, SPIBEstimator])
+def test_constant_features_are_refused_for_what_they_are(Learner):
+    constant = np.tile([0.3, -1.0, 2.0], (80, 1))
+    for X in (constant, [constant, constant.copy()]):
+        with pytest.raises(ValueError, match="X is constant: every feature has one value .* no dynamics"):
+            Learner(**FAST).fit(X)
+
+
+def test_bad_sample_weight_names_trajectory_and_frame(dihedral_features):
+    x = [dihedral_features[0][:60], dihedral_features[1][:60]]
+    w = [np.ones(60), np.ones(60)]
+    w[1][7] = -0.5
+    with pytest.raises(ValueError, match=r"sample_weight for trajectory 1 is -0.5 at frame 7 \(1 such frames\)"):
+        VAMPNetEstimator(**FAST).fit(x, sample_weight=w)
+    w[1][7], w[0][3], w[0][9] = 1.0, np.nan, np.nan
+    with pytest.raises(ValueError, match=r"trajectory 0 is nan at frame 3 \(2 such frames\)"):
+        VAMPNetEstimator(**FAST).fit(x, sample_weight=w)
 
 
 def test_nan_loss_stops_restores_and_advises(dihedral_features, nan_on_fourth_loss):
