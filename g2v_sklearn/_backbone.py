@@ -177,6 +177,13 @@ def _read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
             f"{type(state[odd[0]]).__name__}"
             f"{f' ({len(odd)} such entries)' if len(odd) > 1 else ''}."
         )
+    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise ValueError(
+            f"Checkpoint {os.fspath(path)!r} has NaN or infinite weights in {broken[0]!r}"
+            f"{f' and {len(broken) - 1} other entries' if len(broken) > 1 else ''}: every token "
+            f"would be NaN. The file is damaged; use a good copy."
+        )
     return state
 
 

@@ -61,6 +61,24 @@ ATOMS_PER_BATCH = 2048
 # No covalent bond is longer than this (S-S is about 2.05 Angstrom); a longer
 # one means a molecule split by periodic boundaries or a wrong topology.
 MAX_BOND_ANGSTROM = 3.0
+# Covalent radii in Angstrom (Cordero et al., Dalton Trans. 2008; C sp3). A bond
+# between elements a and b must lie in [0.68, 1.25] x (r_a + r_b) (+ 0.1): triple
+# bonds reach down to about 0.77 x the sum (C#N 1.16 against 1.47, N#N 1.10 against
+# 1.42), leaving room for vibration; the upper end is far above thermal stretching
+# (the shipped alanine dipeptide and adenylate kinase stay within 0.85 of it, and
+# 1.05 of the lower end with 0.75). Elements not listed are not checked.
+COVALENT_RADIUS = {
+    1: 0.31, 5: 0.84, 6: 0.76, 7: 0.71, 8: 0.66, 9: 0.57, 11: 1.66, 12: 1.41, 14: 1.11,
+    15: 1.07, 16: 1.05, 17: 1.02, 19: 2.03, 20: 1.76, 25: 1.39, 26: 1.32, 27: 1.26,
+    28: 1.24, 29: 1.32, 30: 1.22, 34: 1.20, 35: 1.20, 53: 1.39,
+}
+
+
+def bond_length_ranges(numbers: np.ndarray, bonds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest plausible length (Angstrom) of each bond; NaN where not checked."""
+    radius = np.array([COVALENT_RADIUS.get(int(z), np.nan) for z in numbers], dtype=np.float64)
+    total = radius[bonds[:, 0]] + radius[bonds[:, 1]] if len(bonds) else np.zeros(0)
+    return 0.68 * total, np.minimum(1.25 * total + 0.1, MAX_BOND_ANGSTROM)
 
 
 @dataclass
@@ -131,6 +149,8 @@ class _Engine:
         self.layout = layout
         self.topology = topology
         self.bonds = bonds
+        numbers = np.asarray(atomic_numbers)
+        self.bond_ranges = bond_length_ranges(numbers, bonds)
         self.pooling = pooling
         self.residue_position = residue_position
         self.batch_size = batch_size
@@ -187,7 +207,26 @@ class _Engine:
                     f"with no unit cell to make it whole) or the topology does not match the "
                     f"trajectory."
                 )
+            self._check_bond_ranges(lengths, source, first_frame)
         return xyz
+
+    def _check_bond_ranges(self, lengths: np.ndarray, source: _Source, first_frame: int) -> None:
+        """Every bond within its element pair's range, or an error naming the first that is not."""
+        low, high = self.bond_ranges
+        with np.errstate(invalid="ignore"):
+            outside = (lengths < low) | (lengths > high)  # NaN ranges (unlisted elements) compare False
+        if not outside.any():
+            return
+        frame, bond = np.argwhere(outside)[0]
+        a, b = (self.topology.atom(int(self.atom_indices[i])) for i in self.bonds[bond])
+        raise ValueError(
+            f"In {source.label}, frame {(first_frame + frame) * self.stride}, the bond {a}-{b} is "
+            f"{lengths[frame, bond]:.2f} Angstrom long, outside the {low[bond]:.2f}-{high[bond]:.2f} "
+            f"Angstrom a bond between these elements can have ({int(outside[frame].sum())} of "
+            f"{outside.shape[1]} bonds in that frame are): these coordinates are not this "
+            f"topology's molecule (atoms in another order, a different molecule, placeholder "
+            f"zeros, or units other than the file format's)."
+        )
 
     # -- embedding ---------------------------------------------------------------------
     def forward(self, z: torch.Tensor, pos: torch.Tensor, batch: torch.Tensor):

@@ -149,6 +149,13 @@ def test_partial_or_corrupt_checkpoint(small_ala2, visnet_checkpoint, tmp_path):
     torch.save([1, 2], tmp_path / "list.pth")
     with pytest.raises(ValueError, match=r"not a state_dict of tensors \(it holds a list\)"):
         GeomEmbedder(str(tmp_path / "list.pth")).fit([small_ala2])
+    poisoned = dict(state)
+    key = "representation_model.vis_mp_layers.1.k_proj.weight"
+    poisoned[key] = state[key].clone()
+    poisoned[key][0, 0] = float("nan")  # one weight: otherwise 100% NaN tokens, silently
+    torch.save(poisoned, tmp_path / "poisoned.pth")
+    with pytest.raises(ValueError, match=f"NaN or infinite weights in '{key}': every token would be NaN"):
+        GeomEmbedder(str(tmp_path / "poisoned.pth")).fit([small_ala2])
     with pytest.raises(IsADirectoryError, match="is a directory; give the checkpoint file in it"):
         GeomEmbedder(str(tmp_path)).fit([small_ala2])
 
@@ -226,3 +233,25 @@ def test_interrupted_store_leaves_nothing_complete(fitted, small_ala2, tmp_path,
     tok = emb.transform([small_ala2])[0]
     assert tok.path is not None and os.path.dirname(tok.path) == str(store)
     fitted.set_params(store_dir=None, batch_size=32)
+
+
+def test_coordinates_that_are_not_the_molecule_are_refused(fitted, small_ala2):
+    """Bond lengths by element pair: the checks behind issue 11's silent wrong results."""
+    zeros = small_ala2[:]
+    zeros.xyz = np.zeros_like(small_ala2.xyz)
+    with pytest.raises(ValueError, match=r"frame 0, the bond .* is 0.00 Angstrom long, outside the "
+                                         r"\d.\d\d-\d.\d\d Angstrom .* not this topology's molecule"):
+        fitted.transform([zeros])
+    reversed_order = small_ala2[:]
+    heavy = np.array([a.index for a in small_ala2.topology.atoms if a.element.symbol != "H"])
+    reversed_order.xyz = small_ala2.xyz.copy()
+    reversed_order.xyz[:, heavy] = small_ala2.xyz[:, heavy[::-1]]  # the embedded atoms, in reverse order
+    # (no bond longer than 2.7 Angstrom, so only the element-pair ranges can tell)
+    with pytest.raises(ValueError, match="outside the .* a bond between these elements can have"):
+        fitted.transform([reversed_order])
+    squeezed = small_ala2[:]
+    squeezed.xyz = small_ala2.xyz.copy()
+    squeezed.xyz[3] *= 0.5  # one frame in other units: every bond half as long
+    with pytest.raises(ValueError, match=r"trajectory 0, frame 3, the bond"):
+        fitted.transform([squeezed])
+    fitted.transform([small_ala2])  # the real molecule passes
