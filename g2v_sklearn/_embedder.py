@@ -199,13 +199,11 @@ class _Engine:
             lengths = np.linalg.norm(xyz[:, self.bonds[:, 0]] - xyz[:, self.bonds[:, 1]], axis=-1)
             if lengths.max() > MAX_BOND_ANGSTROM:
                 frame, bond = np.unravel_index(int(lengths.argmax()), lengths.shape)
-                a, b = (self.topology.atom(int(self.atom_indices[i])) for i in self.bonds[bond])
-                raise ValueError(
-                    f"In {source.label}, frame {(first_frame + frame) * self.stride}, the bond "
-                    f"{a}-{b} is {lengths[frame, bond]:.1f} Angstrom long, longer than any "
-                    f"covalent bond: the molecule is broken (split across periodic boundaries "
-                    f"with no unit cell to make it whole) or the topology does not match the "
-                    f"trajectory."
+                raise self._bond_error(
+                    source, first_frame, frame, bond, f"{lengths[frame, bond]:.1f}",
+                    "longer than any covalent bond: the molecule is broken (split across periodic "
+                    "boundaries with no unit cell to make it whole) or the topology does not match "
+                    "the trajectory.",
                 )
             self._check_bond_ranges(lengths, source, first_frame)
         return xyz
@@ -218,14 +216,20 @@ class _Engine:
         if not outside.any():
             return
         frame, bond = np.argwhere(outside)[0]
+        raise self._bond_error(
+            source, first_frame, frame, bond, f"{lengths[frame, bond]:.2f}",
+            f"outside the {low[bond]:.2f}-{high[bond]:.2f} Angstrom a bond between these elements "
+            f"can have ({int(outside[frame].sum())} of {outside.shape[1]} bonds in that frame "
+            f"are): these coordinates are not this topology's molecule (atoms in another order, "
+            f"a different molecule, placeholder zeros, or units other than the file format's).",
+        )
+
+    def _bond_error(self, source, first_frame, frame, bond, length: str, why: str) -> ValueError:
+        """The error for bond ``bond`` in ``frame`` of a chunk: where it is, how long, and why."""
         a, b = (self.topology.atom(int(self.atom_indices[i])) for i in self.bonds[bond])
-        raise ValueError(
+        return ValueError(
             f"In {source.label}, frame {(first_frame + frame) * self.stride}, the bond {a}-{b} is "
-            f"{lengths[frame, bond]:.2f} Angstrom long, outside the {low[bond]:.2f}-{high[bond]:.2f} "
-            f"Angstrom a bond between these elements can have ({int(outside[frame].sum())} of "
-            f"{outside.shape[1]} bonds in that frame are): these coordinates are not this "
-            f"topology's molecule (atoms in another order, a different molecule, placeholder "
-            f"zeros, or units other than the file format's)."
+            f"{length} Angstrom long, {why}"
         )
 
     # -- embedding ---------------------------------------------------------------------
