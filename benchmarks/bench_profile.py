@@ -15,7 +15,11 @@ One ADK frame (1,656 heavy atoms, cutoff 7.5 Angstrom, at most
 ``ours``
     :func:`g2v_sklearn._padded_visnet.padded_forward`: neighbour search
     (``radius_graph`` and the padded table), edge features and embeddings, and
-    per layer ``_message_passing``.
+    per layer ``_message_passing``, its per-edge work in blocks of
+    ``EDGES_PER_CHUNK`` edges.
+``ours, one block``
+    The same with every edge at once (``edges_per_chunk=None``, the pass
+    before blocks): what the blocks buy.
 ``ours, compiled`` / ``ours, compiled, bfloat16``
     The same with ``compile=True`` (in float32 / under bfloat16 autocast):
     neighbour search, then the compiled graph, whose fused kernels are no
@@ -205,6 +209,8 @@ def run(args) -> dict:
                       lambda stack: label_reference(reference, stack), nullcontext()),
         "ours": (lambda: padded.padded_forward(ours, z, pos, batch),
                  lambda stack: label_ours(padded, n_layers, stack), nullcontext()),
+        "ours, one block": (lambda: padded.padded_forward(ours, z, pos, batch, edges_per_chunk=None),
+                            lambda stack: label_ours(padded, n_layers, stack), nullcontext()),
         "ours, compiled": (lambda: padded.padded_forward(ours, z, pos, batch, compile=True),
                            lambda stack: label_ours(padded, None, stack), nullcontext()),
         "ours, compiled, bfloat16": (
@@ -227,7 +233,7 @@ def run(args) -> dict:
     return report
 
 
-PATHS = ("reference", "ours", "ours, compiled", "ours, compiled, bfloat16")
+PATHS = ("reference", "ours", "ours, one block", "ours, compiled", "ours, compiled, bfloat16")
 
 
 def format_report(report: dict) -> str:

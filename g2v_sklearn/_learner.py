@@ -442,7 +442,6 @@ class TorchLearner(BaseEstimator):
                 raise ValueError(f"The trajectories in X have different numbers of features: {sorted(widths)}.")
             width = widths.pop()
             if reset:
-                _check_not_constant(items, who)
                 self.n_features_in_ = width
                 self.input_shape_ = (width,)
             elif getattr(self, "input_shape_", None) != (width,):
@@ -452,7 +451,6 @@ class TorchLearner(BaseEstimator):
             return TimeSeries("array", [x.astype(np.float64, copy=False) for x in items])
         array = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32])
         if reset:
-            _check_not_constant([array], who)
             self.input_shape_ = (array.shape[1],)
         return TimeSeries("array", [array.astype(np.float64, copy=False)], single=True)
 
@@ -883,12 +881,18 @@ class TorchLearner(BaseEstimator):
                 "budget_bytes": int(budget), "checkpointing": bool(checkpointing), "merger_chunk_frames": chunk}
 
 
-    def _setup(self, X, sample_weight):
-        """Validate parameters and data; return what every fit needs."""
+    def _setup(self, X, sample_weight, *, constant_is_an_error: bool = True):
+        """Validate parameters and data; return what every fit needs.
+
+        ``constant_is_an_error``: refuse features that never change (nothing to
+        learn, and VAMP's whitening would divide by zero).
+        """
         validate_parameter_constraints(
             self._parameter_constraints, self.get_params(deep=False), caller_name=type(self).__name__,
         )
         series = self._as_time_series(X, reset=True)
+        if constant_is_an_error and series.kind == "array":
+            _check_not_constant(series.items, type(self).__name__)
         weights = self._sample_weights(sample_weight, series)
         pairs = lagged_pairs(series.lengths, self.lagtime, type(self).__name__)
         rng = check_generator(self.random_state)

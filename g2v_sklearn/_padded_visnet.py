@@ -49,7 +49,7 @@ __all__ = ["neighbor_table", "padded_forward", "supports_padded", "table_forward
 #: temporaries are then a few MB, which glibc serves from its heap instead of a
 #: fresh ``mmap`` per tensor (above 32 MB every allocation is new pages, each
 #: one a page fault), and which stay in cache between the operations on them.
-#: ``benchmarks/bench_profile.py --chunks`` measures the choice.
+#: ``benchmarks/bench_profile.py`` profiles it against the pass in one block.
 EDGES_PER_CHUNK = 8192
 
 

@@ -628,7 +628,8 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         -------
         self : SPIBEstimator
         """
-        series, weights, pairs, rng, device = self._setup(X, sample_weight)
+        # with given labels, constant features are a legitimate one-state answer (reported as such)
+        series, weights, pairs, rng, device = self._setup(X, sample_weight, constant_is_an_error=y is None)
         labels = self._initial_labels(series, y, rng)
         n_states = int(max(l.max() for l in labels)) + 1
         train, val = self._split(series, pairs, rng)
