@@ -14,8 +14,9 @@ released together by a barrier:
   round (never after the last), so that half the rounds race to write it and
   half read it.
 
-Every returned token set is pickled in its worker and unpickled and compared
-at the end, against the store left on disk. The script prints, per target,
+Every returned token set is pickled in its worker, with a digest of the data
+it was given; at the end each is unpickled (which reopens its store) and the
+given data, the reopened data and the store left on disk are compared. The script prints, per target,
 the exceptions raised (should be 0), the debris left next to the store
 (``.old-*`` / ``.partial-*``; should be 0), and the token sets that did not
 unpickle or differ from the one on disk (should be 0), and exits with 1 if
@@ -104,10 +105,21 @@ def _worker(target: str, where: str, settings: dict, barrier, results, name: str
     for round_ in range(settings["rounds"]):
         barrier.wait(BARRIER_TIMEOUT_S)  # all workers start the round together
         try:
-            results.put((name, round_, "ok", pickle.dumps(write())))
+            tokens = write()
+            # what this worker was given, as bytes: the end compares it with the store on disk
+            results.put((name, round_, "ok", (pickle.dumps(tokens), _digest(tokens))))
         except BaseException as exc:  # noqa: BLE001 - counting is the point
             results.put((name, round_, "error", f"{type(exc).__name__}: {exc}"))
         barrier.wait(BARRIER_TIMEOUT_S)  # the round is over: the coordinator may clear the cache
+
+
+def _digest(tokens) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for array in (tokens.features, tokens.positions):
+        h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()
 
 
 def _debris(where: str, target: str) -> list[str]:
@@ -151,13 +163,13 @@ def stress(target: str, where: str, n_threads: int, n_processes: int, rounds: in
         from g2v_sklearn import load_tokens
 
         winner = load_tokens(os.path.join(where, keys[0])) if keys else None
-    for name, round_, status, blob in records:
+    for name, round_, status, payload in records:
         if status != "ok":
             continue
+        blob, given = payload
         try:
-            back = pickle.loads(blob)
-            same = (winner is not None and np.array_equal(back.features, winner.features)
-                    and np.array_equal(back.positions, winner.positions))
+            back = pickle.loads(blob)  # reopens the store at its path
+            same = winner is not None and given == _digest(winner) == _digest(back)
         except Exception as exc:  # noqa: BLE001
             bad.append(f"{name} round {round_}: {type(exc).__name__}: {exc}")
             continue

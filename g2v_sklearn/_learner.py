@@ -119,13 +119,13 @@ def lagged_pairs(lengths: list[int], lagtime: int, who: str) -> np.ndarray:
 
 def _check_not_raw_frames(X, who: str) -> None:
     """Refuse MD frames (mdtraj trajectories, file paths): the learners take features or tokens."""
-    items = X if isinstance(X, (list, tuple)) else [X]
-    for i, item in enumerate(items):
+    is_list = isinstance(X, (list, tuple))
+    for i, item in enumerate(X if is_list else [X]):
         if type(item).__module__.startswith("mdtraj") or isinstance(item, (str, os.PathLike)):
             kind = ("a file path" if isinstance(item, (str, os.PathLike))
                     else f"an MD trajectory (mdtraj.{type(item).__name__})")
             raise TypeError(
-                f"X[{i}] is {kind}: {who} learns from features (2-D arrays) or token trajectories, "
+                f"{f'X[{i}]' if is_list else 'X'} is {kind}: {who} learns from features (2-D arrays) or token trajectories, "
                 f"not from MD frames. Embed the frames first, e.g. "
                 f"Pipeline([('embed', GeomEmbedder(checkpoint)), ('merge', TokenMerger()), "
                 f"('learn', {who}(...))])."
@@ -485,7 +485,7 @@ class TorchLearner(BaseEstimator):
             if bad.size:
                 raise ValueError(
                     f"sample_weight for trajectory {i} is {w[bad[0]]} at frame {bad[0]} "
-                    f"({bad.size} such frames): weights must be finite and non-negative."
+                    f"(frames like it: {bad.size}): weights must be finite and non-negative."
                 )
             out.append(w)
         return out

@@ -171,7 +171,7 @@ def _by_blocks(compute, n: int, rows_per_chunk: int | None):
     ``compute`` returns a tensor or a tuple of tensors (or None, kept as None);
     each is concatenated over the blocks along its first axis.
     """
-    step = n if rows_per_chunk is None else max(1, rows_per_chunk)
+    step = max(1, n if rows_per_chunk is None else rows_per_chunk)
     parts = [compute(slice(i, i + step)) for i in range(0, max(n, 1), step)]
     if len(parts) == 1:
         return parts[0]

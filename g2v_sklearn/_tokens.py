@@ -65,8 +65,9 @@ _META_KEYS = (
     "timestep",
     "provenance",
 )
-_PARTIAL_RE = re.compile(r"\.partial-[0-9a-f]+$")
-_OLD_RE = re.compile(r"\.old-[0-9a-f]+$")
+# the suffixes this module makes (secrets.token_hex(6)); names like run.old-1 stay the user's
+_PARTIAL_RE = re.compile(r"\.partial-[0-9a-f]{12}$")
+_OLD_RE = re.compile(r"\.old-[0-9a-f]{12}$")
 _OWNER = "writer.json"  # in a partial directory: the host and process writing it
 _ORPHAN_AGE_S = 600.0  # a partial directory without an owner file this old is debris
 _COPY_BLOCK_BYTES = 64 * 2**20  # frames copied per block by save_tokens
@@ -437,6 +438,24 @@ def _from_store(path: str, store_id: str, frames: slice, meta: tuple) -> TokenTr
 # --------------------------------------------------------------------------- #
 # the parent directory's lock, and the debris of killed writers
 # --------------------------------------------------------------------------- #
+_LOCK_FDS: set[int] = set()  # descriptors holding a directory lock in this process
+
+
+def _close_inherited_locks() -> None:
+    """In a forked child: drop the parent's lock descriptors, so a lock held by another
+    thread at the fork is not held on for the child's whole life."""
+    for fd in list(_LOCK_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _LOCK_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
 @contextlib.contextmanager
 def _directory_lock(parent: str, exclusive: bool = True):
     """Hold ``flock`` on the directory ``parent``; yields whether the lock is held.
@@ -455,6 +474,7 @@ def _directory_lock(parent: str, exclusive: bool = True):
     except OSError:
         yield False
         return
+    _LOCK_FDS.add(fd)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
@@ -464,6 +484,7 @@ def _directory_lock(parent: str, exclusive: bool = True):
             locked = True
         yield locked
     finally:
+        _LOCK_FDS.discard(fd)
         os.close(fd)  # closing the last descriptor releases the lock
 
 
@@ -476,9 +497,17 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def _owner_record() -> dict:
     pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "start": _process_start(pid)}
+    return {"host": socket.gethostname(), "pid": pid, "start": _process_start(pid),
+            "pid_namespace": _pid_namespace()}
 
 
 def _writer_is_gone(partial: str) -> bool:
@@ -487,8 +516,9 @@ def _writer_is_gone(partial: str) -> bool:
         with open(os.path.join(partial, _OWNER), encoding="utf-8") as fh:
             owner = json.load(fh)
     except FileNotFoundError:
-        # the owner file is written right after the directory is made; without it the
-        # writer died in between, or the directory is not ours: judge by its age
+        # the owner file is made with the directory, under the lock, and removed only under
+        # the lock just before the commit's rename: without it the writer died in
+        # between, or the directory is not ours (an older version's): judge by its age
         try:
             return time.time() - os.stat(partial).st_mtime > _ORPHAN_AGE_S
         except OSError:
@@ -497,6 +527,8 @@ def _writer_is_gone(partial: str) -> bool:
         return False
     if not isinstance(owner, dict) or owner.get("host") != socket.gethostname():
         return False  # another machine's writer (a shared filesystem): not ours to judge
+    if owner.get("pid_namespace") != _pid_namespace():
+        return False  # another container's processes: their pids mean nothing here
     pid = owner.get("pid")
     if not isinstance(pid, int):
         return False
@@ -514,8 +546,8 @@ def _remove_debris(parent: str, name: str) -> None:
     """Remove ``name``'s ``.old-*`` and dead writers' ``.partial-*`` siblings.
 
     Call with the parent's exclusive lock held: commits move an old store
-    aside and remove it inside that lock, so an ``.old-*`` seen under it
-    belongs to a commit that was killed.
+    aside inside that lock and delete it just after, so an ``.old-*`` seen
+    under it belongs to a commit that was killed or is deleting it anyway.
     """
     try:
         entries = os.listdir(parent or ".")
@@ -805,7 +837,8 @@ class TokenStoreWriter:
         self.n_channels = _check_count(n_channels, "n_channels")
         self.dtype = _float_dtype(dtype, "dtype")
         self.positions_dtype = _float_dtype(positions_dtype, "positions_dtype")
-        if _PARTIAL_RE.search(os.path.basename(self.directory)):
+        if _PARTIAL_RE.search(os.path.basename(self.directory)) or _OLD_RE.search(
+                os.path.basename(self.directory)):
             raise ValueError(f"store name {self.directory!r} looks like a temporary directory")
         with _directory_lock(os.path.dirname(self.directory), exclusive=False):
             _check_target(self.directory)  # not while another writer's commit moves it
@@ -857,12 +890,16 @@ class TokenStoreWriter:
                     break
                 except FileExistsError:
                     continue
-        self._partial = partial
-        self._cleanup = weakref.finalize(self, _remove_tree, partial)
-        self._state = "open"
+            self._partial = partial
+            self._cleanup = weakref.finalize(self, _remove_tree, partial)
+            self._state = "open"
+            try:  # before the lock goes: no other writer sees this directory without its owner
+                with open(os.path.join(partial, _OWNER), "w", encoding="utf-8") as fh:
+                    json.dump(_owner_record(), fh)
+            except BaseException:
+                self._abort()
+                raise
         try:
-            with open(os.path.join(partial, _OWNER), "w", encoding="utf-8") as fh:
-                json.dump(_owner_record(), fh)
             self._features = np.lib.format.open_memmap(
                 os.path.join(partial, _FEATURES),
                 mode="w+",
@@ -973,7 +1010,6 @@ class TokenStoreWriter:
             partial = self._partial
             for fname in (_FEATURES, _POSITIONS):
                 _fsync(os.path.join(partial, fname))
-            os.remove(os.path.join(partial, _OWNER))
             meta = {
                 "format": _FORMAT,
                 "format_version": _FORMAT_VERSION,
@@ -1033,8 +1069,10 @@ class TokenStoreWriter:
                 _remove_tree(partial)  # the same key was committed first by another writer
                 return _open_store(target, "r")
             _check_target(target)
+            os.remove(os.path.join(partial, _OWNER))  # the store goes into place without it
             if os.path.lexists(target) and not os.listdir(target):
                 os.rmdir(target)
+            aside = None
             if os.path.lexists(target):
                 aside = os.path.join(parent, f"{name}.old-{secrets.token_hex(6)}")
                 os.rename(target, aside)
@@ -1043,12 +1081,13 @@ class TokenStoreWriter:
                 except BaseException:
                     os.rename(aside, target)
                     raise
-                _fsync(parent)
-                _remove_tree(aside)
             else:
                 os.rename(partial, target)
             _fsync(parent)
-            return _open_store(target, "r")
+            tokens = _open_store(target, "r")
+        if aside is not None:  # a large old store is deleted without holding up other writers
+            _remove_tree(aside)
+        return tokens
 
 
 def save_tokens(tokens: TokenTrajectory, directory: str | os.PathLike) -> TokenTrajectory:

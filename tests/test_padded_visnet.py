@@ -76,12 +76,22 @@ def test_blocks_of_target_atoms_give_the_whole_pass(edges_per_chunk):
 
 
 def test_smearing_without_its_underflow_tail_matches_torch_geometric():
-    """Distances from 0 (self-loops: exponents near -1,000) to the cutoff: same expansion."""
-    block = random_backbone(0)
-    r = torch.linspace(0.0, 4.0, 401).view(1, -1)
-    ref = block.distance_expansion(r)
-    ours = padded._smearing(block.distance_expansion, r)
-    assert ref.min() == 0 and ours.shape == ref.shape  # the underflowing tail is exercised
+    """geom2vec's expansion (64 functions, 7.5 A), distances from 0 (self-loops: exponents near
+    -1,000) to the cutoff: the clamp is reached, and the expansion is torch-geometric's."""
+    import math
+
+    from torch_geometric.nn.models.visnet import ExpNormalSmearing
+
+    expansion = ExpNormalSmearing(7.5, 64, True)
+    r = torch.linspace(0.0, 7.5, 751).view(1, -1)
+    dist = r.unsqueeze(-1)
+    exponent = -expansion.betas * ((expansion.alpha * (-dist)).exp() - expansion.means).square()
+    floor = math.log(torch.finfo(torch.float32).tiny) + 8.0
+    assert (exponent < floor).float().mean() > 0.1  # the clamped tail is a real part of the input
+    with torch.no_grad():
+        ref = expansion(r)
+        ours = padded._smearing(expansion, r)
+    assert ours.shape == ref.shape
     assert (ours - ref).abs().max() < 1e-30
 
 

@@ -423,14 +423,18 @@ def test_debris_of_killed_commits_goes_and_live_writers_stay(tmp_path):
     d = tmp_path / "store"
     save_tokens(_tokens(), d)
     (tmp_path / "store.old-0123456789ab").mkdir()  # a commit killed between its two renames
+    (tmp_path / "store.old-1").mkdir()  # a name a user chose: not ours to remove
     live = TokenStoreWriter(d, n_frames=N_FRAMES, n_residues=N_RES, n_channels=H)
     live.write(*_arrays(seed=4))  # an ongoing write, in this process
     save_tokens(_tokens(seed=5), d)
     remaining = _siblings(str(d))
     assert "store.old-0123456789ab" not in remaining
-    assert len(remaining) == 2 and ".partial-" in remaining[1]  # the live writer's, untouched
+    assert remaining[:2] == ["store", "store.old-1"]
+    assert len(remaining) == 3 and ".partial-" in remaining[2]  # the live writer's, untouched
     live.finalize(**_meta())
-    assert _siblings(str(d)) == ["store"]
+    assert _siblings(str(d)) == ["store", "store.old-1"]
+    with pytest.raises(ValueError, match="looks like a temporary directory"):
+        save_tokens(_tokens(), tmp_path / "other.old-0123456789ab")
 
 
 def test_concurrent_writers_short_stress(tmp_path, monkeypatch):

@@ -150,6 +150,8 @@ def test_list_input_errors_name_the_trajectory(Learner, dihedral_features, ala2_
         Learner(**FAST).fit([ala2_trajs[0][:50]])
     with pytest.raises(TypeError, match=r"X\[1\] is a file path"):
         Learner(**FAST).fit([x, "traj.xtc"])
+    with pytest.raises(TypeError, match=r"^X is an MD trajectory"):
+        Learner(**FAST).fit(ala2_trajs[0][:50])
 
 
 @pytest.mark.parametrize("Learner", [VAMPNetEstimator, SPIBEstimator])
@@ -164,10 +166,10 @@ def test_bad_sample_weight_names_trajectory_and_frame(dihedral_features):
     x = [dihedral_features[0][:60], dihedral_features[1][:60]]
     w = [np.ones(60), np.ones(60)]
     w[1][7] = -0.5
-    with pytest.raises(ValueError, match=r"sample_weight for trajectory 1 is -0.5 at frame 7 \(1 such frames\)"):
+    with pytest.raises(ValueError, match=r"sample_weight for trajectory 1 is -0.5 at frame 7 \(frames like it: 1\)"):
         VAMPNetEstimator(**FAST).fit(x, sample_weight=w)
     w[1][7], w[0][3], w[0][9] = 1.0, np.nan, np.nan
-    with pytest.raises(ValueError, match=r"trajectory 0 is nan at frame 3 \(2 such frames\)"):
+    with pytest.raises(ValueError, match=r"trajectory 0 is nan at frame 3 \(frames like it: 2\)"):
         VAMPNetEstimator(**FAST).fit(x, sample_weight=w)
 
 
