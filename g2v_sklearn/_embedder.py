@@ -33,8 +33,6 @@ from ._tokens import (
     TokenStoreWriter,
     TokenTrajectory,
     _discard_damaged,
-    _store_problem,
-    is_complete_store,
     load_tokens,
 )
 from ._topology import (
@@ -77,7 +75,7 @@ COVALENT_RADIUS = {
 def bond_length_ranges(numbers: np.ndarray, bonds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Lowest and highest plausible length (Angstrom) of each bond; NaN where not checked."""
     radius = np.array([COVALENT_RADIUS.get(int(z), np.nan) for z in numbers], dtype=np.float64)
-    total = radius[bonds[:, 0]] + radius[bonds[:, 1]] if len(bonds) else np.zeros(0)
+    total = radius[bonds[:, 0]] + radius[bonds[:, 1]]
     return 0.68 * total, np.minimum(1.25 * total + 0.1, MAX_BOND_ANGSTROM)
 
 
@@ -149,8 +147,7 @@ class _Engine:
         self.layout = layout
         self.topology = topology
         self.bonds = bonds
-        numbers = np.asarray(atomic_numbers)
-        self.bond_ranges = bond_length_ranges(numbers, bonds)
+        self.bond_ranges = bond_length_ranges(np.asarray(atomic_numbers), bonds)
         self.pooling = pooling
         self.residue_position = residue_position
         self.batch_size = batch_size
@@ -905,20 +902,18 @@ class GeomEmbedder(TransformerMixin, BaseEstimator):
         before keys were recorded, are embedded again and replaced. A damaged
         ``store_dir`` entry is left for the writer to refuse, with what to do.
         """
-        problem = _store_problem(directory)
-        if problem is not None:
+        try:
+            tokens = load_tokens(directory)  # one read: the common case is a complete store
+        except FileNotFoundError:
+            return None  # nothing there yet
+        except (OSError, ValueError, KeyError, TypeError) as problem:
+            # _discard_damaged looks again under the lock (an empty directory is not damaged)
             if self.memory is not None and _discard_damaged(directory):
                 warnings.warn(
                     f"The token cache entry {directory} for {source.label} was damaged or "
                     f"incomplete ({problem}); it was removed and is embedded again.",
                     RuntimeWarning, stacklevel=3,
                 )
-            return None
-        if not is_complete_store(directory):
-            return None
-        try:
-            tokens = load_tokens(directory)
-        except (FileNotFoundError, ValueError):  # replaced or removed meanwhile
             return None
         if self.memory is not None or tokens.provenance.get("key") == key:
             return tokens

@@ -124,9 +124,10 @@ def _check_not_raw_frames(X, who: str) -> None:
         if type(item).__module__.startswith("mdtraj") or isinstance(item, (str, os.PathLike)):
             kind = ("a file path" if isinstance(item, (str, os.PathLike))
                     else f"an MD trajectory (mdtraj.{type(item).__name__})")
+            where = f"X[{i}]" if is_list else "X"
             raise TypeError(
-                f"{f'X[{i}]' if is_list else 'X'} is {kind}: {who} learns from features (2-D arrays) or token trajectories, "
-                f"not from MD frames. Embed the frames first, e.g. "
+                f"{where} is {kind}: {who} learns from features (2-D arrays) or token "
+                f"trajectories, not from MD frames. Embed the frames first, e.g. "
                 f"Pipeline([('embed', GeomEmbedder(checkpoint)), ('merge', TokenMerger()), "
                 f"('learn', {who}(...))])."
             )
@@ -433,9 +434,7 @@ class TorchLearner(BaseEstimator):
                     f"on {self._describe_input()}."
                 )
             return series
-        if is_list and isinstance(X[0], np.ndarray) and X[0].ndim == 2:
-            if not all(isinstance(x, np.ndarray) for x in X):
-                raise TypeError(f"X mixes arrays with other inputs; {who} takes one kind.")
+        if is_list and isinstance(X[0], np.ndarray):  # 2-D arrays all, by _check_array_trajectories
             items = [check_array(x, dtype=[np.float32, np.float64]) for x in X]
             widths = {x.shape[1] for x in items}
             if len(widths) > 1:

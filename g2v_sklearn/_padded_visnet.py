@@ -144,7 +144,7 @@ def _message_passing(layer: ViS_MP, x: Tensor, vec: Tensor, f: Tensor, neighbors
     part runs over blocks of ``rows_per_chunk`` target atoms (all at once
     when None), so that its temporaries stay small: see :data:`EDGES_PER_CHUNK`.
     """
-    n, width = neighbors.shape
+    n = neighbors.size(0)
     hidden = layer.hidden_channels
     x = layer.layernorm(x)
     vec = _vec_layernorm(layer.vec_layernorm, vec)
