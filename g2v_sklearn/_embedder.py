@@ -168,18 +168,24 @@ class _Engine:
                 total = len(handle)
         return -(-total // self.stride)
 
-    def chunks(self, source: _Source):
-        """Yield (xyz in Angstrom float32 of the selected atoms, chunk trajectory)."""
+    def chunks(self, source: _Source, first: int = 0):
+        """Yield the selected atoms of ``chunk_size`` (strided) frames at a time, from frame
+        ``first`` (a multiple of ``chunk_size``: a resumed embedding's first new frame)."""
         if source.traj is not None:
             frames = np.arange(0, source.traj.n_frames, self.stride)
-            for start in range(0, len(frames), self.chunk_size):
+            for start in range(first, len(frames), self.chunk_size):
                 chunk = source.traj[frames[start:start + self.chunk_size]]
                 yield chunk.atom_slice(self.atom_indices)
-        else:
-            yield from md.iterload(
-                source.path, top=self.topology, chunk=self.chunk_size, stride=self.stride,
-                atom_indices=self.atom_indices,
-            )
+            return
+        # From the start of the file even when resuming: mdtraj's ``skip`` is ignored for
+        # some formats (PDB) and loops forever with ``stride`` on others (XTC), and
+        # reading is cheap next to embedding.
+        seen = 0
+        for chunk in md.iterload(source.path, top=self.topology, chunk=self.chunk_size,
+                                 stride=self.stride, atom_indices=self.atom_indices):
+            seen += chunk.n_frames
+            if seen > first:
+                yield chunk[max(0, chunk.n_frames - (seen - first)):]
 
     def coordinates(self, chunk: md.Trajectory, source: _Source, first_frame: int) -> np.ndarray:
         """Validated positions in Angstrom, molecules made whole when there is a unit cell."""
@@ -296,18 +302,24 @@ class _Engine:
         if directory is None:
             writer = _RamWriter(shape, hidden)
         else:
+            # A killed or interrupted embedding of this key is resumed from its last
+            # committed chunk. Its batches started at chunk starts, so the resumed ones
+            # line up with an uninterrupted run's only for the same chunk and batch sizes.
+            resume_key = None if key is None else (
+                f"{key}/chunk_size={self.chunk_size}/batch_size={self.batch_size}")
             writer = TokenStoreWriter(
                 directory, n_frames=n_frames, n_residues=layout.n_residues,
-                n_channels=hidden, dtype="float32", if_exists=if_exists,
+                n_channels=hidden, dtype="float32", if_exists=if_exists, resume_key=resume_key,
             )
-        timestep = None
         bar = tqdm(total=n_frames, unit="frame", desc=f"embedding {source.label}",
                    disable=not self.progress, leave=False)
         # torch threads sized to the free cores (see _threads): a busy neighbour must not
         # leave a two-thread team spin-waiting at every kernel
         with writer, bar, ThreadBudget(device=torch.device(self.device)) as threads:
-            done = 0
-            for chunk in self.chunks(source):
+            done = writer.n_written  # frames an interrupted run committed (whole chunks)
+            timestep = (writer.resumed_info or {}).get("timestep")
+            bar.update(done)
+            for chunk in self.chunks(source, done):
                 if timestep is None and chunk.n_frames > 1:
                     timestep = float(chunk.timestep)
                 xyz = self.coordinates(chunk, source, done)
@@ -317,6 +329,7 @@ class _Engine:
                     bar.update(len(tokens))
                     threads.refresh()
                 done += len(xyz)
+                writer.checkpoint({"timestep": timestep})
             if timestep is None and source.traj is not None and source.traj.n_frames > 1:
                 timestep = float(source.traj.timestep) * self.stride
             provenance = dict(self.provenance, source=source.path or "mdtraj.Trajectory")
@@ -335,6 +348,10 @@ class _RamWriter:
         self.features = np.empty((*shape, 4, hidden), dtype=np.float32)
         self.positions = np.empty((*shape, 3), dtype=np.float32)
         self.n_written = 0
+        self.resumed_info = None
+
+    def checkpoint(self, info=None):
+        """Nothing to commit: frames in RAM do not outlive the process."""
 
     def __enter__(self):
         return self
@@ -895,26 +912,37 @@ class GeomEmbedder(TransformerMixin, BaseEstimator):
     def _reuse_store(self, directory: str, key: str, source: _Source) -> TokenTrajectory | None:
         """The finished store of ``source`` at ``directory``, or None to embed it.
 
-        A cache (``memory``) entry is named by its key, so a complete one is
-        used; a damaged one is replaced, with a warning naming it. A
-        ``store_dir`` store is used when its provenance records the same key
-        (same input, parameters and weights); stores of other inputs, or from
-        before keys were recorded, are embedded again and replaced. A damaged
-        ``store_dir`` entry is left for the writer to refuse, with what to do.
+        Stores are opened with full verification (every chunk against its
+        checksum). A cache (``memory``) entry is named by its key, so a
+        complete one is used; a damaged one is replaced, with a warning
+        naming it. A ``store_dir`` store is used when its provenance records
+        the same key (same input, parameters and weights); stores of other
+        inputs, or from before keys were recorded, are embedded again and
+        replaced. A damaged ``store_dir`` store is an error that says what
+        to do: it may be the only copy of days of work.
         """
         try:
             tokens = load_tokens(directory)  # one read: the common case is a complete store
         except FileNotFoundError:
             return None  # nothing there yet
         except (OSError, ValueError, KeyError, TypeError) as problem:
-            # _discard_damaged looks again under the lock (an empty directory is not damaged)
-            if self.memory is not None and _discard_damaged(directory):
-                warnings.warn(
-                    f"The token cache entry {directory} for {source.label} was damaged or "
-                    f"incomplete ({problem}); it was removed and is embedded again.",
-                    RuntimeWarning, stacklevel=3,
-                )
-            return None
+            if self.memory is not None:
+                # _discard_damaged looks again under the lock (an empty directory is not damaged)
+                if _discard_damaged(directory):
+                    warnings.warn(
+                        f"The token cache entry {directory} for {source.label} was damaged or "
+                        f"incomplete ({problem}); it was removed and is embedded again.",
+                        RuntimeWarning, stacklevel=3,
+                    )
+                return None
+            if os.path.isdir(directory) and not os.listdir(directory):
+                return None  # an empty directory: the writer fills it
+            raise FileExistsError(
+                f"{directory!r} exists and is not a complete token store of {source.label}: "
+                f"{problem}. It may hold the only copy of finished work, so it is not "
+                f"overwritten. Remove it (or move it away) and transform again to embed "
+                f"that trajectory anew, or set store_dir to another directory."
+            ) from problem
         if self.memory is not None or tokens.provenance.get("key") == key:
             return tokens
         return None

@@ -19,11 +19,17 @@ lets a writer remove the debris of killed ones (``.old-*`` directories, and
 ``.partial-*`` directories whose writing process on this host is gone). A
 store's ``store_id`` is a digest of its arrays, so a store replaced by the
 same data is the same store to objects pickled from it.
+
+Every committed chunk of frames carries a SHA-256 of its bytes in
+``meta.json``, checked on load (``verify="full"``). A writer given a
+``resume_key`` also records its committed chunks in the partial directory, so
+that a writer killed mid-way can be resumed by the next one with the same key.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import numbers
@@ -31,6 +37,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import time
 import warnings
@@ -49,7 +56,9 @@ __all__ = [
 ]
 
 _FORMAT = "g2v_sklearn.token_store"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2 added the per-chunk checksums ("chunks")
+_READABLE_VERSIONS = (1, 2)
+_VERIFY_LEVELS = ("full", "header")
 _META = "meta.json"
 _FEATURES = "features.npy"
 _POSITIONS = "positions.npy"
@@ -69,8 +78,27 @@ _META_KEYS = (
 _PARTIAL_RE = re.compile(r"\.partial-[0-9a-f]{12}$")
 _OLD_RE = re.compile(r"\.old-[0-9a-f]{12}$")
 _OWNER = "writer.json"  # in a partial directory: the host and process writing it
+_PROGRESS = "progress.json"  # in a resumable partial directory: its committed chunks
 _ORPHAN_AGE_S = 600.0  # a partial directory without an owner file this old is debris
 _COPY_BLOCK_BYTES = 64 * 2**20  # frames copied per block by save_tokens
+# Test-only: "point" or "point:n" makes this process SIGKILL itself the n-th time it
+# reaches that point of a store write (tests/test_tokens_faults.py).
+_KILL_ENV = "G2V_SKLEARN_TEST_KILL_AT"
+_KILL_POINTS = ("mid-chunk", "after-last-chunk", "mid-commit")
+_kill_counts: dict[str, int] = {}
+
+
+def _kill_point(point: str) -> None:
+    """SIGKILL this process here when the test-only environment variable names ``point``."""
+    spec = os.environ.get(_KILL_ENV)
+    if not spec:
+        return
+    name, _, nth = spec.partition(":")
+    if name != point:
+        return
+    _kill_counts[point] = _kill_counts.get(point, 0) + 1
+    if _kill_counts[point] >= int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------- #
@@ -422,7 +450,8 @@ def _from_arrays(features: np.ndarray, positions: np.ndarray, meta: tuple) -> To
 
 
 def _from_store(path: str, store_id: str, frames: slice, meta: tuple) -> TokenTrajectory:
-    whole = load_tokens(path, mmap_mode="r")
+    # the pickling process opened (and verified) the store; its id says whether it is the same
+    whole = load_tokens(path, mmap_mode="r", verify="header")
     if whole._store[2] != store_id:  # type: ignore[index]
         raise ValueError(
             f"the token store at {path!r} was replaced after this object was "
@@ -510,15 +539,21 @@ def _owner_record() -> dict:
             "pid_namespace": _pid_namespace()}
 
 
-def _writer_is_gone(partial: str) -> bool:
-    """Whether the process that made ``partial`` has ended (only provable on this host)."""
+def _writer_is_gone(partial: str, locked: bool = True) -> bool:
+    """Whether the process that made ``partial`` has ended (only provable on this host).
+
+    ``locked``: the caller holds the parent's exclusive lock.
+    """
     try:
         with open(os.path.join(partial, _OWNER), encoding="utf-8") as fh:
             owner = json.load(fh)
     except FileNotFoundError:
         # the owner file is made with the directory, under the lock, and removed only under
         # the lock just before the commit's rename: without it the writer died in
-        # between, or the directory is not ours (an older version's): judge by its age
+        # between, or the directory is not ours (an older version's, which has no progress
+        # file either): judge that by its age
+        if locked and os.path.isfile(os.path.join(partial, _PROGRESS)):
+            return True
         try:
             return time.time() - os.stat(partial).st_mtime > _ORPHAN_AGE_S
         except OSError:
@@ -565,8 +600,12 @@ def _remove_debris(parent: str, name: str) -> None:
 # --------------------------------------------------------------------------- #
 # store reading
 # --------------------------------------------------------------------------- #
-def _read_store(directory: str, mmap_mode: str | None) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Open a store; raise FileNotFoundError/ValueError if it is not complete."""
+def _read_store(directory: str, mmap_mode: str | None,
+                verify: str = "header") -> tuple[dict, np.ndarray, np.ndarray]:
+    """Open a store; raise FileNotFoundError/ValueError if it is not complete.
+
+    ``verify="full"`` also hashes every chunk against its checksum.
+    """
     if not os.path.isdir(directory):
         hint = ""
         parent, name = os.path.split(directory)
@@ -596,12 +635,15 @@ def _read_store(directory: str, mmap_mode: str | None) -> tuple[dict, np.ndarray
         raise ValueError(f"{directory!r} is not a token store: unreadable {_META} ({exc})") from exc
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
         raise ValueError(f"{directory!r} is not a token store: {_META} has the wrong format")
-    if meta.get("format_version") != _FORMAT_VERSION:
+    version = meta.get("format_version")
+    if version not in _READABLE_VERSIONS:
+        newer = isinstance(version, int) and version > _FORMAT_VERSION
         raise ValueError(
-            f"token store {directory!r} has format version {meta.get('format_version')}; "
-            f"this version of g2v_sklearn reads version {_FORMAT_VERSION}"
+            f"token store {directory!r} has format version {version!r}; this version of "
+            f"g2v_sklearn reads versions {', '.join(map(str, _READABLE_VERSIONS))}"
+            + ("; it was written by a newer g2v_sklearn: upgrade to read it" if newer else "")
         )
-    missing = [k for k in _META_KEYS if k not in meta]
+    missing = [k for k in _META_KEYS + (("chunks",) if version >= 2 else ()) if k not in meta]
     if missing:
         raise ValueError(f"{directory!r} is not a token store: {_META} lacks {missing}")
     arrays = []
@@ -627,34 +669,95 @@ def _read_store(directory: str, mmap_mode: str | None) -> tuple[dict, np.ndarray
                 f"{want_shape} and {want_dtype}"
             )
         arrays.append(arr)
+    if verify == "full" and version >= 2:
+        _verify_chunks(directory, meta["chunks"], arrays[0], arrays[1])
     return meta, arrays[0], arrays[1]
 
 
-def is_complete_store(directory: str | os.PathLike) -> bool:
-    """Tell whether ``directory`` holds a complete token store.
+def _chunk_digests(features: np.ndarray, positions: np.ndarray) -> tuple[str, str]:
+    """SHA-256 of the bytes of a block of frames (C order, as stored)."""
+    return tuple(
+        hashlib.sha256(memoryview(np.ascontiguousarray(a)).cast("B")).hexdigest()
+        for a in (features, positions)
+    )
+
+
+def _check_chunk_list(chunks: Any, n_frames: int) -> list[tuple[int, str, str]]:
+    """The chunk records of ``meta.json`` or a progress file, or ValueError if malformed."""
+    if not isinstance(chunks, list):
+        raise ValueError("the chunk list is not a list")
+    out, start = [], 0
+    for record in chunks:
+        if (not isinstance(record, list) or len(record) != 3 or not isinstance(record[0], int)
+                or not all(isinstance(h, str) for h in record[1:])):
+            raise ValueError(f"malformed chunk record {record!r}")
+        if not start < record[0] <= n_frames:
+            raise ValueError(f"chunk ending at frame {record[0]} does not follow frame {start}")
+        out.append((record[0], record[1], record[2]))
+        start = record[0]
+    return out
+
+
+def _verify_chunks(directory: str, chunks: Any, features: np.ndarray,
+                   positions: np.ndarray) -> None:
+    """Hash every chunk and compare with ``meta.json``; ValueError naming the first bad one."""
+    try:
+        records = _check_chunk_list(chunks, features.shape[0])
+    except ValueError as exc:
+        raise ValueError(f"token store {directory!r} is corrupt: in {_META}, {exc}") from exc
+    if (records[-1][0] if records else 0) != features.shape[0]:
+        raise ValueError(
+            f"token store {directory!r} is corrupt: its checksums cover "
+            f"{records[-1][0] if records else 0} of {features.shape[0]} frames"
+        )
+    start = 0
+    for stop, want_f, want_p in records:
+        got_f, got_p = _chunk_digests(features[start:stop], positions[start:stop])
+        if (got_f, got_p) != (want_f, want_p):
+            which = _FEATURES if got_f != want_f else _POSITIONS
+            raise ValueError(
+                f"token store {directory!r} is corrupt: frames {start}-{stop - 1} of {which} "
+                f"do not match their checksum (the file was changed or damaged after it was "
+                f"written)"
+            )
+        start = stop
+
+
+def _check_verify(verify: Any) -> str:
+    if verify not in _VERIFY_LEVELS:
+        raise ValueError(f"verify must be 'full' or 'header'; got {verify!r}")
+    return verify
+
+
+def is_complete_store(directory: str | os.PathLike, *, verify: str = "full") -> bool:
+    """Tell whether ``directory`` holds a complete, undamaged token store.
 
     Parameters
     ----------
     directory : str or path-like
         Candidate store directory.
+    verify : {"full", "header"}, default="full"
+        How much to check; see :func:`load_tokens`.
 
     Returns
     -------
     bool
-        True when ``meta.json`` exists and the arrays' shapes and dtypes match
-        it; False for a missing directory or an unfinished write.
+        True when ``meta.json`` exists, the arrays' shapes and dtypes match
+        it and (with ``verify="full"``) every chunk matches its checksum;
+        False for a missing directory, an unfinished write or a damaged store.
     """
+    verify = _check_verify(verify)
     directory = _abspath(directory)
     with _directory_lock(os.path.dirname(directory), exclusive=False):
-        return _is_complete(directory)
+        return _is_complete(directory, verify)
 
 
-def _store_problem(directory: str) -> str | None:
+def _store_problem(directory: str, verify: str = "full") -> str | None:
     """Why ``directory`` is not a complete store (None if it is, or if nothing is there)."""
     if not os.path.lexists(directory) or (os.path.isdir(directory) and not os.listdir(directory)):
         return None
     try:
-        _read_store(directory, "r")
+        _read_store(directory, "r", verify)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return str(exc)
     return None
@@ -664,7 +767,7 @@ def _discard_damaged(directory: str) -> bool:
     """Remove ``directory`` if, under the parent's lock, it is still not a complete store."""
     directory = _abspath(directory)
     with _directory_lock(os.path.dirname(directory)):
-        if _store_problem(directory) is None:
+        if _store_problem(directory, "full") is None:
             return False
         if os.path.isdir(directory) and not os.path.islink(directory):
             shutil.rmtree(directory)
@@ -673,16 +776,17 @@ def _discard_damaged(directory: str) -> bool:
         return True
 
 
-def _is_complete(directory: str) -> bool:
+def _is_complete(directory: str, verify: str = "header") -> bool:
     """:func:`is_complete_store` without the lock (for callers that hold it)."""
     try:
-        _read_store(directory, "r")
+        _read_store(directory, "r", verify)
     except (OSError, ValueError, KeyError, TypeError):
         return False
     return True
 
 
-def load_tokens(directory: str | os.PathLike, mmap_mode: str | None = "r") -> TokenTrajectory:
+def load_tokens(directory: str | os.PathLike, mmap_mode: str | None = "r", *,
+                verify: str = "full") -> TokenTrajectory:
     """Open a complete token store.
 
     Parameters
@@ -692,6 +796,16 @@ def load_tokens(directory: str | os.PathLike, mmap_mode: str | None = "r") -> To
         :class:`TokenStoreWriter`.
     mmap_mode : {"r", "r+", "c"} or None, default="r"
         Passed to :func:`numpy.load`. None reads the arrays into RAM.
+    verify : {"full", "header"}, default="full"
+        ``"full"`` reads every chunk of frames and compares its SHA-256 with
+        the checksum written when it was committed: any changed byte of the
+        arrays (a zeroed block, a flipped bit, a partly overwritten file) is
+        an error. ``"header"`` checks only that ``meta.json`` is complete and
+        that both arrays' headers and file sizes agree with it (it catches
+        missing, truncated or swapped files, not changed bytes), and reads
+        nothing else: use it for a very large store already verified once.
+        Stores written before checksums (format version 1) get the header
+        check only.
 
     Returns
     -------
@@ -704,11 +818,18 @@ def load_tokens(directory: str | os.PathLike, mmap_mode: str | None = "r") -> To
     FileNotFoundError
         If ``directory`` does not exist.
     ValueError
-        If ``directory`` is an incomplete store or not a token store.
+        If ``directory`` is an incomplete, damaged or newer-format store, or
+        not a token store.
 
     See Also
     --------
     save_tokens : Writes a store.
+
+    Notes
+    -----
+    Changing a store through ``mmap_mode="r+"`` makes it disagree with its
+    checksums: a later full verification reports it as damaged. Write
+    changed tokens to a new store with :func:`save_tokens` instead.
 
     Examples
     --------
@@ -731,15 +852,16 @@ def load_tokens(directory: str | os.PathLike, mmap_mode: str | None = "r") -> To
     """
     if mmap_mode not in ("r", "r+", "c", None):
         raise ValueError(f"mmap_mode must be 'r', 'r+', 'c' or None; got {mmap_mode!r}")
+    verify = _check_verify(verify)
     directory = _abspath(directory)
     # shared lock: a concurrent commit of this store is not half-way through its renames
     with _directory_lock(os.path.dirname(directory), exclusive=False):
-        return _open_store(directory, mmap_mode)
+        return _open_store(directory, mmap_mode, verify)
 
 
-def _open_store(directory: str, mmap_mode: str | None) -> TokenTrajectory:
+def _open_store(directory: str, mmap_mode: str | None, verify: str = "header") -> TokenTrajectory:
     """:func:`load_tokens` without the lock (for callers that hold it)."""
-    meta, features, positions = _read_store(directory, mmap_mode)
+    meta, features, positions = _read_store(directory, mmap_mode, verify)
     tokens = TokenTrajectory(
         features,
         positions,
@@ -798,6 +920,23 @@ class TokenStoreWriter:
         ``directory`` (another writer of the same key finished first):
         replace it, or keep it, discard this one and return the kept store
         (for content-addressed caches, where both hold the same data).
+    resume_key : str or None, default=None
+        Makes the write resumable. Every :meth:`checkpoint` then records the
+        committed frames in the partial directory, and a new writer of the
+        same ``directory``, shape, dtypes and ``resume_key`` takes over the
+        partial directory of one that was killed or interrupted
+        (``KeyboardInterrupt``), keeping the frames whose checksums still
+        match: :attr:`n_written` says how many. The key must identify what is
+        written (the input, the parameters, the chunking), since the kept
+        frames are not written again.
+
+    Attributes
+    ----------
+    n_written : int
+        Frames written so far, including those taken over from an
+        interrupted writer.
+    resumed_info : dict or None
+        The ``info`` of the last checkpoint taken over, or None.
 
     Notes
     -----
@@ -808,13 +947,20 @@ class TokenStoreWriter:
                 w.write(feats, pos)
             tokens = w.finalize(residue_names=..., chain_ids=..., residue_ids=...)
 
-    The arrays are written into ``<directory>.partial-<random>``; ``meta.json``
-    is written last and that directory is then renamed to ``directory``. If
-    the block raises, :meth:`finalize` is not called, or the number of written
-    frames differs from ``n_frames``, the partial directory is removed and
-    ``directory`` is left as it was. Commits of one directory by concurrent
-    writers (threads or processes) take turns under a lock on the parent
-    directory (see the module's notes); each writer returns a complete store.
+    The arrays are written into ``<directory>.partial-<random>``, whose disk
+    space is reserved when the writer opens (a full disk is an error then,
+    not a crash later); ``meta.json`` is written last and that directory is
+    then renamed to ``directory``. If the block raises, :meth:`finalize` is
+    not called, or the number of written frames differs from ``n_frames``,
+    the partial directory is removed and ``directory`` is left as it was
+    (a resumable writer interrupted after a checkpoint keeps it for the next
+    one). Commits of one directory by concurrent writers (threads or
+    processes) take turns under a lock on the parent directory (see the
+    module's notes); each writer returns a complete store.
+
+    The frames between two checkpoints (and between the last one and
+    :meth:`finalize`) form one chunk, whose SHA-256 goes into ``meta.json``
+    and is checked by :func:`load_tokens`.
     """
 
     def __init__(
@@ -827,10 +973,14 @@ class TokenStoreWriter:
         dtype: Any = "float32",
         positions_dtype: Any = "float32",
         if_exists: str = "replace",
+        resume_key: str | None = None,
     ) -> None:
         if if_exists not in ("replace", "keep"):
             raise ValueError(f"if_exists must be 'replace' or 'keep'; got {if_exists!r}")
+        if resume_key is not None and not isinstance(resume_key, str):
+            raise ValueError(f"resume_key must be a str or None; got {resume_key!r}")
         self.if_exists = if_exists
+        self.resume_key = resume_key
         self.directory = _abspath(directory)
         self.n_frames = _check_count(n_frames, "n_frames")
         self.n_residues = _check_count(n_residues, "n_residues")
@@ -843,6 +993,7 @@ class TokenStoreWriter:
         with _directory_lock(os.path.dirname(self.directory), exclusive=False):
             _check_target(self.directory)  # not while another writer's commit moves it
         self.n_written = 0
+        self.resumed_info: dict | None = None
         self._state = "new"  # new -> open -> finalized | aborted
         self._partial: str | None = None
         self._features: np.memmap | None = None
@@ -850,6 +1001,10 @@ class TokenStoreWriter:
         self._cleanup: weakref.finalize | None = None
         # streamed digests of the two arrays' bytes (block sizes do not change them)
         self._digests = (hashlib.sha256(), hashlib.sha256())
+        # the committed chunks, [stop, features sha256, positions sha256], and the open one
+        self._chunks: list[list] = []
+        self._chunk_digests = (hashlib.sha256(), hashlib.sha256())
+        self._infos: list[dict | None] = []  # a resumable writer's checkpoint info, per chunk
 
     # ------------------------------------------------------------ lifecycle
     def __enter__(self) -> TokenStoreWriter:
@@ -858,7 +1013,8 @@ class TokenStoreWriter:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if self._state in ("new", "open"):
-            self._abort()
+            interrupted = exc_type is not None and not issubclass(exc_type, Exception)
+            self._abort(keep=interrupted)
             if exc_type is None:
                 warnings.warn(
                     f"TokenStoreWriter for {self.directory!r} closed without finalize(); "
@@ -873,6 +1029,49 @@ class TokenStoreWriter:
         if self._state in ("new", "open"):
             self._abort()
 
+    def _layout(self) -> dict:
+        """What a partial directory must match to be taken over."""
+        return {
+            "resume_key": self.resume_key,
+            "features_shape": [self.n_frames, self.n_residues, 4, self.n_channels],
+            "features_dtype": self.dtype.str,
+            "positions_shape": [self.n_frames, self.n_residues, 3],
+            "positions_dtype": self.positions_dtype.str,
+        }
+
+    def _claim(self, parent: str, name: str) -> tuple[str, dict] | None:
+        """Under the parent's exclusive lock: take over a dead writer's matching partial.
+
+        Returns the partial directory and its progress record, the one with
+        the most committed frames, after writing this process into its owner file.
+        """
+        best = None
+        try:
+            entries = sorted(os.listdir(parent or "."))
+        except OSError:
+            return None
+        for entry in entries:
+            if not (entry.startswith(name + ".") and _PARTIAL_RE.fullmatch(entry[len(name):])):
+                continue
+            path = os.path.join(parent, entry)
+            try:
+                with open(os.path.join(path, _PROGRESS), encoding="utf-8") as fh:
+                    progress = json.load(fh)
+                chunks = _check_chunk_list(progress["chunks"], self.n_frames)
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if progress.get("layout") != self._layout() or not _writer_is_gone(path):
+                continue
+            done = chunks[-1][0] if chunks else 0
+            if best is None or done > best[0]:
+                best = (done, path, progress)
+        if best is None:
+            return None
+        _, path, progress = best
+        with open(os.path.join(path, _OWNER), "w", encoding="utf-8") as fh:
+            json.dump(_owner_record(), fh)
+        return path, progress
+
     def _open(self) -> None:
         if self._state == "open":
             return
@@ -880,45 +1079,118 @@ class TokenStoreWriter:
             raise RuntimeError(f"this TokenStoreWriter is already {self._state}")
         parent, name = os.path.split(self.directory)
         os.makedirs(parent, exist_ok=True)
+        claimed = None
         with _directory_lock(parent) as locked:
+            if locked and self.resume_key is not None:
+                claimed = self._claim(parent, name)
             if locked:
-                _remove_debris(parent, name)
-            while True:
-                partial = os.path.join(parent, f"{name}.partial-{secrets.token_hex(6)}")
-                try:
-                    os.mkdir(partial)  # honours the umask, unlike tempfile.mkdtemp
-                    break
-                except FileExistsError:
-                    continue
+                _remove_debris(parent, name)  # a claimed partial has a live owner again
+            if claimed is not None:
+                partial = claimed[0]
+            else:
+                while True:
+                    partial = os.path.join(parent, f"{name}.partial-{secrets.token_hex(6)}")
+                    try:
+                        os.mkdir(partial)  # honours the umask, unlike tempfile.mkdtemp
+                        break
+                    except FileExistsError:
+                        continue
             self._partial = partial
             self._cleanup = weakref.finalize(self, _remove_tree, partial)
             self._state = "open"
-            try:  # before the lock goes: no other writer sees this directory without its owner
-                with open(os.path.join(partial, _OWNER), "w", encoding="utf-8") as fh:
-                    json.dump(_owner_record(), fh)
-            except BaseException:
-                self._abort()
-                raise
+            if claimed is None:
+                try:  # before the lock goes: no other writer sees this directory without its owner
+                    with open(os.path.join(partial, _OWNER), "w", encoding="utf-8") as fh:
+                        json.dump(_owner_record(), fh)
+                except BaseException:
+                    self._abort()
+                    raise
         try:
-            self._features = np.lib.format.open_memmap(
-                os.path.join(partial, _FEATURES),
-                mode="w+",
-                dtype=self.dtype,
-                shape=(self.n_frames, self.n_residues, 4, self.n_channels),
-            )
-            self._positions = np.lib.format.open_memmap(
-                os.path.join(partial, _POSITIONS),
-                mode="w+",
-                dtype=self.positions_dtype,
-                shape=(self.n_frames, self.n_residues, 3),
-            )
+            if claimed is not None and self._resume(claimed[1]):
+                return
+            self._create_arrays()
         except BaseException:
             self._abort()
             raise
 
-    def _abort(self) -> None:
+    def _array_paths(self) -> tuple[str, str]:
+        return (os.path.join(self._partial, _FEATURES), os.path.join(self._partial, _POSITIONS))
+
+    def _create_arrays(self) -> None:
+        """Make both array files at full size, their disk space reserved."""
+        shapes = ((self.n_frames, self.n_residues, 4, self.n_channels),
+                  (self.n_frames, self.n_residues, 3))
+        dtypes = (self.dtype, self.positions_dtype)
+        need = sum(int(np.prod(sh)) * dt.itemsize for sh, dt in zip(shapes, dtypes))
+        free = shutil.disk_usage(self._partial).free
+        if need > free:
+            raise self._disk_full(f"it needs {_size(need)} and {_size(free)} are free")
+        arrays = []
+        for path, shape, dtype in zip(self._array_paths(), shapes, dtypes):
+            arrays.append(np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape))
+            _reserve(path, self._disk_full)
+        self._features, self._positions = arrays
+
+    def _disk_full(self, detail: str) -> OSError:
+        return OSError(
+            errno.ENOSPC,
+            f"Not enough disk space for the token store {self.directory!r}: {detail}. Nothing "
+            f"was written there (the partial store was removed); free some space, or write the "
+            f"store elsewhere (store_dir= or memory= of GeomEmbedder).",
+        )
+
+    def _resume(self, progress: dict) -> bool:
+        """Open a claimed partial; keep its committed chunks whose checksums match.
+
+        Returns False (and empties the directory) when its arrays cannot be opened.
+        """
+        try:
+            arrays = [np.lib.format.open_memmap(p, mode="r+") for p in self._array_paths()]
+        except (OSError, ValueError, EOFError):
+            for fname in (_FEATURES, _POSITIONS, _PROGRESS):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(self._partial, fname))
+            return False
+        layout = self._layout()
+        if (list(arrays[0].shape) != layout["features_shape"] or arrays[0].dtype != self.dtype
+                or list(arrays[1].shape) != layout["positions_shape"]
+                or arrays[1].dtype != self.positions_dtype):
+            del arrays
+            for fname in (_FEATURES, _POSITIONS, _PROGRESS):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(self._partial, fname))
+            return False
+        self._features, self._positions = arrays
+        chunks = _check_chunk_list(progress["chunks"], self.n_frames)
+        infos = progress.get("infos")
+        if not isinstance(infos, list) or len(infos) != len(chunks):
+            infos = [None] * len(chunks)
+        start = 0
+        for (stop, want_f, want_p), info in zip(chunks, infos):
+            block = (self._features[start:stop], self._positions[start:stop])
+            if _chunk_digests(*block) != (want_f, want_p):
+                break  # damaged since it was committed: this and later chunks are written again
+            for digest, part in zip(self._digests, block):
+                digest.update(memoryview(part).cast("B"))
+            self._chunks.append([stop, want_f, want_p])
+            self._infos.append(info)
+            self.resumed_info = info
+            start = stop
+        self.n_written = start
+        return True
+
+    def _abort(self, keep: bool = False) -> None:
+        """Remove the partial directory; with ``keep``, leave a resumable one for the next writer."""
         self._features = self._positions = None  # unmap before deleting
-        if self._cleanup is not None:
+        keep = keep and self.resume_key is not None and bool(self._chunks) and self._partial
+        if keep:
+            parent = os.path.dirname(self.directory)
+            with _directory_lock(parent):  # ownerless with a progress file: claimable
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(self._partial, _OWNER))
+            if self._cleanup is not None:
+                self._cleanup.detach()
+        elif self._cleanup is not None:
             self._cleanup()  # removes the partial directory once
         self._state = "aborted"
 
@@ -963,9 +1235,42 @@ class TokenStoreWriter:
         self._features[self.n_written : stop] = features
         self._positions[self.n_written : stop] = positions
         if k:
-            for digest, array in zip(self._digests, (self._features, self._positions)):
-                digest.update(memoryview(array[self.n_written : stop]).cast("B"))
+            for digests in (self._digests, self._chunk_digests):
+                for digest, array in zip(digests, (self._features, self._positions)):
+                    digest.update(memoryview(array[self.n_written : stop]).cast("B"))
         self.n_written = stop
+        _kill_point("mid-chunk")
+
+    def checkpoint(self, info: Mapping[str, Any] | None = None) -> None:
+        """End the current chunk: flush it to disk and record its checksum.
+
+        With a ``resume_key``, the chunk is then committed: a writer that
+        takes over after an interruption keeps it.
+
+        Parameters
+        ----------
+        info : dict or None, default=None
+            JSON-serialisable state to hand to a writer that resumes after
+            this checkpoint (its :attr:`resumed_info`).
+        """
+        self._open()
+        if info is not None:
+            info = json.loads(json.dumps(dict(info), default=_json_default))
+        stop = self._chunks[-1][0] if self._chunks else 0
+        if self.n_written == stop:
+            if info is not None and self._infos:
+                self._infos[-1] = info  # nothing new to commit; the info goes with the last chunk
+            else:
+                return
+        else:
+            self._features.flush()  # msync: the chunk is on disk before it is recorded
+            self._positions.flush()
+            self._chunks.append([self.n_written, *(d.hexdigest() for d in self._chunk_digests)])
+            self._infos.append(info)
+            self._chunk_digests = (hashlib.sha256(), hashlib.sha256())
+        if self.resume_key is not None:
+            progress = {"layout": self._layout(), "chunks": self._chunks, "infos": self._infos}
+            _write_json_atomic(os.path.join(self._partial, _PROGRESS), progress)
 
     def finalize(
         self,
@@ -993,6 +1298,9 @@ class TokenStoreWriter:
         ValueError
             If fewer than ``n_frames`` frames were written or the metadata is
             invalid; the partial store is then discarded.
+        OSError
+            If the disk fills while the metadata is written; the partial
+            store is then discarded.
         """
         self._open()
         try:
@@ -1004,6 +1312,9 @@ class TokenStoreWriter:
             names, chains, resids, timestep, prov = _validate_metadata(
                 self.n_residues, residue_names, chain_ids, residue_ids, timestep, provenance
             )
+            if (self._chunks[-1][0] if self._chunks else 0) != self.n_written:
+                self._chunks.append([self.n_written, *(d.hexdigest() for d in self._chunk_digests)])
+            _kill_point("after-last-chunk")
             self._features.flush()
             self._positions.flush()
             self._features = self._positions = None
@@ -1026,12 +1337,14 @@ class TokenStoreWriter:
                 "residue_ids": resids.tolist(),
                 "timestep": timestep,
                 "provenance": prov,
+                "chunks": self._chunks,
             }
-            meta_path = os.path.join(partial, _META)
-            with open(meta_path, "w", encoding="utf-8") as fh:
-                json.dump(meta, fh, default=_json_default, indent=1)
-                fh.flush()
-                os.fsync(fh.fileno())
+            try:
+                _write_json_atomic(os.path.join(partial, _META), meta, indent=1)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise self._disk_full("the disk filled while its metadata was written") from exc
+                raise
             _fsync(partial)
             tokens = self._commit(partial)
         except BaseException:
@@ -1069,7 +1382,7 @@ class TokenStoreWriter:
                 _remove_tree(partial)  # the same key was committed first by another writer
                 return _open_store(target, "r")
             _check_target(target)
-            os.remove(os.path.join(partial, _OWNER))  # the store goes into place without it
+            os.remove(os.path.join(partial, _OWNER))  # ownerless under the lock: in its commit
             if os.path.lexists(target) and not os.listdir(target):
                 os.rmdir(target)
             aside = None
@@ -1077,17 +1390,60 @@ class TokenStoreWriter:
                 aside = os.path.join(parent, f"{name}.old-{secrets.token_hex(6)}")
                 os.rename(target, aside)
                 try:
+                    _kill_point("mid-commit")
                     os.rename(partial, target)
                 except BaseException:
                     os.rename(aside, target)
                     raise
             else:
+                _kill_point("mid-commit")
                 os.rename(partial, target)
+            with contextlib.suppress(FileNotFoundError):  # kept until now for a resume
+                os.remove(os.path.join(target, _PROGRESS))
             _fsync(parent)
             tokens = _open_store(target, "r")
         if aside is not None:  # a large old store is deleted without holding up other writers
             _remove_tree(aside)
         return tokens
+
+
+def _write_json_atomic(path: str, obj: Any, indent: int | None = None) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename, fsynced."""
+    tmp = f"{path}.tmp-{secrets.token_hex(4)}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, default=_json_default, indent=indent)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def _size(n_bytes: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.3g} {unit}"
+    return f"{n_bytes} bytes"
+
+
+def _reserve(path: str, disk_full) -> None:
+    """Allocate the blocks of the file at ``path``, so that writing through a memory map
+    cannot hit a full disk (which would kill the process with SIGBUS)."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise disk_full("the filesystem could not reserve the space") from exc
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    finally:
+        os.close(fd)
 
 
 def save_tokens(tokens: TokenTrajectory, directory: str | os.PathLike) -> TokenTrajectory:
@@ -1153,6 +1509,7 @@ def save_tokens(tokens: TokenTrajectory, directory: str | os.PathLike) -> TokenT
             writer.write(
                 tokens.features[start : start + block], tokens.positions[start : start + block]
             )
+            writer.checkpoint()  # one checksum per block
         return writer.finalize(
             residue_names=tokens.residue_names,
             chain_ids=tokens.chain_ids,

@@ -96,6 +96,38 @@ def test_store_dir_reuses_its_finished_stores_and_refuses_damaged_ones(
         emb.transform(two_short[:1])
 
 
+def _zero_frame(store, frame):
+    """Zero one frame of a store's features in place (bit rot, a bad disk block)."""
+    features = np.load(os.path.join(store, "features.npy"), mmap_mode="r+")
+    features[frame] = 0
+    features.flush()
+    del features
+
+
+def test_a_zeroed_block_is_caught_and_the_cache_entry_replaced_or_the_store_refused(
+        visnet_checkpoint, two_short, reference, tmp_path, count_batches):
+    _, expected = reference
+    emb = GeomEmbedder(visnet_checkpoint, memory=str(tmp_path / "cache"), chunk_size=16,
+                       progress=False)
+    entry = emb.fit_transform(two_short[:1])[0].path
+    _zero_frame(entry, 20)
+    with pytest.warns(RuntimeWarning, match=f"cache entry {entry} for trajectory 0 was damaged.*"
+                                            "frames 16-31 of features.npy do not match their "
+                                            "checksum.*embedded again"):
+        again = emb.transform(two_short[:1])[0]
+    assert count_batches["frames"] == 80
+    np.testing.assert_array_equal(again.features, expected[0].features)
+    del again
+    emb = GeomEmbedder(visnet_checkpoint, store_dir=str(tmp_path / "stores"), progress=False)
+    path = emb.fit_transform(two_short[:1])[0].path
+    _zero_frame(path, 3)
+    with pytest.raises(FileExistsError, match=f"{path}' exists and is not a complete token store "
+                                              "of trajectory 0: .*do not match their checksum.*"
+                                              "Remove it .*and transform again"):
+        emb.transform(two_short[:1])
+    assert count_batches["frames"] == 120  # nothing embedded for the refused store
+
+
 def test_concurrent_cache_writers_short_stress(visnet_checkpoint, tmp_path, monkeypatch):
     """The short version of benchmarks/stress_stores.py on one memory= key (2 threads + 1 process)."""
     stress = _stress_module(monkeypatch)

@@ -449,3 +449,230 @@ def test_concurrent_writers_short_stress(tmp_path, monkeypatch):
     report = stress.stress("save_tokens", str(tmp_path / "st"), n_threads=3, n_processes=2, rounds=4)
     assert report["calls"] == 20
     assert report["exceptions"] == [] and report["debris"] == [] and report["bad_token_sets"] == []
+
+
+# ------------------------------------------------------------------ integrity
+def _zero_bytes(path, offset, n):
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"\0" * n)
+
+
+def test_zeroed_block_is_caught_by_the_default_verification(tmp_path):
+    d = tmp_path / "store"
+    with TokenStoreWriter(d, n_frames=N_FRAMES, n_residues=N_RES, n_channels=H) as w:
+        feats, pos = _arrays()
+        for start in range(0, N_FRAMES, 4):  # three chunks of four frames
+            w.write(feats[start:start + 4], pos[start:start + 4])
+            w.checkpoint()
+        w.finalize(**_meta())
+    frame_bytes = N_RES * 4 * H * 4
+    header = os.path.getsize(d / "features.npy") - N_FRAMES * frame_bytes
+    _zero_bytes(d / "features.npy", header + 5 * frame_bytes + 8, 16)  # inside frame 5
+    with pytest.raises(ValueError, match=r"is corrupt: frames 4-7 of features.npy do not match "
+                                         r"their checksum"):
+        load_tokens(d)
+    assert not is_complete_store(d)
+    # the header level reads nothing but the headers: it serves the damaged data
+    assert is_complete_store(d, verify="header")
+    served = load_tokens(d, verify="header").features[5].reshape(-1)
+    assert (served[2:6] == 0).all() and not (feats[5].reshape(-1)[2:6] == 0).any()
+    with pytest.raises(ValueError, match="verify must be 'full' or 'header'"):
+        load_tokens(d, verify=True)
+
+
+def test_header_level_catches_truncation_and_a_zeroed_header(tmp_path):
+    d = tmp_path / "store"
+    save_tokens(_tokens(), d)
+    _zero_bytes(d / "positions.npy", 0, 64)  # the .npy header
+    for verify in ("header", "full"):
+        with pytest.raises(ValueError, match="cannot read positions.npy"):
+            load_tokens(d, verify=verify)
+    save_tokens(_tokens(), tmp_path / "other")
+    with open(tmp_path / "other" / "features.npy", "r+b") as fh:
+        fh.truncate(os.path.getsize(tmp_path / "other" / "features.npy") - 1)
+    assert not is_complete_store(tmp_path / "other", verify="header")
+
+
+def test_a_version_1_store_still_loads_and_a_newer_one_is_refused(tmp_path):
+    import json
+
+    d = tmp_path / "store"
+    saved = save_tokens(_tokens(), d)
+    meta = json.loads((d / "meta.json").read_text())
+    del saved
+    # exactly what version 1 wrote: no per-chunk checksums
+    v1 = {k: v for k, v in meta.items() if k != "chunks"}
+    v1["format_version"] = 1
+    (d / "meta.json").write_text(json.dumps(v1))
+    _assert_same(load_tokens(d), _tokens())
+    newer = dict(meta, format_version=3)
+    (d / "meta.json").write_text(json.dumps(newer))
+    with pytest.raises(ValueError, match="format version 3; this version of g2v_sklearn reads "
+                                         "versions 1, 2; it was written by a newer g2v_sklearn: "
+                                         "upgrade"):
+        load_tokens(d)
+    (d / "meta.json").write_text(json.dumps(dict(meta, chunks=[[5, "a", "b"]])))
+    with pytest.raises(ValueError, match="corrupt: its checksums cover 5 of 12 frames"):
+        load_tokens(d)
+
+
+# ------------------------------------------------------------------ full disk
+def test_full_disk_is_refused_before_writing_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    from g2v_sklearn import _tokens as tokens_module
+
+    d = tmp_path / "store"
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(tokens_module.shutil, "disk_usage",
+                        lambda path: usage._replace(free=100))
+    with pytest.raises(OSError, match=r"Not enough disk space for the token store .*store': it "
+                                      r"needs 3.6 kB and 100 bytes are free. Nothing was "
+                                      r"written there") as info:
+        save_tokens(_tokens(), d)
+    assert info.value.errno == errno.ENOSPC
+    assert os.listdir(tmp_path) == []
+    monkeypatch.undo()
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tokens_module.os, "posix_fallocate", no_space, raising=False)
+    with pytest.raises(OSError, match="could not reserve the space"):
+        save_tokens(_tokens(), d)
+    assert os.listdir(tmp_path) == []
+
+
+def test_disk_filling_during_the_metadata_keeps_the_old_store(tmp_path, monkeypatch):
+    import errno
+
+    from g2v_sklearn import _tokens as tokens_module
+
+    d = tmp_path / "store"
+    save_tokens(_tokens(seed=1), d)
+    real = tokens_module._write_json_atomic
+
+    def full(path, obj, indent=None):
+        if path.endswith("meta.json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, obj, indent)
+
+    monkeypatch.setattr(tokens_module, "_write_json_atomic", full)
+    with pytest.raises(OSError, match="the disk filled while its metadata was written"):
+        save_tokens(_tokens(seed=2), d)
+    assert _siblings(str(d)) == ["store"]
+    _assert_same(load_tokens(d), _tokens(seed=1))
+
+
+# --------------------------------------------------------------------- resume
+def _resumable(d, key="k1"):
+    return TokenStoreWriter(d, n_frames=N_FRAMES, n_residues=N_RES, n_channels=H, resume_key=key)
+
+
+def _interrupted(d, n_chunks, key="k1"):
+    """A resumable write of ``n_chunks`` committed chunks of 4 frames, interrupted with ^C
+    half-way through the next chunk."""
+    feats, pos = _arrays()
+    with pytest.raises(KeyboardInterrupt), _resumable(d, key) as w:
+        for c in range(n_chunks):
+            w.write(feats[4 * c:4 * c + 4], pos[4 * c:4 * c + 4])
+            w.checkpoint({"chunk": c})
+        w.write(feats[4 * n_chunks:4 * n_chunks + 2], pos[4 * n_chunks:4 * n_chunks + 2])
+        raise KeyboardInterrupt
+
+
+def _finish(w):
+    feats, pos = _arrays()
+    for start in range(w.n_written, N_FRAMES, 4):
+        w.write(feats[start:start + 4], pos[start:start + 4])
+        w.checkpoint()
+    return w.finalize(**_meta(), timestep=2.0, provenance={"model": "toy", "seed": 0})
+
+
+def test_an_interrupted_resumable_write_is_taken_over_where_it_stopped(tmp_path):
+    d = tmp_path / "store"
+    _interrupted(d, 2)
+    (partial,) = _siblings(str(d))
+    assert ".partial-" in partial  # kept for the next writer
+    with _resumable(d) as w:
+        assert (w.n_written, w.resumed_info) == (8, {"chunk": 1})
+        resumed = _finish(w)
+    assert _siblings(str(d)) == ["store"]
+    assert sorted(os.listdir(d)) == ["features.npy", "meta.json", "positions.npy"]
+    uninterrupted = save_tokens(_tokens(), tmp_path / "whole")
+    _assert_same(resumed, uninterrupted)
+    assert resumed._store[2] == uninterrupted._store[2]  # equal data, equal id
+    # without a resume key an interruption discards the partial directory, as before
+    with pytest.raises(KeyboardInterrupt), TokenStoreWriter(
+            tmp_path / "plain", n_frames=N_FRAMES, n_residues=N_RES, n_channels=H) as w:
+        w.write(*_arrays())
+        w.checkpoint()
+        raise KeyboardInterrupt
+    assert _siblings(str(tmp_path / "plain")) == []
+
+
+def test_resume_needs_the_same_key_and_skips_damaged_chunks_and_live_writers(tmp_path):
+    d = tmp_path / "store"
+    _interrupted(d, 2)
+    with _resumable(d, key="another input") as w:  # not ours: its partial is debris
+        assert w.n_written == 0
+        _finish(w)
+    assert _siblings(str(d)) == ["store"]
+    _interrupted(tmp_path / "z", 2)
+    (partial,) = _siblings(str(tmp_path / "z"))
+    frame_bytes = N_RES * 4 * H * 4
+    path = tmp_path / partial / "features.npy"
+    _zero_bytes(path, os.path.getsize(path) - (N_FRAMES - 5) * frame_bytes, 8)  # frame 5: chunk 1
+    with _resumable(tmp_path / "z") as w:
+        assert (w.n_written, w.resumed_info) == (4, {"chunk": 0})  # chunk 1 is written again
+        _assert_same(_finish(w), _tokens())
+    # a partial whose writer is alive (here, in this process) is not taken over
+    live = _resumable(tmp_path / "live")
+    live.write(*(a[:4] for a in _arrays()))
+    live.checkpoint()
+    with _resumable(tmp_path / "live") as other:
+        assert other.n_written == 0
+        other.close()
+    assert _finish(live).n_frames == N_FRAMES
+
+
+def test_a_commit_killed_between_its_renames_is_finished_by_the_next_writer(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    from g2v_sklearn import _tokens as tokens_module
+
+    d = tmp_path / "store"
+    save_tokens(_tokens(seed=7), d)  # the store being replaced
+    feats, pos = _arrays()
+    np.save(tmp_path / "f.npy", feats)
+    np.save(tmp_path / "p.npy", pos)
+    code = textwrap.dedent(
+        f"""
+        import importlib.util, os, numpy as np
+        spec = importlib.util.spec_from_file_location("_tokens", {tokens_module.__file__!r})
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        os.environ[mod._KILL_ENV] = "mid-commit"
+        w = mod.TokenStoreWriter({str(d)!r}, n_frames={N_FRAMES}, n_residues={N_RES},
+                                 n_channels={H}, resume_key="k1")
+        with w:
+            w.write(np.load({str(tmp_path / "f.npy")!r}), np.load({str(tmp_path / "p.npy")!r}))
+            w.checkpoint()
+            w.finalize(residue_names={_meta()["residue_names"]!r}, chain_ids={_meta()["chain_ids"]!r},
+                       residue_ids={_meta()["residue_ids"]!r}, timestep=2.0,
+                       provenance={{"model": "toy", "seed": 0}})
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], timeout=60)
+    assert proc.returncode == -9
+    left = _siblings(str(d))
+    assert len(left) == 2 and ".old-" in left[0] and ".partial-" in left[1]  # nothing at store
+    with _resumable(d) as w:
+        assert w.n_written == N_FRAMES  # every frame was committed: nothing to write again
+        done = w.finalize(**_meta(), timestep=2.0, provenance={"model": "toy", "seed": 0})
+    assert _siblings(str(d)) == ["store"]
+    _assert_same(done, _tokens())
