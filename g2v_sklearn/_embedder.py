@@ -38,6 +38,7 @@ from ._tokens import (
 from ._topology import (
     atomic_numbers_of,
     describe_topology,
+    first_difference,
     residue_layout,
     select_atoms,
     topology_signature,
@@ -166,7 +167,25 @@ class _Engine:
         else:
             with md.open(source.path) as handle:
                 total = len(handle)
+            self._check_atom_count(source)
         return -(-total // self.stride)
+
+    def _check_atom_count(self, source: _Source) -> None:
+        """A file must hold the topology's atoms: mdtraj would slice a larger one silently
+        and fail on a smaller one with an error about indices."""
+        try:
+            with md.open(source.path) as handle:
+                first = handle.read(n_frames=1)
+            xyz = first[0] if isinstance(first, tuple) else first
+            n_atoms = int(np.shape(xyz)[1])
+        except Exception:  # noqa: BLE001 - a format without this reader: mdtraj checks it
+            return
+        if n_atoms != self.topology.n_atoms:
+            raise ValueError(
+                f"{source.label.capitalize()} holds {n_atoms} atoms per frame but the topology "
+                f"has {self.topology.n_atoms}: give the topology this file was written with "
+                f"(the same atoms in the same order)."
+            )
 
     def chunks(self, source: _Source, first: int = 0):
         """Yield the selected atoms of ``chunk_size`` (strided) frames at a time, from frame
@@ -833,14 +852,19 @@ class GeomEmbedder(TransformerMixin, BaseEstimator):
         if topology is self.topology_:
             return
         same = topology.n_atoms == self.topology_.n_atoms
+        numbers = None
         if same:
             numbers = atomic_numbers_of(topology, self.atomic_numbers)
             same = topology_signature(topology, self.atom_indices_, numbers) == self.topology_signature_
         if not same:
+            difference = first_difference(
+                topology, self.topology_, self.atom_indices_, numbers,
+                atomic_numbers_of(self.topology_, self.atomic_numbers))
             raise ValueError(
                 f"{source.label.capitalize()} has a topology ({describe_topology(topology)}) "
                 f"that differs from the one GeomEmbedder was fitted on "
-                f"({describe_topology(self.topology_)}). Fit one embedder per system."
+                f"({describe_topology(self.topology_)}): {difference}. Fit one embedder per "
+                f"system."
             )
 
     def _cache_key(self, source: _Source) -> str:

@@ -90,10 +90,12 @@ def atomic_numbers_of(topology: md.Topology, override=None) -> np.ndarray:
         if impossible:
             raise ValueError(
                 f"Atom {atom} is assigned the element {element.symbol} ({element.name}), which "
-                f"cannot be right for an atom of that name in a biomolecule. The topology "
-                f"probably guessed elements from masses, and the masses were repartitioned "
-                f"(e.g. a PSF with hydrogen mass repartitioning turns H into He). Load a "
-                f"topology with explicit elements (a PDB file), or pass atomic_numbers=."
+                f"cannot be right for an atom of that name in a biomolecule: the elements were "
+                f"guessed, not read. mdtraj guesses them from atom names where a PDB file has "
+                f"no element column (CA becomes calcium, HG mercury) and from masses in a PSF, "
+                f"where hydrogen mass repartitioning turns H into He. Load a topology that "
+                f"states its elements (e.g. the PSF or a PDB with an element column), or pass "
+                f"atomic_numbers=."
             )
         numbers[atom.index] = number
     return numbers
@@ -156,11 +158,29 @@ def select_atoms(topology: md.Topology, selection: str | None, numbers: np.ndarr
         try:
             indices = np.asarray(topology.select(selection), dtype=np.int64)
         except Exception as exc:
-            raise ValueError(f"Invalid atom selection {selection!r}: {exc}") from exc
+            raise ValueError(_selection_error(selection, exc)) from None  # not pyparsing's grammar
         what = f"The selection {selection!r}"
     if indices.size == 0:
         raise ValueError(f"{what} selects no atom of the topology ({topology}).")
     return np.sort(indices)
+
+
+def _selection_error(selection: str, exc: Exception) -> str:
+    """What is wrong with an mdtraj selection, in a line (mdtraj's own message can be
+    kilobytes of the grammar it expected)."""
+    parse = exc if hasattr(exc, "loc") else exc.__context__
+    loc = getattr(parse, "loc", None)
+    reason = str(getattr(parse, "msg", exc)).splitlines()[0]
+    if isinstance(loc, int):
+        if reason.startswith("Expected {"):  # a whole grammar: say what was missing instead
+            reason = "a term (such as name CA, resname ALA, protein) was expected"
+        where = ("at its end" if loc >= len(selection)
+                 else f"at character {loc + 1} ({selection[loc:]!r})")
+        detail = f"{reason} {where}"
+    else:
+        detail = reason if len(reason) <= 200 else reason[:200] + " ..."
+    return (f"Invalid atom selection {selection!r}: {detail}. Selections use mdtraj's language, "
+            f"e.g. 'protein and not element H' or 'resname ALA and name CA'.")
 
 
 @dataclass(frozen=True)
@@ -233,6 +253,26 @@ def topology_signature(topology: md.Topology, atom_indices: np.ndarray, numbers:
             f"|{atom.name}:{residue.name}:{residue.resSeq}:{residue.chain.index}:{numbers[i]}".encode()
         )
     return digest.hexdigest()[:16]
+
+
+def first_difference(topology: md.Topology, fitted: md.Topology, atom_indices: np.ndarray,
+                     numbers: np.ndarray, fitted_numbers: np.ndarray) -> str:
+    """The first way ``topology`` differs from ``fitted`` that the embedding depends on."""
+    if topology.n_atoms != fitted.n_atoms:
+        return f"it has {topology.n_atoms} atoms, the fitted one {fitted.n_atoms}"
+    for i in atom_indices:
+        here, there = topology.atom(int(i)), fitted.atom(int(i))
+        for what, a, b in (
+            ("residue name", here.residue.name, there.residue.name),
+            ("residue number", here.residue.resSeq, there.residue.resSeq),
+            ("chain", here.residue.chain.index, there.residue.chain.index),
+            ("atom name", here.name, there.name),
+            ("atomic number", int(numbers[i]), int(fitted_numbers[i])),
+        ):
+            if a != b:
+                return (f"atom {int(i)} ({there} when fitted) has {what} {a!r} in this topology and "
+                        f"{b!r} in the fitted one")
+    return "its selected atoms differ"
 
 
 def describe_topology(topology: md.Topology) -> str:

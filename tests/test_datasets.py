@@ -179,3 +179,17 @@ def test_shipped_settings_file_matches_the_package_constant():
     meta = json.loads((Path(_alanine._shipped_dir()) / "settings.json").read_text())
     assert {k: meta[k] for k in SHIPPED_SETTINGS} == SHIPPED_SETTINGS
     assert meta["timestep_fs"] == 4.0 and meta["hydrogen_mass_amu"] == 4.0 and meta["temperature_K"] == 300.0
+
+
+def test_adenylate_kinase_end_states_carry_the_real_elements_and_loading_is_quiet(capfd):
+    import collections
+
+    adk = load_adenylate_kinase(n_frames=2)
+    elements = collections.Counter(a.element.symbol for a in adk.paths[0].topology.atoms)
+    assert set(elements) == {"C", "H", "N", "O", "S"}
+    for structure in (adk.closed, adk.open):
+        # read alone, these PDBs gave calcium for CA and mercury for HG
+        assert collections.Counter(a.element.symbol for a in structure.topology.atoms) == elements
+        assert structure.topology.atom(int(structure.topology.select("name CA")[0])).element.symbol == "C"
+    out, err = capfd.readouterr()
+    assert "DCD header claims" not in out + err and "dcdplugin" not in out + err

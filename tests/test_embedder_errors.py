@@ -41,6 +41,50 @@ def test_other_topology_is_rejected(fitted, adk_traj):
         fitted.transform([adk_traj[:1]])
 
 
+def test_a_renamed_residue_is_named(fitted, small_ala2):
+    renamed = small_ala2[:]
+    renamed.topology = small_ala2.topology.copy()
+    renamed.topology.residue(1).name = "GLY"  # same atoms, same count
+    with pytest.raises(ValueError, match=r"\(22 atoms in 3 residues\) that differs .*: atom 6 "
+                                         r"\(ALA2-N when fitted\) has residue name 'GLY' in this "
+                                         r"topology and 'ALA' in the fitted one"):
+        fitted.transform([renamed])
+
+
+@pytest.mark.parametrize("atoms", [8, 27])
+def test_a_file_with_other_atoms_than_the_topology(visnet_checkpoint, ala2_files, tmp_path, atoms):
+    pdb, paths = ala2_files
+    traj = md.load(paths[0], top=pdb)[:5]
+    xyz = np.concatenate([traj.xyz, traj.xyz[:, :5] + 0.5], axis=1)[:, :atoms]
+    path = str(tmp_path / "other.xtc")
+    with md.open(path, "w") as fh:
+        fh.write(xyz)
+    emb = GeomEmbedder(visnet_checkpoint, topology=pdb, progress=False).fit([path])
+    # fewer atoms: mdtraj's own error is about indices; more: it would slice them silently
+    with pytest.raises(ValueError, match=f"Trajectory 0 .*other.xtc'.* holds {atoms} atoms per "
+                                         f"frame but the topology has 22: give the topology this "
+                                         f"file was written with"):
+        emb.transform([path])
+
+
+def test_bad_selection_syntax_is_one_line(visnet_checkpoint, small_ala2):
+    with pytest.raises(ValueError, match=r"Invalid atom selection 'resname ALA and': a term "
+                                         r"\(such as .*\) was expected at its end") as info:
+        GeomEmbedder(visnet_checkpoint, selection="resname ALA and").fit([small_ala2])
+    assert len(str(info.value)) < 300 and info.value.__suppress_context__  # no grammar dump
+    with pytest.raises(ValueError, match=r"Expected end of text at character 5 \('bar'\)"):
+        GeomEmbedder(visnet_checkpoint, selection="foo bar").fit([small_ala2])
+
+
+def test_elements_guessed_from_pdb_atom_names(visnet_checkpoint):
+    from g2v_sklearn.datasets import load_adenylate_kinase
+
+    closed = md.load(load_adenylate_kinase(n_frames=1).files["closed"])  # no element column
+    with pytest.raises(ValueError, match=r"element Ca \(calcium\).*guessed, not read.*a PDB "
+                                         r"file has no element column \(CA becomes calcium"):
+        GeomEmbedder(visnet_checkpoint).fit([closed])
+
+
 def test_element_without_embedding(visnet_checkpoint, small_ala2):
     numbers = np.array([a.element.number for a in small_ala2.topology.atoms])
     numbers[4] = 101  # a heavy atom of ALA

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+
 import numpy as np
 from sklearn.utils import Bunch
 
@@ -100,13 +104,55 @@ def load_adenylate_kinase(n_frames=None):
     sources = {"topology": files.PSF, "path_1": files.DCD, "path_2": files.DCD2,
                "closed": files.PDB_closed, "open": files.PDB_small}
     stop = None if n_frames is None else int(n_frames)
-    paths = [md.load(sources[k], top=files.PSF)[:stop] for k in ("path_1", "path_2")]
+    with _quiet_c_output():  # the DCD reader's chatter about a header it corrects itself
+        paths = [md.load(sources[k], top=files.PSF)[:stop] for k in ("path_1", "path_2")]
     residue_ids = [r.resSeq for r in paths[0].topology.residues]
     return Bunch(
         paths=paths,
-        closed=md.load(sources["closed"]),
-        open=md.load(sources["open"]),
+        closed=_with_topology(md.load(sources["closed"]), paths[0].topology, sources["closed"]),
+        open=_with_topology(md.load(sources["open"]), paths[0].topology, sources["open"]),
         domains={k: list(v) for k, v in ADK_DOMAINS.items()},
         residue_domain=domain_labels(residue_ids),
         files=sources,
     )
+
+
+def _with_topology(structure, topology, path):
+    """``structure`` with the PSF's topology: read alone, these PDBs' element columns are
+    empty and mdtraj guesses from atom names (CA as calcium, HG as mercury)."""
+    pairs = list(zip(structure.topology.atoms, topology.atoms))
+    # a few hydrogens are named differently (H/HN, HB3/HB1); everything else must agree
+    if structure.n_atoms != topology.n_atoms or any(
+            a.residue.name != b.residue.name or (a.name != b.name and not (
+                a.name.startswith("H") and b.name.startswith("H"))) for a, b in pairs):
+        raise ValueError(f"{path} does not list the PSF's atoms in the PSF's order")
+    structure.topology = topology.copy()
+    return structure
+
+
+@contextlib.contextmanager
+def _quiet_c_output():
+    """Send what C code prints to stdout and stderr to /dev/null meanwhile.
+
+    mdtraj's DCD plugin prints its diagnostics from C (MDAnalysisTests' DCD
+    header claims 500 frames and the plugin reads the 98 there are), which
+    no Python warning filter can silence. Python exceptions still propagate.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    try:
+        saved = [os.dup(1), os.dup(2)]
+    except OSError:  # no file descriptors 1 and 2 (some embedded interpreters)
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
