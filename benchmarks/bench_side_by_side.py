@@ -115,7 +115,8 @@ def worker(n: int, w: int, b: int, repeats: int, compile_ours: bool = True) -> d
     from _common import matmul_rates
     from bench_train import make_tokens
     from g2v_sklearn import TokenMerger, VAMPNetEstimator
-    from g2v_sklearn._learner import TimeSeries, lagged_pairs
+    from g2v_sklearn._learner import TimeSeries
+    from g2v_sklearn._validation import lagged_pairs
     from g2v_sklearn._vamp import vamp_loss
 
     torch.set_num_threads(2)

@@ -291,7 +291,8 @@ def run_worker(args) -> None:
     import torch
 
     from g2v_sklearn import TokenMerger, VAMPNetEstimator
-    from g2v_sklearn._learner import TimeSeries, lagged_pairs
+    from g2v_sklearn._learner import TimeSeries
+    from g2v_sklearn._validation import lagged_pairs
     from g2v_sklearn._networks import attention_backend
     from g2v_sklearn._utils import local_torch_seed
     from g2v_sklearn._vamp import vamp_loss

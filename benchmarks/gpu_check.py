@@ -226,7 +226,8 @@ def _training_setup(n: int, w: int, b: int, precision: str, device, operator: st
 
     from bench_train import make_tokens
     from g2v_sklearn import TokenMerger, VAMPNetEstimator
-    from g2v_sklearn._learner import TimeSeries, lagged_pairs
+    from g2v_sklearn._learner import TimeSeries
+    from g2v_sklearn._validation import lagged_pairs
     from g2v_sklearn._utils import local_torch_seed
 
     tokens = make_tokens(n, 2 * b, 0)

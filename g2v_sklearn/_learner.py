@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -24,13 +23,20 @@ from tqdm.auto import tqdm
 
 from ._callbacks import Callback, EarlyStopping, LRScheduler
 from ._compat import Interval, StrOptions, validate_parameter_constraints
-from ._merger import MergedTokens, MergeSpec, check_token_list
+from ._merger import MergedTokens, MergeSpec
 from ._networks import MLPLobe, TokenLobe
 from ._threads import ThreadBudget
 from ._tokens import TokenTrajectory
 from ._utils import check_generator, resolve_device, supports_bfloat16
+from ._validation import (
+    check_array_trajectories,
+    check_not_constant,
+    check_not_raw_frames,
+    check_token_list,
+    lagged_pairs,
+)
 
-__all__ = ["FitContext", "TimeSeries", "TorchLearner", "TrainingWarning", "lagged_pairs"]
+__all__ = ["FitContext", "TimeSeries", "TorchLearner", "TrainingWarning"]
 
 
 @dataclass
@@ -84,80 +90,6 @@ class TimeSeries:
             inverse = torch.as_tensor(inverse.reshape(-1), device=device)
             features, positions = features[inverse], positions[inverse]
         return features, positions
-
-
-def lagged_pairs(lengths: list[int], lagtime: int, who: str) -> np.ndarray:
-    """All (trajectory, t) with t + lagtime inside the trajectory, shape (n_pairs, 2).
-
-    Trajectories too short for one pair are skipped with a warning naming them;
-    if none is long enough, a ValueError gives every length.
-    """
-    short = [i for i, n in enumerate(lengths) if n <= lagtime]
-    if len(short) == len(lengths):
-        if len(lengths) == 1:
-            raise ValueError(
-                f"The trajectory has {lengths[0]} sample{'s' if lengths[0] != 1 else ''}, too "
-                f"short to form one time-lagged pair at lagtime={lagtime} (n_samples={lengths[0]}); "
-                f"{who} needs more than lagtime frames."
-            )
-        raise ValueError(
-            f"lagtime={lagtime} is not shorter than any trajectory (lengths {lengths}); "
-            f"{who} cannot form a single time-lagged pair. Use a smaller lagtime."
-        )
-    if short:
-        warnings.warn(
-            f"Trajectories {short} (lengths {[lengths[i] for i in short]}) are not longer than "
-            f"lagtime={lagtime} and are skipped.",
-            UserWarning,
-            stacklevel=3,
-        )
-    return np.concatenate(
-        [np.stack([np.full(n - lagtime, i), np.arange(n - lagtime)], axis=1)
-         for i, n in enumerate(lengths) if n > lagtime]
-    ).astype(np.int64)
-
-
-def _check_not_raw_frames(X, who: str) -> None:
-    """Refuse MD frames (mdtraj trajectories, file paths): the learners take features or tokens."""
-    is_list = isinstance(X, (list, tuple))
-    for i, item in enumerate(X if is_list else [X]):
-        if type(item).__module__.startswith("mdtraj") or isinstance(item, (str, os.PathLike)):
-            kind = ("a file path" if isinstance(item, (str, os.PathLike))
-                    else f"an MD trajectory (mdtraj.{type(item).__name__})")
-            where = f"X[{i}]" if is_list else "X"
-            raise TypeError(
-                f"{where} is {kind}: {who} learns from features (2-D arrays) or token "
-                f"trajectories, not from MD frames. Embed the frames first, e.g. "
-                f"Pipeline([('embed', GeomEmbedder(checkpoint)), ('merge', TokenMerger()), "
-                f"('learn', {who}(...))])."
-            )
-
-
-def _check_array_trajectories(X, who: str) -> None:
-    """Each array in a list of trajectories is 2-D (n_frames, n_features), named if not."""
-    for i, x in enumerate(X):
-        if not isinstance(x, np.ndarray):
-            raise TypeError(
-                f"X mixes arrays with other inputs (trajectory {i} is a {type(x).__name__}); "
-                f"{who} takes one kind."
-            )
-        if x.ndim != 2:
-            hint = " (for one feature, x.reshape(-1, 1))" if x.ndim == 1 else ""
-            raise ValueError(
-                f"Trajectory {i} of X is an array of shape {x.shape}; {who} takes a list of "
-                f"trajectories, each a 2-D array of shape (n_frames, n_features){hint}. One "
-                f"trajectory as a list of frames is a 2-D array: np.stack(frames)."
-            )
-
-
-def _check_not_constant(items: list[np.ndarray], who: str) -> None:
-    """Refuse features that never change: no dynamics to learn (and no whitening to do)."""
-    if len(items) and all(len(x) > 1 and np.ptp(x, axis=0).max(initial=0.0) == 0 for x in items):
-        if len({x[0].tobytes() for x in items}) == 1:
-            raise ValueError(
-                f"X is constant: every feature has one value in every frame of every trajectory, "
-                f"so there are no dynamics for {who} to learn. Check the featurisation."
-            )
 
 
 def _full_precision(out: Tensor) -> Tensor:
@@ -405,12 +337,12 @@ class TorchLearner(BaseEstimator):
     # ------------------------------------------------------------------ input dispatch
     def _as_time_series(self, X, *, reset: bool) -> TimeSeries:
         who = type(self).__name__
-        _check_not_raw_frames(X, who)
+        check_not_raw_frames(X, who)
         if isinstance(X, (list, tuple)) and len(X) == 0:
             raise ValueError(f"X is an empty list; {who} needs at least one trajectory.")
         is_list = isinstance(X, (list, tuple)) and len(X) > 0
         if is_list and isinstance(X[0], np.ndarray):  # the first item sets the kind
-            _check_array_trajectories(X, who)
+            check_array_trajectories(X, who)
         if isinstance(X, (TokenTrajectory, MergedTokens)) or (
             is_list and isinstance(X[0], (TokenTrajectory, MergedTokens))
         ):
@@ -434,7 +366,7 @@ class TorchLearner(BaseEstimator):
                     f"on {self._describe_input()}."
                 )
             return series
-        if is_list and isinstance(X[0], np.ndarray):  # 2-D arrays all, by _check_array_trajectories
+        if is_list and isinstance(X[0], np.ndarray):  # 2-D arrays all, by check_array_trajectories
             items = [check_array(x, dtype=[np.float32, np.float64]) for x in X]
             widths = {x.shape[1] for x in items}
             if len(widths) > 1:
@@ -488,6 +420,19 @@ class TorchLearner(BaseEstimator):
                 )
             out.append(w)
         return out
+
+    def _check_pair_weights(self, weights, pairs) -> None:
+        """A pair (t, t + lagtime) has the weight of frame t: at least two must count."""
+        if weights is None:
+            return
+        positive = sum(int(np.count_nonzero(weights[i][t] > 0)) for i, t in _grouped_frames(pairs))
+        if positive < 2:
+            raise ValueError(
+                f"sample_weight gives a positive weight to {positive} time-lagged "
+                f"pair{'s' if positive != 1 else ''}, and the covariances need at least two. A "
+                f"pair (t, t + lagtime) takes the weight of frame t, so weights on the last "
+                f"lagtime={self.lagtime} frames of a trajectory count for no pair."
+            )
 
     # ------------------------------------------------------------------ networks
     def _build_network(self, series: TimeSeries, n_outputs: int):
@@ -891,9 +836,10 @@ class TorchLearner(BaseEstimator):
         )
         series = self._as_time_series(X, reset=True)
         if constant_is_an_error and series.kind == "array":
-            _check_not_constant(series.items, type(self).__name__)
+            check_not_constant(series.items, type(self).__name__)
         weights = self._sample_weights(sample_weight, series)
         pairs = lagged_pairs(series.lengths, self.lagtime, type(self).__name__)
+        self._check_pair_weights(weights, pairs)
         rng = check_generator(self.random_state)
         device = resolve_device(self.device)
         if self.precision == "bfloat16" and not supports_bfloat16(device):
@@ -966,3 +912,8 @@ class TorchLearner(BaseEstimator):
         window = series.spec.window if series.spec is not None else 1
         return fragments[np.arange(n_residues) // window]
 
+
+def _grouped_frames(pairs: np.ndarray):
+    """(trajectory, its pairs' first frames) for each trajectory in ``pairs``."""
+    for i in np.unique(pairs[:, 0]):
+        yield int(i), pairs[pairs[:, 0] == i, 1]

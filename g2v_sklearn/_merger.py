@@ -34,6 +34,7 @@ from torch.utils.checkpoint import checkpoint
 from ._compat import Interval, StrOptions, validate_parameter_constraints
 from ._neighbors import radius_graph
 from ._tokens import TokenTrajectory
+from ._validation import check_token_list
 
 __all__ = [
     "FragmentConv",
@@ -361,33 +362,6 @@ class TokenMergerModule(nn.Module):
 
 
 # --------------------------------------------------------------------------- the pipeline step
-def check_token_list(X, who: str) -> list:
-    """Validate a list of token trajectories of one system; returns the list."""
-    if isinstance(X, (TokenTrajectory, MergedTokens)):
-        raise TypeError(
-            f"X is a single token trajectory; {who} expects a list of them (one per "
-            f"trajectory). Wrap it in a list."
-        )
-    items = list(X)
-    if not items:
-        raise ValueError(f"X is an empty list; {who} needs at least one token trajectory.")
-    for i, item in enumerate(items):
-        if not isinstance(item, (TokenTrajectory, MergedTokens)):
-            raise TypeError(
-                f"X[{i}] is a {type(item).__name__}; {who} expects token trajectories "
-                f"(the output of GeomEmbedder)."
-            )
-    first = items[0]
-    for i, item in enumerate(items[1:], start=1):
-        if (item.n_residues, item.n_channels) != (first.n_residues, first.n_channels):
-            raise ValueError(
-                f"Token trajectory {i} has {item.n_residues} residues and {item.n_channels} "
-                f"channels, but token trajectory 0 has {first.n_residues} residues and "
-                f"{first.n_channels} channels; all must come from one system."
-            )
-    return items
-
-
 class TokenMerger(TransformerMixin, BaseEstimator):
     """Pipeline step that sets up the token-merging module for the learner after it.
 

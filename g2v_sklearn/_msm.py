@@ -27,16 +27,15 @@ from deeptime.markov import BayesianMSMPosterior, TransitionCountEstimator
 from deeptime.markov.msm import MarkovStateModel, MaximumLikelihoodMSM
 from deeptime.util.validation import implied_timescales as _implied_timescales
 from joblib import effective_n_jobs
-from scipy.sparse import issparse
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import BaseCrossValidator
 from sklearn.pipeline import Pipeline
-from sklearn.utils import check_array
 from sklearn.utils.validation import check_is_fitted
 
 from ._compat import Interval, StrOptions, validate_parameter_constraints, validate_params
 from ._utils import check_generator
+from ._validation import check_dtrajs, check_feature_trajs, long_enough, require_nonnegative
 
 __all__ = [
     "ContiguousSplit",
@@ -51,118 +50,11 @@ __all__ = [
 _MAX_KMEANS_SEED = 2**32 - 1
 _MAX_SAMPLER_SEED = 2**31 - 1
 # How many trajectories an error or warning lists before it says "...".
-_MAX_LISTED = 10
 
 
 # ----------------------------------------------------------------------------
 # Input checking: lists of trajectories
 # ----------------------------------------------------------------------------
-def _listing(values) -> str:
-    values = [str(v) for v in values]
-    if len(values) > _MAX_LISTED:
-        values = values[:_MAX_LISTED] + [f"... ({len(values) - _MAX_LISTED} more)"]
-    return ", ".join(values)
-
-
-def _as_list(X, caller: str, what: str) -> list:
-    if isinstance(X, (str, bytes)) or not hasattr(X, "__len__"):
-        raise TypeError(
-            f"{caller} expects a list of {what} (one per trajectory); got {type(X).__name__}."
-        )
-    items = list(X)
-    if not items:
-        raise ValueError(f"{caller} got an empty list; it needs at least one trajectory.")
-    return items
-
-
-def _check_feature_trajs(X, caller: str) -> tuple[list[np.ndarray], bool]:
-    """Float feature trajectories of shape (n_frames, n_features), and whether X was one array.
-
-    Each trajectory goes through scikit-learn's ``check_array`` (so sparse,
-    complex, 1-D and empty inputs get scikit-learn's usual messages); NaN is
-    reported with the trajectory and frame it sits in.
-    """
-    if not isinstance(X, (list, tuple, np.ndarray)) and hasattr(X, "__array__"):
-        X = np.asarray(X)
-    single = (isinstance(X, np.ndarray) and X.ndim == 2) or issparse(X)
-    items = [X] if single else _as_list(X, caller, "2-D feature arrays")
-    trajs = []
-    for i, item in enumerate(items):
-        label = "X" if single else f"X[{i}]"
-        arr = check_array(
-            item, dtype=[np.float64, np.float32], order="C", ensure_all_finite=False,
-            input_name=label, estimator=caller,
-        )
-        if not np.isfinite(arr).all():
-            frame = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
-            raise ValueError(f"{label} has NaN or infinite values at frame {frame}.")
-        trajs.append(arr)
-    widths = {t.shape[1] for t in trajs}
-    if len(widths) > 1:
-        raise ValueError(
-            f"The trajectories have different numbers of features ({sorted(widths)}); "
-            f"{caller} needs the same features in every trajectory."
-        )
-    return trajs, single
-
-
-def _check_dtrajs(dtrajs, caller: str) -> tuple[list[np.ndarray], bool]:
-    """Integer discrete trajectories of shape (n_frames,), and whether one array was given."""
-    single = isinstance(dtrajs, np.ndarray) and dtrajs.ndim == 1
-    items = [dtrajs] if single else _as_list(dtrajs, caller, "1-D integer state arrays")
-    out = []
-    for i, item in enumerate(items):
-        label = "the discrete trajectory" if single else f"dtrajs[{i}]"
-        arr = np.asarray(item)
-        if arr.ndim != 1:
-            raise ValueError(
-                f"{label} has shape {arr.shape}; {caller} expects each discrete trajectory as "
-                f"a 1-D array of integer states (pass a single trajectory as a 1-D ndarray, "
-                f"or a list of them)."
-            )
-        if arr.size and arr.dtype.kind not in "iu":
-            raise TypeError(
-                f"{label} has dtype {arr.dtype}; discrete trajectories must hold integer state "
-                f"indices (e.g. the output of KMeansDiscretizer.transform)."
-            )
-        if arr.size and arr.max() > np.iinfo(np.int32).max:
-            raise ValueError(f"{label} has state index {arr.max()}, beyond the int32 range.")
-        out.append(np.ascontiguousarray(arr, dtype=np.int32))
-    return out, single
-
-
-def _require_nonnegative(dtrajs: list[np.ndarray], caller: str) -> None:
-    for i, d in enumerate(dtrajs):
-        if d.size and d.min() < 0:
-            frame = int(np.flatnonzero(d < 0)[0])
-            raise ValueError(
-                f"dtrajs[{i}] has the negative state {d[frame]} at frame {frame}; {caller} needs "
-                f"states numbered from 0 (cut unassigned frames out of the trajectory)."
-            )
-
-
-def _with_lagged_pairs(dtrajs: list[np.ndarray], lagtime: int, caller: str) -> list[np.ndarray]:
-    """Drop (with a warning) trajectories too short for ``lagtime``; error if none is left."""
-    lengths = [len(d) for d in dtrajs]
-    short = [i for i, n in enumerate(lengths) if n <= lagtime]
-    if len(short) == len(dtrajs):
-        raise ValueError(
-            f"lagtime={lagtime} frames is not shorter than any trajectory given to {caller} "
-            f"(lengths: {_listing(lengths)} frames); a trajectory needs at least lagtime + 1 = "
-            f"{lagtime + 1} frames to give one lagged pair. Use a shorter lagtime or longer "
-            f"trajectories."
-        )
-    if short:
-        warnings.warn(
-            f"{caller} skips {len(short)} trajectories shorter than lagtime + 1 = "
-            f"{lagtime + 1} frames, which give no lagged pair: "
-            f"{_listing(f'{i} ({lengths[i]} frames)' for i in short)}.",
-            UserWarning,
-            stacklevel=3,
-        )
-    return [d for d in dtrajs if len(d) > lagtime]
-
-
 # ----------------------------------------------------------------------------
 # KMeansDiscretizer
 # ----------------------------------------------------------------------------
@@ -296,7 +188,7 @@ class KMeansDiscretizer(TransformerMixin, BaseEstimator):
             self._parameter_constraints, self.get_params(deep=False),
             caller_name=type(self).__name__,
         )
-        trajs, _ = _check_feature_trajs(X, f"{type(self).__name__}.fit")
+        trajs, _ = check_feature_trajs(X, f"{type(self).__name__}.fit")
         data = np.concatenate(trajs) if len(trajs) > 1 else trajs[0]
         if self.n_clusters > len(data):
             raise ValueError(
@@ -365,7 +257,7 @@ class KMeansDiscretizer(TransformerMixin, BaseEstimator):
             ``X`` was one array).
         """
         check_is_fitted(self, "model_")
-        trajs, single = _check_feature_trajs(X, f"{type(self).__name__}.transform")
+        trajs, single = check_feature_trajs(X, f"{type(self).__name__}.transform")
         if trajs[0].shape[1] != self.n_features_in_:
             raise ValueError(
                 f"X has {trajs[0].shape[1]} features, but {type(self).__name__} is expecting "
@@ -451,9 +343,9 @@ def _vamp2_score(msm, dtrajs, score_k: int, caller: str) -> float:
     states, the test count matrix stays small however large the unseen
     indices, and nothing crashes.
     """
-    dtrajs, _ = _check_dtrajs(dtrajs, caller)
+    dtrajs, _ = check_dtrajs(dtrajs, caller)
     lagtime = int(msm.lagtime)
-    dtrajs = _with_lagged_pairs(dtrajs, lagtime, caller)
+    dtrajs = [dtrajs[i] for i in long_enough([len(d) for d in dtrajs], lagtime, caller)]
     active = _active_set(msm)
     spare = np.int32(active.max() + 1)
     mapped, n_pairs = [], 0
@@ -663,7 +555,7 @@ class MSMEstimator(BaseEstimator):
     def _estimate(self, dtrajs, lagtime: int, count_mode: str, rng, caller: str,
                   restrict_to: np.ndarray | None = None):
         """(maximum-likelihood MSM, posterior or None) at ``lagtime`` on checked ``dtrajs``."""
-        dtrajs = _with_lagged_pairs(dtrajs, lagtime, caller)
+        dtrajs = [dtrajs[i] for i in long_enough([len(d) for d in dtrajs], lagtime, caller)]
         counts = TransitionCountEstimator(lagtime=lagtime, count_mode=count_mode) \
             .fit(dtrajs).fetch_model()
         if restrict_to is not None:
@@ -703,8 +595,8 @@ class MSMEstimator(BaseEstimator):
         """
         count_mode = self._validate()
         caller = f"{type(self).__name__}.fit"
-        dtrajs, _ = _check_dtrajs(X, caller)
-        _require_nonnegative(dtrajs, caller)
+        dtrajs, _ = check_dtrajs(X, caller)
+        require_nonnegative(dtrajs, caller)
         rng = check_generator(self.random_state)
         msm, posterior = self._estimate(dtrajs, int(self.lagtime), count_mode, rng, caller)
         self.model_ = msm
@@ -761,8 +653,8 @@ class MSMEstimator(BaseEstimator):
         if n_its is not None and (not isinstance(n_its, Integral) or n_its < 1):
             raise ValueError(f"n_its must be a positive integer or None; got {n_its!r}.")
         lagtimes = _check_lagtimes(lagtimes, "lagtimes")
-        dtrajs, _ = _check_dtrajs(dtrajs, caller)
-        _require_nonnegative(dtrajs, caller)
+        dtrajs, _ = check_dtrajs(dtrajs, caller)
+        require_nonnegative(dtrajs, caller)
         rng = check_generator(self.random_state)
         models = []
         for lag in lagtimes:
@@ -806,8 +698,8 @@ class MSMEstimator(BaseEstimator):
                 f"fitted MSM; got {n_sets!r}."
             )
         multiples = _check_lagtimes(lagtime_multiples, "lagtime_multiples")
-        dtrajs, _ = _check_dtrajs(dtrajs, caller)
-        _require_nonnegative(dtrajs, caller)
+        dtrajs, _ = check_dtrajs(dtrajs, caller)
+        require_nonnegative(dtrajs, caller)
         rng = check_generator(self.random_state)
         models = []
         for k in sorted(set(multiples)):

@@ -15,7 +15,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ._compat import Interval, StrOptions
-from ._learner import TimeSeries, TorchLearner, lagged_pairs
+from ._learner import TimeSeries, TorchLearner
+from ._validation import lagged_pairs
 from ._threads import ThreadBudget
 from ._msm import KMeansDiscretizer
 from ._utils import local_torch_seed, torch_generator

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -12,7 +13,11 @@ from sklearn.utils.validation import check_is_fitted
 from ._compat import Interval, StrOptions
 from ._callbacks import EarlyStopping
 from ._compat import validate_parameter_constraints
-from ._learner import TorchLearner, _new_history, _TrainingCollapsed, lagged_pairs
+from ._learner import TorchLearner, _new_history, _TrainingCollapsed
+from ._validation import lagged_pairs
+
+# fewer time-lagged pairs than this per output (components + the constant): a warning
+_PAIRS_PER_COMPONENT = 10
 from ._threads import ThreadBudget
 from ._utils import check_generator, local_torch_seed, resolve_device
 from ._vamp import fit_vamp, implied_timescales, koopman_eigenvalues, vamp_cv_score, vamp_score
@@ -408,6 +413,15 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
                 f"n_components={self.n_components} is larger than allowed: X gives only "
                 f"{len(pairs)} time-lagged pairs at lagtime={self.lagtime}, and the covariances "
                 f"need more pairs than components."
+            )
+        if len(pairs) < _PAIRS_PER_COMPONENT * (self.n_components + 1):
+            warnings.warn(
+                f"X gives only {len(pairs)} time-lagged pairs at lagtime={self.lagtime} for "
+                f"n_components={self.n_components} (and the constant function): with so few "
+                f"pairs the covariances are fitted exactly, so singular values near 1 and a high "
+                f"VAMP score mean nothing. Use at least "
+                f"{_PAIRS_PER_COMPONENT * (self.n_components + 1)} pairs, or fewer components.",
+                UserWarning, stacklevel=3,
             )
 
     def _init_network(self, series, train, device, rng):

@@ -185,7 +185,7 @@ def test_fewer_than_two_initial_states(wells):
 
 def test_lagtime_errors(wells):
     trajs, _ = wells
-    with pytest.raises(ValueError, match=r"lagtime=8 is not shorter than any trajectory \(lengths \[4, 6\]\)"):
+    with pytest.raises(ValueError, match=r"lagtime=8 frames is not shorter than any trajectory given to SPIBEstimator \(lengths: 4, 6 frames\)"):
         SPIBEstimator(lagtime=8, **FAST).fit([trajs[0][:4], trajs[1][:6]])
     with pytest.raises(ValueError, match="1 sample"):
         SPIBEstimator(**FAST).fit(trajs[0][:1])

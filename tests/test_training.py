@@ -26,7 +26,7 @@ from g2v_sklearn import (
     VAMPNetEstimator,
 )
 from g2v_sklearn import _threads
-from g2v_sklearn._learner import lagged_pairs
+from g2v_sklearn._validation import lagged_pairs
 
 FAST = dict(hidden_layer_sizes=(16,), batch_size=128, progress=False)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from sklearn.base import clone
 
 from g2v_sklearn import SPIBEstimator, TokenMerger, TokenTrajectory, VAMPNetEstimator
 from g2v_sklearn import _networks
-from g2v_sklearn._learner import lagged_pairs
+from g2v_sklearn._validation import lagged_pairs
 from g2v_sklearn._networks import attention, attention_backend
 
 FAST = dict(max_epochs=3, batch_size=128, hidden_layer_sizes=(16,), progress=False, random_state=0)
@@ -95,9 +96,9 @@ def test_pickle_and_clone(dihedral_features):
 # --------------------------------------------------------------------------- errors
 def test_lagtime_errors(dihedral_features):
     short = [dihedral_features[0][:4], dihedral_features[1][:6]]
-    with pytest.raises(ValueError, match=r"lagtime=8 is not shorter than any trajectory \(lengths \[4, 6\]\)"):
+    with pytest.raises(ValueError, match=r"lagtime=8 frames is not shorter than any trajectory given to VAMPNetEstimator \(lengths: 4, 6 frames\)"):
         VAMPNetEstimator(lagtime=8, **FAST).fit(short)
-    with pytest.warns(UserWarning, match=r"Trajectories \[0\] \(lengths \[4\]\) .* skipped"):
+    with pytest.warns(UserWarning, match=r"VAMPNetEstimator skips 1 trajectory not longer than lagtime=5 frames.*: 0 \(4 frames\)"):
         VAMPNetEstimator(lagtime=5, n_components=1, validation_fraction=0, **{**FAST, "batch_size": 2}).fit(
             [short[0], dihedral_features[1][:40]])
     with pytest.raises(ValueError, match="1 sample"):
@@ -171,6 +172,31 @@ def test_bad_sample_weight_names_trajectory_and_frame(dihedral_features):
     w[1][7], w[0][3], w[0][9] = 1.0, np.nan, np.nan
     with pytest.raises(ValueError, match=r"trajectory 0 is nan at frame 3 \(frames like it: 2\)"):
         VAMPNetEstimator(**FAST).fit(x, sample_weight=w)
+
+
+def test_weights_that_count_for_no_pair(dihedral_features):
+    x = [dihedral_features[0][:60], dihedral_features[1][:60]]
+    w = [np.zeros(60), np.zeros(60)]
+    w[0][-5:] = w[1][-5:] = 1.0  # only the last lagtime frames: the later ends of pairs
+    with pytest.raises(ValueError, match=r"sample_weight gives a positive weight to 0 time-lagged "
+                                         r"pairs.*takes the weight of frame t, so weights on the "
+                                         r"last lagtime=5 frames"):
+        VAMPNetEstimator(lagtime=5, **FAST).fit(x, sample_weight=w)
+    w[1][-6] = 1.0  # one pair counts: still too few
+    with pytest.raises(ValueError, match="positive weight to 1 time-lagged pair, "):
+        SPIBEstimator(lagtime=5, **FAST).fit(x, sample_weight=w)
+
+
+def test_too_few_pairs_for_the_components_warns(dihedral_features):
+    x = dihedral_features[0][:4]  # 3 pairs at lagtime 1
+    with pytest.warns(UserWarning, match=r"only 3 time-lagged pairs at lagtime=1 for "
+                                         r"n_components=2.*singular values near 1 .*mean nothing"):
+        est = VAMPNetEstimator(lagtime=1, n_components=2, validation_fraction=0,
+                               **{**FAST, "batch_size": 2}).fit(x)
+    assert np.allclose(est.singular_values_, 1.0, atol=1e-3)  # what the warning is about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # enough pairs: no warning
+        VAMPNetEstimator(lagtime=5, n_components=2, **FAST).fit(dihedral_features[0][:200])
 
 
 def test_nan_loss_stops_restores_and_advises(dihedral_features, nan_on_fourth_loss):
