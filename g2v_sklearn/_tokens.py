@@ -1124,7 +1124,7 @@ class TokenStoreWriter:
         need = sum(int(np.prod(sh)) * dt.itemsize for sh, dt in zip(shapes, dtypes))
         free = shutil.disk_usage(self._partial).free
         if need > free:
-            raise self._disk_full(f"it needs {_size(need)} and {_size(free)} are free")
+            raise self._disk_full(f"it needs {human_bytes(need)} and {human_bytes(free)} are free")
         arrays = []
         for path, shape, dtype in zip(self._array_paths(), shapes, dtypes):
             arrays.append(np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape))
@@ -1422,11 +1422,16 @@ def _write_json_atomic(path: str, obj: Any, indent: int | None = None) -> None:
         raise
 
 
-def _size(n_bytes: int) -> str:
+def human_bytes(n_bytes: float) -> str:
+    """A byte count as people write it: "3.6 kB", "267 MB", "1.2 GB".
+
+    (Here, not in _utils, so that this module imports nothing of the package:
+    tests load it alone in subprocesses.)
+    """
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n_bytes >= scale:
             return f"{n_bytes / scale:.3g} {unit}"
-    return f"{n_bytes} bytes"
+    return f"{int(n_bytes)} bytes"
 
 
 def _reserve(path: str, disk_full) -> None:

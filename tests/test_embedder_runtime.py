@@ -128,6 +128,32 @@ def test_a_zeroed_block_is_caught_and_the_cache_entry_replaced_or_the_store_refu
     assert count_batches["frames"] == 120  # nothing embedded for the refused store
 
 
+def test_a_batch_that_would_not_fit_in_memory_is_split_with_a_warning(
+        visnet_checkpoint, two_short, reference, monkeypatch):
+    _, expected = reference
+    per_frame = embedder_module.pass_bytes_per_frame(10, 64, None)  # 10 heavy atoms
+    # a machine on which a pass may take three frames' worth
+    monkeypatch.setattr(embedder_module, "_memory_budget_bytes", lambda device: 3.5 * per_frame)
+    sizes = []
+    original = embedder_module._Engine.embed_batch
+    monkeypatch.setattr(embedder_module._Engine, "embed_batch",
+                        lambda self, pos: sizes.append(len(pos)) or original(self, pos))
+    emb = GeomEmbedder(visnet_checkpoint, batch_size=32, progress=False).fit(two_short[:1])
+    with pytest.warns(RuntimeWarning, match=r"batch_size=32 frames of 10 atoms would need about "
+                                            r"4.42 MB in one forward pass, more than the 484 kB a "
+                                            r"pass may take on this cpu .*embeds 3 frames a pass "
+                                            r"instead"):
+        tokens = emb.transform(two_short[:1])[0]
+    assert set(sizes[:-1]) == {3} and sum(sizes) == 40
+    np.testing.assert_allclose(tokens.features, expected[0].features, rtol=1e-5, atol=1e-6)
+    # the default never asks for more than a pass of about 2,048 atoms
+    sizes.clear()
+    GeomEmbedder(visnet_checkpoint, progress=False).fit_transform(two_short[:1])
+    assert max(sizes) == 40  # 204 frames of 10 atoms would fit; the trajectory has 40
+    # the estimate: adenylate kinase's heavy atoms, measured 250-270 MB a frame
+    assert 240e6 < embedder_module.pass_bytes_per_frame(1656, 64, None) < 280e6
+
+
 def test_concurrent_cache_writers_short_stress(visnet_checkpoint, tmp_path, monkeypatch):
     """The short version of benchmarks/stress_stores.py on one memory= key (2 threads + 1 process)."""
     stress = _stress_module(monkeypatch)

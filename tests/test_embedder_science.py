@@ -169,8 +169,8 @@ def test_bfloat16_close_to_float32(visnet_checkpoint, ala2_trajs):
             bf16 = GeomEmbedder(visnet_checkpoint, dtype="bfloat16", progress=False).fit_transform([traj])[0]
     assert bf16.features.dtype == np.float32
     error = norm_relative_error(bf16.features, f32.features)
-    if native:
-        assert 0 < error < 5e-2
+    if native:  # the guide promises about 1e-2 (benchmarks: 1.0-1.2e-2 on adenylate kinase)
+        assert 0 < error < 2e-2
     else:
         assert error == 0.0
 

@@ -286,7 +286,6 @@ def test_gridsearch_with_scorer(features, ending):
     search.fit(features)
     scores = search.cv_results_["mean_test_score"]
     assert np.all(np.isfinite(scores)) and np.all((scores >= 1 - 1e-8) & (scores <= SCORE_K))
-    assert search.best_params_["cluster__n_clusters"] in (10, 30)
     # 30 states resolve the slow process better than 10
     assert search.best_params_ == {"cluster__n_clusters": 30}
     assert np.isfinite(search.score(features[:1]))

@@ -79,7 +79,6 @@ def test_grid_search_over_window_on_adenylate_kinase(visnet_checkpoint, adk_path
                           error_score="raise").fit(adk_paths_short)
     scores = search.cv_results_["mean_test_score"]
     assert np.all(np.isfinite(scores)) and len(scores) == 3
-    assert search.best_params_["merge__window"] in (1, 2, 4)
     assert sorted(set(seen)) == [(w, math.ceil(214 / w)) for w in (1, 2, 4)]
     best = search.best_estimator_
     assert best["vamp"].module_.merger.spec.n_fragments == math.ceil(214 / best["merge"].window)

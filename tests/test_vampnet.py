@@ -54,14 +54,36 @@ def test_score_is_deeptime_cross_validated_vamp2(dihedral_features):
     np.testing.assert_allclose(est.singular_values_, model.singular_values[:2], rtol=1e-5)
 
 
-def test_timescales_its_and_ck_test(dihedral_features):
+def test_timescales_its_and_ck_test_match_deeptime_on_the_learned_coordinates(dihedral_features):
+    """Oracle: deeptime's VAMP on the learned coordinates, an invertible affine map of the
+    network outputs, so its timescales and (up to signs) CK test are the same."""
+    from deeptime.util.validation import implied_timescales
+
     est = VAMPNetEstimator(lagtime=5, **FAST).fit(dihedral_features)
-    assert est.timescales_.shape == (2,) and np.all(est.timescales_ > 0)
-    assert est.timescales_[0] >= est.timescales_[1]
+    coords = est.transform(dihedral_features)
+
+    def oracle(lags):
+        return [VAMP(lagtime=lag, dim=2, epsilon=est.epsilon).fit(coords).fetch_model()
+                for lag in lags]
+
     its = est.implied_timescales(dihedral_features, [2, 5, 10])
-    assert its.n_lagtimes == 3 and np.all(np.asarray(its.timescales_for_process(0)) > 0)
+    want = implied_timescales(oracle([2, 5, 10]), n_its=2)
+    np.testing.assert_array_equal(its.lagtimes, [2, 5, 10])
+    for process in (0, 1):
+        np.testing.assert_allclose(its.timescales_for_process(process),
+                                   want.timescales_for_process(process), rtol=1e-6)
+    # the fit's own decomposition at its lag time agrees with deeptime's at lag 5
+    np.testing.assert_allclose(est.timescales_, [want.timescales_for_process(p)[1] for p in (0, 1)],
+                               rtol=1e-3)
+    assert est.timescales_[0] > est.timescales_[1]
     ck = est.ck_test(dihedral_features, [1, 2, 3])
-    assert ck.estimates.shape == ck.predictions.shape
+    models = oracle([5, 10, 15])
+    expected = models[0].ck_test(models)
+    np.testing.assert_array_equal(ck.lagtimes, [0, 5, 10, 15])
+    for got, ref in ((ck.estimates, expected.estimates), (ck.predictions, expected.predictions)):
+        assert got.shape == ref.shape == (4, 2, 2)
+        np.testing.assert_allclose(np.abs(got[1:]), np.abs(ref[1:]), atol=1e-6)  # signs are free
+    assert not np.allclose(ck.estimates[2:], ck.predictions[2:], atol=1e-3)  # not a trivial CK
     with pytest.raises(ValueError, match="no timestep"):
         est.timescales(unit="time")
 
