@@ -866,19 +866,19 @@ class GeomEmbedder(TransformerMixin, BaseEstimator):
             module=module, atomic_numbers=torch.as_tensor(self.atomic_numbers_),
             atom_indices=self.atom_indices_, layout=self.layout_, topology=self.topology_,
             bonds=bonds, pooling=self.pooling, residue_position=self.residue_position,
-            batch_size=self._frames_per_batch(device), chunk_size=int(self.chunk_size),
+            batch_size=self._frames_per_batch(device, int(module.hidden_channels)),
+            chunk_size=int(self.chunk_size),
             stride=int(self.stride), dtype=dtype, device=device, compile=self.compile,
             progress=bool(self.progress), provenance=provenance,
         )
 
-    def _frames_per_batch(self, device: torch.device) -> int:
+    def _frames_per_batch(self, device: torch.device, hidden: int) -> int:
         """Frames per forward pass: ``batch_size``, unless a pass would not fit in memory."""
         n_atoms = len(self.atom_indices_)
         if self.batch_size == "auto":
             return max(1, ATOMS_PER_BATCH // n_atoms)
         wanted = int(self.batch_size)
-        per_frame = pass_bytes_per_frame(n_atoms, int(self.module_.hidden_channels),
-                                         self.max_num_neighbors)
+        per_frame = pass_bytes_per_frame(n_atoms, hidden, self.max_num_neighbors)
         budget = _memory_budget_bytes(device)
         if budget is None or wanted * per_frame <= budget:
             return wanted

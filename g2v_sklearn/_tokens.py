@@ -1144,6 +1144,10 @@ class TokenStoreWriter:
 
         Returns False (and empties the directory) when its arrays cannot be opened.
         """
+        for entry in os.listdir(self._partial):  # a write of progress.json the kill cut short
+            if ".tmp-" in entry:
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(self._partial, entry))
         try:
             arrays = [np.lib.format.open_memmap(p, mode="r+") for p in self._array_paths()]
         except (OSError, ValueError, EOFError):

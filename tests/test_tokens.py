@@ -596,6 +596,7 @@ def test_an_interrupted_resumable_write_is_taken_over_where_it_stopped(tmp_path)
     _interrupted(d, 2)
     (partial,) = _siblings(str(d))
     assert ".partial-" in partial  # kept for the next writer
+    (tmp_path / partial / "progress.json.tmp-0123abcd").write_text("{")  # a write cut short
     with _resumable(d) as w:
         assert (w.n_written, w.resumed_info) == (8, {"chunk": 1})
         resumed = _finish(w)
