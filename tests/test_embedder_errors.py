@@ -79,10 +79,14 @@ def test_bad_selection_syntax_is_one_line(visnet_checkpoint, small_ala2):
 def test_elements_guessed_from_pdb_atom_names(visnet_checkpoint):
     from g2v_sklearn.datasets import load_adenylate_kinase
 
-    closed = md.load(load_adenylate_kinase(n_frames=1).files["closed"])  # no element column
+    adk = load_adenylate_kinase(n_frames=1)
+    closed = md.load(adk.files["closed"])  # no element column
     with pytest.raises(ValueError, match=r"element Ca \(calcium\).*guessed, not read.*a PDB "
                                          r"file has no element column \(CA becomes calcium"):
         GeomEmbedder(visnet_checkpoint).fit([closed])
+    # the loader's end states carry the PSF's elements: the embedder takes them as they are
+    emb = GeomEmbedder(visnet_checkpoint).fit([adk.closed])
+    assert len(emb.atom_indices_) == 1656 and emb.layout_.n_residues == 214
 
 
 def test_element_without_embedding(visnet_checkpoint, small_ala2):
