@@ -168,7 +168,7 @@ class _Engine:
 
     def __init__(self, *, module, atomic_numbers, atom_indices, layout, topology, bonds,
                  pooling, residue_position, batch_size, chunk_size, stride, dtype, device,
-                 compile, progress, provenance):
+                 compile, progress, provenance, batch_request="auto"):
         self.module = module
         self.atomic_numbers = atomic_numbers
         self.atom_indices = atom_indices
@@ -179,6 +179,7 @@ class _Engine:
         self.pooling = pooling
         self.residue_position = residue_position
         self.batch_size = batch_size
+        self.batch_request = batch_request  # what the user asked for ("auto" or an int)
         self.chunk_size = chunk_size
         self.stride = stride
         self.dtype = dtype
@@ -349,10 +350,12 @@ class _Engine:
             writer = _RamWriter(shape, hidden)
         else:
             # A killed or interrupted embedding of this key is resumed from its last
-            # committed chunk. Its batches started at chunk starts, so the resumed ones
-            # line up with an uninterrupted run's only for the same chunk and batch sizes.
+            # committed chunk. Batches start at chunk starts, so the resumed ones line up
+            # with an uninterrupted run's for the same chunk and batch sizes; the device
+            # kind is part of the key, since a GPU's rounding is not a CPU's.
             resume_key = None if key is None else (
-                f"{key}/chunk_size={self.chunk_size}/batch_size={self.batch_size}")
+                f"{key}/chunk_size={self.chunk_size}/batch_size={self.batch_request}/"
+                f"device={torch.device(self.device).type}")
             writer = TokenStoreWriter(
                 directory, n_frames=n_frames, n_residues=layout.n_residues,
                 n_channels=hidden, dtype="float32", if_exists=if_exists, resume_key=resume_key,
@@ -869,7 +872,7 @@ class GeomEmbedder(TransformerMixin, BaseEstimator):
             batch_size=self._frames_per_batch(device, int(module.hidden_channels)),
             chunk_size=int(self.chunk_size),
             stride=int(self.stride), dtype=dtype, device=device, compile=self.compile,
-            progress=bool(self.progress), provenance=provenance,
+            progress=bool(self.progress), provenance=provenance, batch_request=str(self.batch_size),
         )
 
     def _frames_per_batch(self, device: torch.device, hidden: int) -> int:

@@ -82,7 +82,7 @@ _PROGRESS = "progress.json"  # in a resumable partial directory: its committed c
 _ORPHAN_AGE_S = 600.0  # a partial directory without an owner file this old is debris
 _COPY_BLOCK_BYTES = 64 * 2**20  # frames copied per block by save_tokens
 # Test-only: "point" or "point:n" makes this process SIGKILL itself the n-th time it
-# reaches that point of a store write (tests/test_tokens_faults.py).
+# reaches that point of a store write (tests/test_store_faults.py).
 _KILL_ENV = "G2V_SKLEARN_TEST_KILL_AT"
 _KILL_POINTS = ("mid-chunk", "after-last-chunk", "mid-commit")
 _kill_counts: dict[str, int] = {}
@@ -558,7 +558,11 @@ def _writer_is_gone(partial: str, locked: bool = True) -> bool:
             return time.time() - os.stat(partial).st_mtime > _ORPHAN_AGE_S
         except OSError:
             return False
-    except (OSError, ValueError):
+    except ValueError:
+        # owner files are written under the lock: a garbled one seen under it was cut short
+        # by its writer's death
+        return locked
+    except OSError:
         return False
     if not isinstance(owner, dict) or owner.get("host") != socket.gethostname():
         return False  # another machine's writer (a shared filesystem): not ours to judge
@@ -585,15 +589,20 @@ def _remove_debris(parent: str, name: str) -> None:
     under it belongs to a commit that was killed or is deleting it anyway.
     """
     try:
-        entries = os.listdir(parent or ".")
+        entries = sorted(os.listdir(parent or "."))
     except OSError:
         return
+    target = os.path.join(parent, name)
     for entry in entries:
         if not entry.startswith(name + "."):
             continue
         suffix = entry[len(name):]
         path = os.path.join(parent, entry)
-        if _OLD_RE.fullmatch(suffix) or (_PARTIAL_RE.fullmatch(suffix) and _writer_is_gone(path)):
+        if _OLD_RE.fullmatch(suffix) and not os.path.lexists(target) and _is_complete(path):
+            # a replacing commit killed between its renames: nothing is at the name, so the
+            # store it moved aside goes back (a writer resuming that commit replaces it again)
+            os.rename(path, target)
+        elif _OLD_RE.fullmatch(suffix) or (_PARTIAL_RE.fullmatch(suffix) and _writer_is_gone(path)):
             _remove_tree(path)
 
 
@@ -668,10 +677,27 @@ def _read_store(directory: str, mmap_mode: str | None,
                 f"shape {arr.shape} and dtype {arr.dtype}, {_META} says "
                 f"{want_shape} and {want_dtype}"
             )
+        size, expected = os.path.getsize(fpath), _npy_data_offset(fpath) + arr.nbytes
+        if size != expected:  # numpy ignores bytes after the array
+            raise ValueError(
+                f"token store {directory!r} is corrupt: {fname} has {size} bytes where its "
+                f"header and {_META} make {expected}"
+            )
         arrays.append(arr)
     if verify == "full" and version >= 2:
         _verify_chunks(directory, meta["chunks"], arrays[0], arrays[1])
     return meta, arrays[0], arrays[1]
+
+
+def _npy_data_offset(path: str) -> int:
+    """Where the array's bytes start in a .npy file (after its header)."""
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            np.lib.format.read_array_header_1_0(fh)
+        else:
+            np.lib.format.read_array_header_2_0(fh)
+        return fh.tell()
 
 
 def _chunk_digests(features: np.ndarray, positions: np.ndarray) -> tuple[str, str]:
@@ -689,7 +715,7 @@ def _check_chunk_list(chunks: Any, n_frames: int) -> list[tuple[int, str, str]]:
     out, start = [], 0
     for record in chunks:
         if (not isinstance(record, list) or len(record) != 3 or not isinstance(record[0], int)
-                or not all(isinstance(h, str) for h in record[1:])):
+                or isinstance(record[0], bool) or not all(isinstance(h, str) for h in record[1:])):
             raise ValueError(f"malformed chunk record {record!r}")
         if not start < record[0] <= n_frames:
             raise ValueError(f"chunk ending at frame {record[0]} does not follow frame {start}")
@@ -748,8 +774,8 @@ def is_complete_store(directory: str | os.PathLike, *, verify: str = "full") -> 
     """
     verify = _check_verify(verify)
     directory = _abspath(directory)
-    with _directory_lock(os.path.dirname(directory), exclusive=False):
-        return _is_complete(directory, verify)
+    return _store_problem(directory, verify) is None and os.path.isdir(directory) and bool(
+        os.listdir(directory))
 
 
 def _store_problem(directory: str, verify: str = "full") -> str | None:
@@ -757,17 +783,36 @@ def _store_problem(directory: str, verify: str = "full") -> str | None:
     if not os.path.lexists(directory) or (os.path.isdir(directory) and not os.listdir(directory)):
         return None
     try:
-        _read_store(directory, "r", verify)
+        _verified_read(directory, "r", verify)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return str(exc)
     return None
 
 
+def _verified_read(directory: str, mmap_mode: str | None, verify: str):
+    """:func:`_read_store` with the lock held only to open the files: a commit of this
+    parent waits for that, not for the hashing (the mapped files outlive a replacement)."""
+    with _directory_lock(os.path.dirname(directory), exclusive=False):
+        meta, features, positions = _read_store(directory, mmap_mode, "header")
+    if verify == "full" and meta["format_version"] >= 2:
+        _verify_chunks(directory, meta["chunks"], features, positions)
+    return meta, features, positions
+
+
 def _discard_damaged(directory: str) -> bool:
-    """Remove ``directory`` if, under the parent's lock, it is still not a complete store."""
+    """Remove ``directory`` if it is damaged, unless another writer replaced it meanwhile."""
     directory = _abspath(directory)
+    try:
+        before = os.stat(directory).st_ino
+    except OSError:
+        return False
+    if _store_problem(directory, "full") is None:
+        return False
     with _directory_lock(os.path.dirname(directory)):
-        if _store_problem(directory, "full") is None:
+        try:
+            if os.stat(directory).st_ino != before:
+                return False  # a commit put another store there: not the damaged one
+        except OSError:
             return False
         if os.path.isdir(directory) and not os.path.islink(directory):
             shutil.rmtree(directory)
@@ -854,14 +899,17 @@ def load_tokens(directory: str | os.PathLike, mmap_mode: str | None = "r", *,
         raise ValueError(f"mmap_mode must be 'r', 'r+', 'c' or None; got {mmap_mode!r}")
     verify = _check_verify(verify)
     directory = _abspath(directory)
-    # shared lock: a concurrent commit of this store is not half-way through its renames
-    with _directory_lock(os.path.dirname(directory), exclusive=False):
-        return _open_store(directory, mmap_mode, verify)
+    # opened under the shared lock (no commit of this store is half-way through its renames)
+    return _tokens_of(directory, mmap_mode, *_verified_read(directory, mmap_mode, verify))
 
 
-def _open_store(directory: str, mmap_mode: str | None, verify: str = "header") -> TokenTrajectory:
-    """:func:`load_tokens` without the lock (for callers that hold it)."""
-    meta, features, positions = _read_store(directory, mmap_mode, verify)
+def _open_store(directory: str, mmap_mode: str | None) -> TokenTrajectory:
+    """Open a store with the header check, for callers that hold the parent's lock."""
+    return _tokens_of(directory, mmap_mode, *_read_store(directory, mmap_mode, "header"))
+
+
+def _tokens_of(directory: str, mmap_mode: str | None, meta: dict, features: np.ndarray,
+               positions: np.ndarray) -> TokenTrajectory:
     tokens = TokenTrajectory(
         features,
         positions,
@@ -1005,6 +1053,7 @@ class TokenStoreWriter:
         self._chunks: list[list] = []
         self._chunk_digests = (hashlib.sha256(), hashlib.sha256())
         self._infos: list[dict | None] = []  # a resumable writer's checkpoint info, per chunk
+        self._claimed = False  # took over an interrupted writer's partial directory
 
     # ------------------------------------------------------------ lifecycle
     def __enter__(self) -> TokenStoreWriter:
@@ -1068,8 +1117,7 @@ class TokenStoreWriter:
         if best is None:
             return None
         _, path, progress = best
-        with open(os.path.join(path, _OWNER), "w", encoding="utf-8") as fh:
-            json.dump(_owner_record(), fh)
+        _write_json_atomic(os.path.join(path, _OWNER), _owner_record())
         return path, progress
 
     def _open(self) -> None:
@@ -1105,12 +1153,14 @@ class TokenStoreWriter:
                 except BaseException:
                     self._abort()
                     raise
+        self._claimed = claimed is not None
         try:
             if claimed is not None and self._resume(claimed[1]):
                 return
+            self._claimed = False  # its arrays were unreadable: it starts again
             self._create_arrays()
-        except BaseException:
-            self._abort()
+        except BaseException as exc:
+            self._abort(keep=not isinstance(exc, Exception))  # ^C while re-verifying: kept
             raise
 
     def _array_paths(self) -> tuple[str, str]:
@@ -1131,12 +1181,15 @@ class TokenStoreWriter:
             _reserve(path, self._disk_full)
         self._features, self._positions = arrays
 
-    def _disk_full(self, detail: str) -> OSError:
+    def _disk_full(self, detail: str, kept: bool = False) -> OSError:
+        what = ("The frames written so far are kept in its partial directory, and the next run "
+                "with the same key resumes from them" if kept else
+                "Nothing was written there (the partial store was removed)")
         return OSError(
             errno.ENOSPC,
-            f"Not enough disk space for the token store {self.directory!r}: {detail}. Nothing "
-            f"was written there (the partial store was removed); free some space, or write the "
-            f"store elsewhere (store_dir= or memory= of GeomEmbedder).",
+            f"Not enough disk space for the token store {self.directory!r}: {detail}. {what}; "
+            f"free some space, or write the store elsewhere (store_dir= or memory= of "
+            f"GeomEmbedder).",
         )
 
     def _resume(self, progress: dict) -> bool:
@@ -1186,14 +1239,16 @@ class TokenStoreWriter:
     def _abort(self, keep: bool = False) -> None:
         """Remove the partial directory; with ``keep``, leave a resumable one for the next writer."""
         self._features = self._positions = None  # unmap before deleting
-        keep = keep and self.resume_key is not None and bool(self._chunks) and self._partial
+        keep = (keep and self.resume_key is not None and self._partial is not None
+                and (bool(self._chunks) or self._claimed))
         if keep:
+            self._state = "aborted"
+            if self._cleanup is not None:
+                self._cleanup.detach()  # first: a second ^C below must not delete it
             parent = os.path.dirname(self.directory)
             with _directory_lock(parent):  # ownerless with a progress file: claimable
                 with contextlib.suppress(OSError):
                     os.remove(os.path.join(self._partial, _OWNER))
-            if self._cleanup is not None:
-                self._cleanup.detach()
         elif self._cleanup is not None:
             self._cleanup()  # removes the partial directory once
         self._state = "aborted"
@@ -1347,13 +1402,17 @@ class TokenStoreWriter:
                 _write_json_atomic(os.path.join(partial, _META), meta, indent=1)
             except OSError as exc:
                 if exc.errno == errno.ENOSPC:
-                    raise self._disk_full("the disk filled while its metadata was written") from exc
+                    raise self._disk_full("the disk filled while its metadata was written",
+                                          kept=self.resume_key is not None) from exc
                 raise
             _fsync(partial)
             tokens = self._commit(partial)
-        except BaseException:
+        except BaseException as exc:
             if self._state == "open":
-                self._abort()
+                # every frame is written: an interrupt or a full disk keeps a resumable
+                # write's committed chunks for the next writer
+                full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+                self._abort(keep=full or not isinstance(exc, Exception))
             raise
         self._state = "finalized"
         self._cleanup.detach()

@@ -677,3 +677,99 @@ def test_a_commit_killed_between_its_renames_is_finished_by_the_next_writer(tmp_
         done = w.finalize(**_meta(), timestep=2.0, provenance={"model": "toy", "seed": 0})
     assert _siblings(str(d)) == ["store"]
     _assert_same(done, _tokens())
+
+
+def test_an_interrupt_while_resuming_or_finishing_keeps_the_committed_chunks(tmp_path, monkeypatch):
+    import errno
+
+    from g2v_sklearn import _tokens as tokens_module
+
+    d = tmp_path / "store"
+    _interrupted(d, 2)
+    real_digests = tokens_module._chunk_digests
+
+    def interrupted_digests(*args):
+        raise KeyboardInterrupt  # ^C while the committed chunks are re-verified
+
+    monkeypatch.setattr(tokens_module, "_chunk_digests", interrupted_digests)
+    with pytest.raises(KeyboardInterrupt):
+        _resumable(d).__enter__()
+    monkeypatch.setattr(tokens_module, "_chunk_digests", real_digests)
+    assert len(_siblings(str(d))) == 1  # still there, and claimable
+    real_json = tokens_module._write_json_atomic
+
+    def failing_meta(error):
+        def write(path, obj, indent=None):
+            if path.endswith("meta.json"):
+                raise error
+            return real_json(path, obj, indent)
+        return write
+
+    meta = dict(**_meta(), timestep=2.0, provenance={"model": "toy", "seed": 0})
+    for error, match in ((KeyboardInterrupt(), None),
+                         (OSError(errno.ENOSPC, "No space left"), "frames written so far are kept")):
+        with _resumable(d) as w:
+            assert w.n_written in (8, N_FRAMES)
+            feats, pos = _arrays()
+            w.write(feats[w.n_written:], pos[w.n_written:])
+            w.checkpoint()
+            monkeypatch.setattr(tokens_module, "_write_json_atomic", failing_meta(error))
+            with pytest.raises(type(error), match=match):
+                w.finalize(**meta)
+            monkeypatch.setattr(tokens_module, "_write_json_atomic", real_json)
+        assert len(_siblings(str(d))) == 1 and ".partial-" in _siblings(str(d))[0]
+    with _resumable(d) as w:
+        assert w.n_written == N_FRAMES  # nothing to embed again
+        _assert_same(w.finalize(**meta), _tokens())
+
+
+def test_verification_does_not_hold_up_other_writers(tmp_path, monkeypatch):
+    import threading
+
+    from g2v_sklearn import _tokens as tokens_module
+
+    save_tokens(_tokens(), tmp_path / "big")
+    real = tokens_module._verify_chunks
+    finished = {}
+
+    def slow_verification(*args):
+        writer = threading.Thread(target=save_tokens, args=(_tokens(seed=1), tmp_path / "other"))
+        writer.start()
+        writer.join(timeout=20)  # a commit in the same directory, while this store is hashed
+        finished["commit"] = not writer.is_alive()
+        return real(*args)
+
+    monkeypatch.setattr(tokens_module, "_verify_chunks", slow_verification)
+    load_tokens(tmp_path / "big")
+    assert finished == {"commit": True}
+
+
+def test_trailing_bytes_fail_the_header_check(tmp_path):
+    d = tmp_path / "store"
+    save_tokens(_tokens(), d)
+    with open(d / "positions.npy", "ab") as fh:
+        fh.write(b"\0" * 8)
+    with pytest.raises(ValueError, match=r"positions.npy has \d+ bytes where its header and "
+                                         r"meta.json make \d+"):
+        load_tokens(d, verify="header")
+
+
+def test_a_partial_with_a_garbled_owner_file_is_taken_over(tmp_path):
+    d = tmp_path / "store"
+    _interrupted(d, 1)
+    (partial,) = _siblings(str(d))
+    (tmp_path / partial / "writer.json").write_text("")  # its writer died writing it
+    with _resumable(d) as w:
+        assert w.n_written == 4
+        _assert_same(_finish(w), _tokens())
+    assert _siblings(str(d)) == ["store"]
+
+
+def test_a_store_moved_aside_by_a_killed_commit_is_put_back(tmp_path):
+    d = tmp_path / "store"
+    save_tokens(_tokens(seed=3), d)
+    os.rename(d, tmp_path / "store.old-0123456789ab")  # killed between its two renames
+    with TokenStoreWriter(d, n_frames=N_FRAMES, n_residues=N_RES, n_channels=H) as w:
+        w.close()  # any writer of that name, even one that finishes nothing
+    assert _siblings(str(d)) == ["store"]
+    _assert_same(load_tokens(d), _tokens(seed=3))
