@@ -19,6 +19,7 @@ from ._msm import (
 from ._neighbors import RadiusDistance, radius_graph
 from ._spib import SPIBEstimator
 from ._tokens import TokenTrajectory, load_tokens, save_tokens
+from ._utils import VersionWarning
 from ._vampnet import VAMPNetEstimator
 
 __version__ = "0.1.0.dev0"
@@ -41,6 +42,7 @@ __all__ = [
     "TokenTrajectory",
     "TrainingWarning",
     "VAMPNetEstimator",
+    "VersionWarning",
     "load_tokens",
     "msm_vamp2_scorer",
     "radius_graph",

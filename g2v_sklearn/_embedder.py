@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -45,6 +44,7 @@ from ._topology import (
     topology_signature,
 )
 from ._utils import (
+    PickleVersionMixin,
     check_generator,
     local_torch_seed,
     resolve_device,
@@ -427,7 +427,7 @@ def _embed_one(engine: _Engine, source: _Source, directory: str | None, key: str
     return engine.embed(source, directory, key, if_exists)
 
 
-class GeomEmbedder(TransformerMixin, BaseEstimator):
+class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
     """Embed MD frames into equivariant residue tokens with a frozen pretrained GNN.
 
     Each frame's selected atoms (by default the heavy atoms of everything
@@ -688,12 +688,6 @@ class GeomEmbedder(TransformerMixin, BaseEstimator):
         tags.requires_fit = True
         tags.non_deterministic = self.pretrain == "denoise" and self.device != "cpu"
         return tags
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        if "module_" in state:  # unpickles on a CPU-only machine whatever it ran on
-            state["module_"] = copy.deepcopy(state["module_"]).to("cpu")
-        return state
 
     # -- fitting -----------------------------------------------------------------------
     def fit(self, X, y=None):

@@ -6,7 +6,6 @@ after training; everything else lives here, once.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
 import time
@@ -27,7 +26,7 @@ from ._merger import MergedTokens, MergeSpec
 from ._networks import MLPLobe, TokenLobe
 from ._threads import ThreadBudget
 from ._tokens import TokenTrajectory
-from ._utils import check_generator, resolve_device, supports_bfloat16
+from ._utils import PickleVersionMixin, check_generator, resolve_device, supports_bfloat16
 from ._validation import (
     check_array_trajectories,
     check_not_constant,
@@ -287,7 +286,7 @@ def _memory_budget(budget, device) -> float:
     return 4e9
 
 
-class TorchLearner(BaseEstimator):
+class TorchLearner(PickleVersionMixin, BaseEstimator):
     """Base class of the torch learners (not public).
 
     Subclasses define ``_n_outputs()`` and ``_loss(out_0, out_t, weights)``
@@ -849,12 +848,6 @@ class TorchLearner(BaseEstimator):
                 f"than float32: {type(self).__name__} trains in float32.", UserWarning, stacklevel=3,
             )
         return series, weights, pairs, rng, device
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        if "module_" in state:  # unpickles on a CPU-only machine whatever it trained on
-            state["module_"] = copy.deepcopy(state["module_"]).to("cpu")
-        return state
 
     def _net(self):
         """The fitted network on the device asked for now."""

@@ -34,6 +34,7 @@ from torch.utils.checkpoint import checkpoint
 from ._compat import Interval, StrOptions, validate_parameter_constraints
 from ._neighbors import radius_graph
 from ._tokens import TokenTrajectory
+from ._utils import PickleVersionMixin
 from ._validation import check_token_list
 
 __all__ = [
@@ -362,7 +363,7 @@ class TokenMergerModule(nn.Module):
 
 
 # --------------------------------------------------------------------------- the pipeline step
-class TokenMerger(TransformerMixin, BaseEstimator):
+class TokenMerger(PickleVersionMixin, TransformerMixin, BaseEstimator):
     """Pipeline step that sets up the token-merging module for the learner after it.
 
     Residue tokens go through one fragment-graph convolution on the residue

@@ -34,7 +34,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
 from ._compat import Interval, StrOptions, validate_parameter_constraints, validate_params
-from ._utils import check_generator
+from ._utils import PickleVersionMixin, check_generator
 from ._validation import check_dtrajs, check_feature_trajs, long_enough, require_nonnegative
 
 __all__ = [
@@ -58,7 +58,7 @@ _MAX_SAMPLER_SEED = 2**31 - 1
 # ----------------------------------------------------------------------------
 # KMeansDiscretizer
 # ----------------------------------------------------------------------------
-class KMeansDiscretizer(TransformerMixin, BaseEstimator):
+class KMeansDiscretizer(PickleVersionMixin, TransformerMixin, BaseEstimator):
     """Discretise feature trajectories with deeptime's k-means.
 
     The frames of all trajectories are clustered together with
@@ -405,7 +405,7 @@ def _check_lagtimes(lagtimes, name: str) -> list[int]:
     return [int(v) for v in values]
 
 
-class MSMEstimator(BaseEstimator):
+class MSMEstimator(PickleVersionMixin, BaseEstimator):
     """Markov state model of discrete trajectories, estimated with deeptime.
 
     Transitions are counted at ``lagtime`` with

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import warnings
 from contextlib import contextmanager
 from numbers import Integral
 
@@ -10,6 +12,8 @@ import numpy as np
 import torch
 
 __all__ = [
+    "PickleVersionMixin",
+    "VersionWarning",
     "check_generator",
     "local_torch_seed",
     "resolve_device",
@@ -97,3 +101,44 @@ def weights_sha256(module: torch.nn.Module) -> str:
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
+
+
+class VersionWarning(UserWarning):
+    """An estimator pickled by another version of g2v_sklearn was unpickled."""
+
+
+class PickleVersionMixin:
+    """Pickling for the estimators: the package version goes with the state, and a
+    fitted torch network is stored on the CPU.
+
+    scikit-learn's ``BaseEstimator.__getstate__`` records ``_sklearn_version``
+    and its ``__setstate__`` warns when it differs; this does the same for
+    g2v_sklearn's own version (our fitted attributes change between versions
+    too), and moves ``module_`` to the CPU so that a model trained on a GPU
+    unpickles on a machine without one. Put it before ``BaseEstimator`` in
+    the bases.
+    """
+
+    def __getstate__(self):
+        from . import __version__
+
+        state = super().__getstate__()
+        if state is self.__dict__:
+            state = state.copy()
+        if "module_" in state:
+            state["module_"] = copy.deepcopy(state["module_"]).to("cpu")
+        state["_g2v_sklearn_version"] = __version__
+        return state
+
+    def __setstate__(self, state):
+        from . import __version__
+
+        pickled = state.pop("_g2v_sklearn_version", "before 0.1.0.dev0 (unrecorded)")
+        if pickled != __version__:
+            warnings.warn(
+                f"This {type(self).__name__} was pickled by g2v_sklearn {pickled} and is unpickled "
+                f"by g2v_sklearn {__version__}; its fitted state may not work or may give other "
+                f"results. Refit it with this version, or load it with the version that made it.",
+                VersionWarning, stacklevel=2,
+            )
+        super().__setstate__(state)

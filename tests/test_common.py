@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 
+import numpy as np
 import pytest
 from sklearn.base import clone
 from sklearn.utils.estimator_checks import (
@@ -73,3 +74,33 @@ def test_clone_and_pickle_unfitted(estimator):
     cloned = clone(estimator)
     assert cloned.get_params() == estimator.get_params()
     assert pickle.loads(pickle.dumps(estimator)).get_params().keys() == estimator.get_params().keys()
+
+
+def test_pickles_carry_the_package_version_and_another_version_warns(monkeypatch):
+    import warnings
+
+    import g2v_sklearn
+    from g2v_sklearn import (GeomEmbedder, KMeansDiscretizer, MSMEstimator, TokenMerger,
+                             VAMPNetEstimator, VersionWarning)
+
+    x = np.cumsum(np.random.default_rng(0).normal(size=(300, 3)), axis=0) * 0.01
+    fitted = VAMPNetEstimator(lagtime=5, max_epochs=1, progress=False, random_state=0).fit(x)
+    for est in (fitted, GeomEmbedder(), TokenMerger(), KMeansDiscretizer(), MSMEstimator()):
+        assert est.__getstate__()["_g2v_sklearn_version"] == g2v_sklearn.__version__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same version: silent
+        again = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(again.transform(x), fitted.transform(x))
+    assert next(again.module_.parameters()).device.type == "cpu"
+    monkeypatch.setattr(g2v_sklearn, "__version__", "0.0.1")
+    blob = pickle.dumps(fitted)
+    monkeypatch.undo()
+    with pytest.warns(VersionWarning, match=r"This VAMPNetEstimator was pickled by g2v_sklearn "
+                                            r"0.0.1 and is unpickled by g2v_sklearn "
+                                            r"0.1.0.dev0.*Refit it"):
+        pickle.loads(blob)
+    state = fitted.__getstate__()
+    del state["_g2v_sklearn_version"]  # a pickle from before versions were recorded
+    old = VAMPNetEstimator.__new__(VAMPNetEstimator)
+    with pytest.warns(VersionWarning, match="pickled by g2v_sklearn before 0.1.0.dev0"):
+        old.__setstate__(state)
