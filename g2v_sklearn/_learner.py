@@ -424,7 +424,7 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
         """A pair (t, t + lagtime) has the weight of frame t: at least two must count."""
         if weights is None:
             return
-        positive = sum(int(np.count_nonzero(weights[i][t] > 0)) for i, t in _grouped_frames(pairs))
+        positive = sum(int(np.count_nonzero(weights[i][t] > 0)) for i, t in grouped_pairs(pairs))
         if positive < 2:
             raise ValueError(
                 f"sample_weight gives a positive weight to {positive} time-lagged "
@@ -906,7 +906,18 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
         return fragments[np.arange(n_residues) // window]
 
 
-def _grouped_frames(pairs: np.ndarray):
-    """(trajectory, its pairs' first frames) for each trajectory in ``pairs``."""
+def grouped_pairs(pairs: np.ndarray):
+    """(trajectory, its pairs' first frames) for each trajectory in ``pairs``, in a fixed order."""
     for i in np.unique(pairs[:, 0]):
         yield int(i), pairs[pairs[:, 0] == i, 1]
+
+
+def pair_arrays(values: list[np.ndarray], pairs: np.ndarray, lagtime: int,
+                weights: list[np.ndarray] | None = None):
+    """``values`` at the start (x) and end (y) of every pair, and the pairs' weights (w, the
+    weight of each pair's first frame, or None), grouped by trajectory."""
+    groups = list(grouped_pairs(pairs))
+    x = np.concatenate([values[i][t] for i, t in groups])
+    y = np.concatenate([values[i][t + lagtime] for i, t in groups])
+    w = None if weights is None else np.concatenate([weights[i][t] for i, t in groups])
+    return x, y, w

@@ -15,13 +15,12 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ._compat import Interval, StrOptions
-from ._learner import TimeSeries, TorchLearner
-from ._validation import lagged_pairs
-from ._threads import ThreadBudget
+from ._learner import TimeSeries, TorchLearner, pair_arrays
 from ._msm import KMeansDiscretizer
+from ._threads import ThreadBudget
 from ._utils import local_torch_seed, torch_generator
+from ._validation import lagged_pairs
 from ._vamp import fit_vamp, vamp_cv_score
-from ._vampnet import _grouped
 
 __all__ = [
     "SPIBEstimator",
@@ -752,9 +751,7 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         if self.n_states_ < 2:
             return
         probs = [self._decode_means(self.module_, m, device) for m in means]
-        x = np.concatenate([probs[i][t] for i, t in _grouped(pairs)])
-        y = np.concatenate([probs[i][t + self.lagtime] for i, t in _grouped(pairs)])
-        w = None if weights is None else np.concatenate([weights[i][t] for i, t in _grouped(pairs)])
+        x, y, w = pair_arrays(probs, pairs, self.lagtime, weights)
         try:
             self.vamp_ = fit_vamp(x, y, weights=w)
         except ValueError:  # (numerically) constant probabilities: nothing to score
@@ -847,7 +844,6 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         if self.vamp_ is None:
             return 1.0
         pairs = lagged_pairs(series.lengths, self.lagtime, type(self).__name__)
-        x = np.concatenate([probs[i][t] for i, t in _grouped(pairs)])
-        y = np.concatenate([probs[i][t + self.lagtime] for i, t in _grouped(pairs)])
+        x, y, _ = pair_arrays(probs, pairs, self.lagtime)
         k = min(self.score_k, self.vamp_.n_components)
         return float(vamp_cv_score(self.vamp_, x, y, k=k))

@@ -13,16 +13,16 @@ from sklearn.utils.validation import check_is_fitted
 from ._compat import Interval, StrOptions
 from ._callbacks import EarlyStopping
 from ._compat import validate_parameter_constraints
-from ._learner import TorchLearner, _new_history, _TrainingCollapsed
-from ._validation import lagged_pairs
-
-# fewer time-lagged pairs than this per output (components + the constant): a warning
-_PAIRS_PER_COMPONENT = 10
+from ._learner import TorchLearner, _new_history, _TrainingCollapsed, pair_arrays
 from ._threads import ThreadBudget
 from ._utils import check_generator, local_torch_seed, resolve_device
+from ._validation import lagged_pairs
 from ._vamp import fit_vamp, implied_timescales, koopman_eigenvalues, vamp_cv_score, vamp_score
 
 __all__ = ["VAMPNetEstimator"]
+
+# fewer time-lagged pairs than this per output (components + the constant): a warning
+_PAIRS_PER_COMPONENT = 10
 
 
 class VAMPNetEstimator(TransformerMixin, TorchLearner):
@@ -436,9 +436,7 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
 
     def _fit_decomposition(self, series, pairs, weights):
         outputs = self._outputs(self.module_, series, next(self.module_.parameters()).device)
-        x = np.concatenate([outputs[i][t] for i, t in _grouped(pairs)])
-        y = np.concatenate([outputs[i][t + self.lagtime] for i, t in _grouped(pairs)])
-        w = None if weights is None else np.concatenate([weights[i][t] for i, t in _grouped(pairs)])
+        x, y, w = pair_arrays(outputs, pairs, self.lagtime, weights)
         decomposition = self._decompose(x, y, w)
         if decomposition is None:
             raise ValueError(
@@ -549,8 +547,7 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         """
         outputs, series = self._network_outputs(X)
         pairs = lagged_pairs(series.lengths, self.lagtime, type(self).__name__)
-        x = np.concatenate([outputs[i][t] for i, t in _grouped(pairs)])
-        y = np.concatenate([outputs[i][t + self.lagtime] for i, t in _grouped(pairs)])
+        x, y, _ = pair_arrays(outputs, pairs, self.lagtime)
         return float(vamp_cv_score(self.vamp_, x, y, k=self._score_k(self.vamp_), epsilon=self.epsilon))
 
     def _koopman_models(self, X, lagtimes):
@@ -630,8 +627,3 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
             raise ValueError("The training input carried no timestep; timescales are known in frames only.")
         return self.timescales_ * self.timestep_
 
-
-def _grouped(pairs: np.ndarray):
-    """(trajectory, frame indices) groups of a pair array, in a fixed order."""
-    for traj in np.unique(pairs[:, 0]):
-        yield int(traj), pairs[pairs[:, 0] == traj, 1]
