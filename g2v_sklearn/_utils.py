@@ -104,7 +104,22 @@ def weights_sha256(module: torch.nn.Module) -> str:
 
 
 class VersionWarning(UserWarning):
-    """An estimator pickled by another version of g2v_sklearn was unpickled."""
+    """An estimator pickled by another version of g2v_sklearn was unpickled.
+
+    Every estimator's pickle records the version that wrote it; a fitted
+    state from another version may not work, or may give other results.
+
+    Examples
+    --------
+    Refuse such pickles outright:
+
+    >>> import warnings
+    >>> from g2v_sklearn import VersionWarning
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("error", VersionWarning)
+    ...     issubclass(VersionWarning, UserWarning)
+    True
+    """
 
 
 class PickleVersionMixin:
