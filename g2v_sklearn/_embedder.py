@@ -195,7 +195,6 @@ class _Engine:
         else:
             with md.open(source.path) as handle:
                 total = len(handle)
-            self._check_atom_count(source)
         return -(-total // self.stride)
 
     def _check_atom_count(self, source: _Source) -> None:
@@ -342,6 +341,8 @@ class _Engine:
         is the store writer's (a cache keeps a store another worker finished first).
         """
         self.module.to(self.device).eval()
+        if source.traj is None:  # a file: its atoms must be the topology's
+            self._check_atom_count(source)
         n_frames = self.n_frames(source)
         layout = self.layout
         hidden = int(self.module.hidden_channels)

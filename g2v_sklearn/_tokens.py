@@ -773,9 +773,11 @@ def is_complete_store(directory: str | os.PathLike, *, verify: str = "full") -> 
         False for a missing directory, an unfinished write or a damaged store.
     """
     verify = _check_verify(verify)
-    directory = _abspath(directory)
-    return _store_problem(directory, verify) is None and os.path.isdir(directory) and bool(
-        os.listdir(directory))
+    try:
+        _verified_read(_abspath(directory), "r", verify)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
 
 
 def _store_problem(directory: str, verify: str = "full") -> str | None:
