@@ -115,9 +115,9 @@ def worker(n: int, w: int, b: int, repeats: int, compile_ours: bool = True) -> d
     from _common import matmul_rates
     from bench_train import make_tokens
     from g2v_sklearn import TokenMerger, VAMPNetEstimator
-    from g2v_sklearn._learner import TimeSeries
+    from g2v_sklearn.learners._learner import TimeSeries
     from g2v_sklearn._validation import lagged_pairs
-    from g2v_sklearn._vamp import vamp_loss
+    from g2v_sklearn.learners._vamp import vamp_loss
 
     torch.set_num_threads(2)
     tokens = make_tokens(n, 2 * b, 0)

@@ -15,7 +15,7 @@ mini-batch of ``B`` time-lagged pairs, done with the estimator's own code:
   the token arrays, as in training) and pushed through
   ``VAMPNetEstimator._forward_pairs`` (both halves of the pairs in one pass,
   autocast when ``precision="bfloat16"``);
-* loss ``g2v_sklearn._vamp.vamp_loss`` (VAMP-2, the estimator's ``epsilon`` and
+* loss ``g2v_sklearn.learners._vamp.vamp_loss`` (VAMP-2, the estimator's ``epsilon`` and
   ``mode``), ``zero_grad``, ``backward``, the estimator's AdamW ``step``, and the
   per-step bookkeeping of ``TorchLearner._train`` (finite-loss check,
   ``loss.item()``).
@@ -78,7 +78,7 @@ worker caps its address space (``RLIMIT_AS``) at its size after start-up plus
 starts), so running out of memory is a clean error and not the kernel's OOM
 killer.
 
-Attention goes through ``g2v_sklearn._networks.attention``: torch's
+Attention goes through ``g2v_sklearn.nn._lobes.attention``: torch's
 ``scaled_dot_product_attention`` (whose CPU and CUDA kernels are
 FlashAttention-style, memory-efficient: the N x N score matrix is never
 stored), or the flash-attn package for half precision on CUDA when it is
@@ -217,7 +217,7 @@ def mean_neighbours(positions) -> float:
     """Mean number of residues within CUTOFF of a residue (self excluded), one frame."""
     import torch
 
-    from g2v_sklearn._neighbors import radius_graph
+    from g2v_sklearn.nn._neighbors import radius_graph
 
     pos = torch.as_tensor(positions)
     return radius_graph(pos, CUTOFF, loop=False).shape[1] / len(pos)
@@ -291,11 +291,11 @@ def run_worker(args) -> None:
     import torch
 
     from g2v_sklearn import TokenMerger, VAMPNetEstimator
-    from g2v_sklearn._learner import TimeSeries
+    from g2v_sklearn.learners._learner import TimeSeries
     from g2v_sklearn._validation import lagged_pairs
-    from g2v_sklearn._networks import attention_backend
+    from g2v_sklearn.nn._lobes import attention_backend
     from g2v_sklearn._utils import local_torch_seed
-    from g2v_sklearn._vamp import vamp_loss
+    from g2v_sklearn.learners._vamp import vamp_loss
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -226,7 +226,7 @@ def _training_setup(n: int, w: int, b: int, precision: str, device, operator: st
 
     from bench_train import make_tokens
     from g2v_sklearn import TokenMerger, VAMPNetEstimator
-    from g2v_sklearn._learner import TimeSeries
+    from g2v_sklearn.learners._learner import TimeSeries
     from g2v_sklearn._validation import lagged_pairs
     from g2v_sklearn._utils import local_torch_seed
 
@@ -242,7 +242,7 @@ def _training_setup(n: int, w: int, b: int, precision: str, device, operator: st
 
 
 def _step(est, net, series, optimizer, pairs, device) -> None:
-    from g2v_sklearn._vamp import vamp_loss
+    from g2v_sklearn.learners._vamp import vamp_loss
 
     net.train()
     out_0, out_t = est._forward_pairs(net, series, pairs, device)
@@ -308,7 +308,7 @@ def training(args, device, budget: Budget, report: dict) -> dict:
         try:
             est, net, series, opt, pairs, _ = _training_setup(sizes[-1], windows[-1], batches[0], "bfloat16",
                                                               device)
-            from g2v_sklearn._networks import attention_backend
+            from g2v_sklearn.nn._lobes import attention_backend
 
             probe = torch.zeros(1, 8, 64, 8, device=device, dtype=torch.bfloat16)
             flash["attention_backend"] = attention_backend(probe)  # "flash_attn" bypasses SDPA
@@ -352,7 +352,7 @@ def side_by_side(args, device, budget: Budget, report: dict) -> list:
             pos = torch.as_tensor(np.asarray(tokens.positions), device=device)
 
             def g2v_step():
-                from g2v_sklearn._vamp import vamp_loss
+                from g2v_sklearn.learners._vamp import vamp_loss
 
                 lobe.train()
                 out = lobe((feat, pos))

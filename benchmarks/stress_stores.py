@@ -49,10 +49,10 @@ DEFAULT_CHECKPOINT = REPO.parent / "shared" / "checkpoints" / "visnet_l6_h64_rbf
 
 
 def _tokens_module():
-    """g2v_sklearn._tokens loaded by file: a save_tokens worker needs neither torch nor the package."""
+    """g2v_sklearn.tokens._tokens loaded by file: a save_tokens worker needs neither torch nor the package."""
     with _LOADING:  # threads share it: none may see it half-executed
         if "_g2v_tokens" not in sys.modules:  # registered, so that its objects pickle by name
-            spec = importlib.util.spec_from_file_location("_g2v_tokens", REPO / "g2v_sklearn" / "_tokens.py")
+            spec = importlib.util.spec_from_file_location("_g2v_tokens", REPO / "g2v_sklearn" / "tokens" / "_tokens.py")
             module = importlib.util.module_from_spec(spec)
             sys.modules["_g2v_tokens"] = module
             spec.loader.exec_module(module)

@@ -5,22 +5,22 @@ MD frames become residue tokens through a frozen, pretrained equivariant GNN
 compose into Pipelines, clone, grid-search and pickle.
 """
 
-from ._callbacks import Callback, EarlyStopping, LRScheduler, MetricsLog, SaveBestWeights
-from ._embedder import GeomEmbedder
-from ._learner import FitContext, TrainingWarning
-from ._merger import MergedTokens, TokenMerger
-from ._msm import (
+from ._utils import VersionWarning
+from .embedding._embedder import GeomEmbedder
+from .learners._callbacks import Callback, EarlyStopping, LRScheduler, MetricsLog, SaveBestWeights
+from .learners._learner import FitContext, TrainingWarning
+from .learners._merger import MergedTokens, TokenMerger
+from .learners._spib import SPIBEstimator
+from .learners._vampnet import VAMPNetEstimator
+from .msm._msm import (
     ContiguousSplit,
     KMeansDiscretizer,
     MSMEstimator,
     msm_vamp2_scorer,
     split_trajectory,
 )
-from ._neighbors import RadiusDistance, radius_graph
-from ._spib import SPIBEstimator
-from ._tokens import TokenTrajectory, load_tokens, save_tokens
-from ._utils import VersionWarning
-from ._vampnet import VAMPNetEstimator
+from .nn._neighbors import RadiusDistance, radius_graph
+from .tokens._tokens import TokenTrajectory, load_tokens, save_tokens
 
 __version__ = "0.1.0.dev0"
 

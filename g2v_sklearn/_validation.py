@@ -16,7 +16,7 @@ import numpy as np
 from scipy.sparse import issparse
 from sklearn.utils import check_array
 
-from ._tokens import TokenTrajectory
+from .tokens._tokens import TokenTrajectory
 
 __all__ = [
     "as_list",
@@ -164,7 +164,7 @@ def require_nonnegative(dtrajs: list[np.ndarray], caller: str) -> None:
 
 def check_token_list(X, who: str) -> list:
     """Validate a list of token trajectories of one system; returns the list."""
-    from ._merger import MergedTokens  # the merger imports this module
+    from .learners._merger import MergedTokens  # the merger imports this module
 
     if isinstance(X, (TokenTrajectory, MergedTokens)):
         raise TypeError(

@@ -11,7 +11,7 @@ import torch
 from sklearn.utils._param_validation import InvalidParameterError
 
 from g2v_sklearn import GeomEmbedder
-from g2v_sklearn import _embedder as embedder_module
+from g2v_sklearn.embedding import _embedder as embedder_module
 
 
 @pytest.fixture(scope="module")

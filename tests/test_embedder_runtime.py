@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from g2v_sklearn import GeomEmbedder
-from g2v_sklearn import _embedder as embedder_module
+from g2v_sklearn.embedding import _embedder as embedder_module
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from sklearn.base import clone
 from sklearn.utils._param_validation import InvalidParameterError
 
 from g2v_sklearn import TokenMerger, TokenTrajectory
-from g2v_sklearn._merger import MergedTokens, MergeSpec, TokenMergerModule
-from g2v_sklearn._networks import TokenLobe
+from g2v_sklearn.learners._merger import MergedTokens, MergeSpec, TokenMergerModule
+from g2v_sklearn.nn._lobes import TokenLobe
 
 
 def synthetic_tokens(rng, n_frames=6, n_res=10, h=8):
@@ -149,7 +149,7 @@ def test_checkpointed_training_gives_the_same_gradients(rng):
 
 
 def test_dense_small_graph_equals_the_radius_graph(rng, monkeypatch):
-    from g2v_sklearn import _merger
+    from g2v_sklearn.learners import _merger
 
     torch.manual_seed(0)
     module = TokenMergerModule(spec(2, "graphconv")).double()

@@ -15,7 +15,7 @@ from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
 from sklearn.pipeline import Pipeline
 from sklearn.utils._param_validation import InvalidParameterError
 
-from g2v_sklearn._msm import (
+from g2v_sklearn.msm._msm import (
     ContiguousSplit,
     KMeansDiscretizer,
     MSMEstimator,

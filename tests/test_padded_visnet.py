@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from g2v_sklearn import GeomEmbedder, radius_graph
-from g2v_sklearn import _embedder as embedder_module
-from g2v_sklearn import _padded_visnet as padded
-from g2v_sklearn._backbone import BackboneConfig, build_backbone
+from g2v_sklearn.embedding import _embedder as embedder_module
+from g2v_sklearn.nn import _padded_visnet as padded
+from g2v_sklearn.nn._backbone import BackboneConfig, build_backbone
 
 
 def norm_relative_error(a, b) -> float:

@@ -24,7 +24,7 @@ from g2v_sklearn import (
     TokenMerger,
     TokenTrajectory,
 )
-from g2v_sklearn._spib import SPIBModule, gaussian_log_density, vamp_prior_log_density
+from g2v_sklearn.learners._spib import SPIBModule, gaussian_log_density, vamp_prior_log_density
 
 FAST = dict(hidden_layer_sizes=(32, 32), batch_size=64, max_epochs=60, patience=3, validation_fraction=0,
             progress=False, random_state=0)
@@ -142,7 +142,7 @@ def test_gaussian_and_vamp_prior_densities():
 
 
 def test_keep_states_slices_the_decoder_and_prior():
-    from g2v_sklearn._networks import MLPLobe
+    from g2v_sklearn.nn._lobes import MLPLobe
 
     net = SPIBModule(MLPLobe(3, (8,), 4), z_dim=2, n_states=5)
     z = torch.randn(7, 2)

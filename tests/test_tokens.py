@@ -1,4 +1,4 @@
-"""Tests of g2v_sklearn._tokens: token trajectories and the atomic token store."""
+"""Tests of g2v_sklearn.tokens._tokens: token trajectories and the atomic token store."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from g2v_sklearn._tokens import (
+from g2v_sklearn.tokens._tokens import (
     TokenStoreWriter,
     TokenTrajectory,
     is_complete_store,
@@ -354,7 +354,7 @@ def test_killed_writer_leaves_nothing_that_looks_complete(tmp_path):
     import sys
     import textwrap
 
-    from g2v_sklearn import _tokens as tokens_module
+    from g2v_sklearn.tokens import _tokens as tokens_module
 
     d = tmp_path / "store"
     # Load _tokens.py by file so the child skips the package's heavy imports.
@@ -522,7 +522,7 @@ def test_full_disk_is_refused_before_writing_and_leaves_nothing(tmp_path, monkey
     import errno
     import shutil
 
-    from g2v_sklearn import _tokens as tokens_module
+    from g2v_sklearn.tokens import _tokens as tokens_module
 
     d = tmp_path / "store"
     usage = shutil.disk_usage(tmp_path)
@@ -548,7 +548,7 @@ def test_full_disk_is_refused_before_writing_and_leaves_nothing(tmp_path, monkey
 def test_disk_filling_during_the_metadata_keeps_the_old_store(tmp_path, monkeypatch):
     import errno
 
-    from g2v_sklearn import _tokens as tokens_module
+    from g2v_sklearn.tokens import _tokens as tokens_module
 
     d = tmp_path / "store"
     save_tokens(_tokens(seed=1), d)
@@ -644,7 +644,7 @@ def test_a_commit_killed_between_its_renames_is_finished_by_the_next_writer(tmp_
     import sys
     import textwrap
 
-    from g2v_sklearn import _tokens as tokens_module
+    from g2v_sklearn.tokens import _tokens as tokens_module
 
     d = tmp_path / "store"
     save_tokens(_tokens(seed=7), d)  # the store being replaced
@@ -682,7 +682,7 @@ def test_a_commit_killed_between_its_renames_is_finished_by_the_next_writer(tmp_
 def test_an_interrupt_while_resuming_or_finishing_keeps_the_committed_chunks(tmp_path, monkeypatch):
     import errno
 
-    from g2v_sklearn import _tokens as tokens_module
+    from g2v_sklearn.tokens import _tokens as tokens_module
 
     d = tmp_path / "store"
     _interrupted(d, 2)
@@ -726,7 +726,7 @@ def test_an_interrupt_while_resuming_or_finishing_keeps_the_committed_chunks(tmp
 def test_verification_does_not_hold_up_other_writers(tmp_path, monkeypatch):
     import threading
 
-    from g2v_sklearn import _tokens as tokens_module
+    from g2v_sklearn.tokens import _tokens as tokens_module
 
     save_tokens(_tokens(), tmp_path / "big")
     real = tokens_module._verify_chunks

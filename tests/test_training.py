@@ -224,7 +224,7 @@ def test_gradient_clipping_bounds_the_step(dihedral_features):
 
 
 def test_bfloat16_without_native_support_trains_in_float32(dihedral_features, monkeypatch):
-    from g2v_sklearn import _learner
+    from g2v_sklearn.learners import _learner
 
     monkeypatch.setattr(_learner, "supports_bfloat16", lambda device: False)
     x = dihedral_features[0][:600]

@@ -15,7 +15,7 @@ from deeptime.covariance import Covariance, CovarianceModel
 from deeptime.decomposition import VAMP
 from deeptime.decomposition import deep as dt_deep
 
-from g2v_sklearn._vamp import (
+from g2v_sklearn.learners._vamp import (
     VampDecomposition,
     covariances,
     fit_vamp,

@@ -12,9 +12,9 @@ from deeptime.decomposition import VAMP
 from sklearn.base import clone
 
 from g2v_sklearn import SPIBEstimator, TokenMerger, TokenTrajectory, VAMPNetEstimator
-from g2v_sklearn import _networks
+from g2v_sklearn.nn import _lobes
 from g2v_sklearn._validation import lagged_pairs
-from g2v_sklearn._networks import attention, attention_backend
+from g2v_sklearn.nn._lobes import attention, attention_backend
 
 FAST = dict(max_epochs=3, batch_size=128, hidden_layer_sizes=(16,), progress=False, random_state=0)
 
@@ -249,9 +249,9 @@ def test_attention_dispatch(monkeypatch):
         is_cuda = True
         dtype = torch.bfloat16
 
-    monkeypatch.setattr(_networks, "_FLASH", False)  # flash-attn not installed
+    monkeypatch.setattr(_lobes, "_FLASH", False)  # flash-attn not installed
     assert attention_backend(FakeCudaHalf()) == "sdpa"
-    monkeypatch.setattr(_networks, "_FLASH", lambda q, k, v: q)  # flash-attn installed
+    monkeypatch.setattr(_lobes, "_FLASH", lambda q, k, v: q)  # flash-attn installed
     assert attention_backend(FakeCudaHalf()) == "flash_attn"
     assert attention_backend(long) == "sdpa"  # CPU float32 never goes to flash-attn
 

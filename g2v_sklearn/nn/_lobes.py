@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ._merger import MergeSpec, TokenMergerModule, VectorLinear, sinusoidal_encoding
+from ..learners._merger import MergeSpec, TokenMergerModule, VectorLinear, sinusoidal_encoding
 
 __all__ = ["MLPLobe", "MixerBlock", "TokenLobe", "attention", "attention_backend"]
 

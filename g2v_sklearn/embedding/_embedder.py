@@ -18,17 +18,17 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from ._backbone import (
+from ..nn._backbone import (
     BackboneConfig,
     DenoisingHead,
     build_backbone,
     file_sha256,
     load_checkpoint,
 )
-from ._compat import Interval, Options, StrOptions, validate_parameter_constraints
-from ._padded_visnet import padded_forward, supports_padded
-from ._threads import ThreadBudget
-from ._tokens import (
+from .._compat import Interval, Options, StrOptions, validate_parameter_constraints
+from ..nn._padded_visnet import padded_forward, supports_padded
+from .._threads import ThreadBudget
+from ..tokens._tokens import (
     TokenStoreWriter,
     TokenTrajectory,
     _discard_damaged,
@@ -43,7 +43,7 @@ from ._topology import (
     select_atoms,
     topology_signature,
 )
-from ._utils import (
+from .._utils import (
     PickleVersionMixin,
     check_generator,
     local_torch_seed,

@@ -31,11 +31,11 @@ from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ._compat import Interval, StrOptions, validate_parameter_constraints
-from ._neighbors import radius_graph
-from ._tokens import TokenTrajectory
-from ._utils import PickleVersionMixin
-from ._validation import check_token_list
+from .._compat import Interval, StrOptions, validate_parameter_constraints
+from ..nn._neighbors import radius_graph
+from ..tokens._tokens import TokenTrajectory
+from .._utils import PickleVersionMixin
+from .._validation import check_token_list
 
 __all__ = [
     "FragmentConv",

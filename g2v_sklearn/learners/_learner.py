@@ -21,13 +21,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ._callbacks import Callback, EarlyStopping, LRScheduler
-from ._compat import Interval, StrOptions, validate_parameter_constraints
+from .._compat import Interval, StrOptions, validate_parameter_constraints
 from ._merger import MergedTokens, MergeSpec
-from ._networks import MLPLobe, TokenLobe
-from ._threads import ThreadBudget
-from ._tokens import TokenTrajectory
-from ._utils import PickleVersionMixin, check_generator, resolve_device, supports_bfloat16
-from ._validation import (
+from ..nn._lobes import MLPLobe, TokenLobe
+from .._threads import ThreadBudget
+from ..tokens._tokens import TokenTrajectory
+from .._utils import PickleVersionMixin, check_generator, resolve_device, supports_bfloat16
+from .._validation import (
     check_array_trajectories,
     check_not_constant,
     check_not_raw_frames,

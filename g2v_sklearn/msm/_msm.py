@@ -33,9 +33,9 @@ from sklearn.model_selection import BaseCrossValidator
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
-from ._compat import Interval, StrOptions, validate_parameter_constraints, validate_params
-from ._utils import PickleVersionMixin, check_generator
-from ._validation import check_dtrajs, check_feature_trajs, long_enough, require_nonnegative
+from .._compat import Interval, StrOptions, validate_parameter_constraints, validate_params
+from .._utils import PickleVersionMixin, check_generator
+from .._validation import check_dtrajs, check_feature_trajs, long_enough, require_nonnegative
 
 __all__ = [
     "ContiguousSplit",

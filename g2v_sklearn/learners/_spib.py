@@ -14,12 +14,12 @@ from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ._compat import Interval, StrOptions
+from .._compat import Interval, StrOptions
 from ._learner import TimeSeries, TorchLearner, pair_arrays
-from ._msm import KMeansDiscretizer
-from ._threads import ThreadBudget
-from ._utils import local_torch_seed, torch_generator
-from ._validation import lagged_pairs
+from ..msm._msm import KMeansDiscretizer
+from .._threads import ThreadBudget
+from .._utils import local_torch_seed, torch_generator
+from .._validation import lagged_pairs
 from ._vamp import fit_vamp, vamp_cv_score
 
 __all__ = [
