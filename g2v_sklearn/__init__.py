@@ -5,6 +5,7 @@ MD frames become residue tokens through a frozen, pretrained equivariant GNN
 compose into Pipelines, clone, grid-search and pickle.
 """
 
+from . import _moved
 from ._utils import VersionWarning
 from .embedding._embedder import GeomEmbedder
 from .learners._callbacks import Callback, EarlyStopping, LRScheduler, MetricsLog, SaveBestWeights
@@ -23,6 +24,8 @@ from .nn._neighbors import RadiusDistance, radius_graph
 from .tokens._tokens import TokenTrajectory, load_tokens, save_tokens
 
 __version__ = "0.1.0.dev0"
+
+_moved.register(__name__)  # pickles made by the flat layout name its modules
 
 __all__ = [
     "Callback",

@@ -1,0 +1,62 @@
+"""Old module names, so that pickles made by the flat layout still load.
+
+Up to 0.1.0.dev0 every module sat flat in the package (``g2v_sklearn._vampnet``,
+``g2v_sklearn._networks``, ...), and a pickle names the module of every class
+and function it holds. Each old name is registered here as a stand-in module
+whose attributes are looked up, by name, in the modules that hold that code
+today; unpickling (and ``import g2v_sklearn._vampnet``) then finds the classes
+of today. Nothing else is kept of the old modules: no code lives here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+
+# old flat module -> today's modules, searched in order for a name.
+FLAT_LAYOUT = {
+    "_backbone": ("nn._backbone",),
+    "_callbacks": ("learners._callbacks",),
+    "_embedder": ("embedding._embedder",),
+    "_learner": ("learners._learner",),
+    "_merger": ("learners._merger",),
+    "_msm": ("msm._msm",),
+    "_neighbors": ("nn._neighbors",),
+    "_networks": ("nn._lobes",),
+    "_padded_visnet": ("nn._padded_visnet",),
+    "_spib": ("learners._spib",),
+    "_tokens": ("tokens._tokens",),
+    "_topology": ("embedding._topology",),
+    "_vamp": ("learners._vamp",),
+    "_vampnet": ("learners._vampnet",),
+}
+
+
+class _MovedModule(types.ModuleType):
+    """Stand-in for a module of the flat layout."""
+
+    def __init__(self, name: str, homes: tuple[str, ...]) -> None:
+        super().__init__(name, f"Moved: its code now lives in {', '.join(homes)}.")
+        self._homes = homes
+
+    def __getattr__(self, attr: str):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        package = self.__name__.rpartition(".")[0]
+        for home in self._homes:
+            module = importlib.import_module(f"{package}.{home}")
+            if hasattr(module, attr):
+                return getattr(module, attr)
+        raise AttributeError(
+            f"{self.__name__}.{attr} no longer exists: the module moved to "
+            f"{' and '.join(f'{package}.{h}' for h in self._homes)}, which has no {attr!r}. "
+            "A pickle that needs it was made by a version this one cannot read; "
+            "refit the estimator with this version."
+        )
+
+
+def register(package: str) -> None:
+    """Register every old module name under ``package`` (done once, on import)."""
+    for old, homes in FLAT_LAYOUT.items():
+        sys.modules.setdefault(f"{package}.{old}", _MovedModule(f"{package}.{old}", homes))
