@@ -13,7 +13,9 @@ from sklearn.base import clone
 from sklearn.utils._param_validation import InvalidParameterError
 
 from g2v_sklearn import TokenMerger, TokenTrajectory
-from g2v_sklearn.learners._merger import MergedTokens, MergeSpec, TokenMergerModule
+from g2v_sklearn.learners._merger import MergedTokens
+from g2v_sklearn.nn._merger import TokenMergerModule
+from g2v_sklearn.tokens._tokens import MergeSpec
 from g2v_sklearn.nn._lobes import TokenLobe
 
 
@@ -149,7 +151,7 @@ def test_checkpointed_training_gives_the_same_gradients(rng):
 
 
 def test_dense_small_graph_equals_the_radius_graph(rng, monkeypatch):
-    from g2v_sklearn.learners import _merger
+    from g2v_sklearn.nn import _merger
 
     torch.manual_seed(0)
     module = TokenMergerModule(spec(2, "graphconv")).double()

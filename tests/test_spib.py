@@ -24,7 +24,7 @@ from g2v_sklearn import (
     TokenMerger,
     TokenTrajectory,
 )
-from g2v_sklearn.learners._spib import SPIBModule, gaussian_log_density, vamp_prior_log_density
+from g2v_sklearn.nn._spib import SPIBModule, gaussian_log_density, vamp_prior_log_density
 
 FAST = dict(hidden_layer_sizes=(32, 32), batch_size=64, max_epochs=60, patience=3, validation_fraction=0,
             progress=False, random_state=0)

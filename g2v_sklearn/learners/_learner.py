@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from ._callbacks import Callback, EarlyStopping, LRScheduler
 from .._compat import Interval, StrOptions, validate_parameter_constraints
-from ._merger import MergedTokens, MergeSpec
+from ..tokens._tokens import MergeSpec
+from ._merger import MergedTokens
 from ..nn._lobes import MLPLobe, TokenLobe
 from .._threads import ThreadBudget
 from ..tokens._tokens import TokenTrajectory

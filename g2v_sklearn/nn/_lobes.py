@@ -10,7 +10,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..learners._merger import MergeSpec, TokenMergerModule, VectorLinear, sinusoidal_encoding
+from ..tokens._tokens import MergeSpec
+from ._merger import TokenMergerModule, VectorLinear, sinusoidal_encoding
 
 __all__ = ["MLPLobe", "MixerBlock", "TokenLobe", "attention", "attention_backend"]
 

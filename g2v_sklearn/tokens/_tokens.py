@@ -43,11 +43,13 @@ import time
 import warnings
 import weakref
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "MergeSpec",
     "TokenTrajectory",
     "TokenStoreWriter",
     "save_tokens",
@@ -208,6 +210,43 @@ def _validate_metadata(
     except (TypeError, ValueError) as exc:
         raise ValueError(f"provenance must be JSON-serialisable: {exc}") from exc
     return names, tuple(chains), resids, timestep, prov
+
+
+# --------------------------------------------------------------------------- #
+# MergeSpec: what a fitted TokenMerger attaches to token trajectories
+# --------------------------------------------------------------------------- #
+@dataclass(frozen=True)
+class MergeSpec:
+    """What a learner needs to build the merging module.
+
+    Attributes
+    ----------
+    window : int
+        Residues per fragment; 1 means no merging.
+    operator : str
+        Fragment-graph convolution: ``"graphconv"``, ``"rggc"`` or ``"none"``.
+    cutoff : float
+        Residue-graph cutoff in Angstrom.
+    in_channels, hidden_channels : int
+        Token width in and out.
+    n_residues, n_fragments : int
+        Sequence length before and after merging.
+    positional_encoding : bool
+        Whether a sinusoidal encoding of the fragment index is added.
+    """
+
+    window: int
+    operator: str
+    cutoff: float
+    in_channels: int
+    hidden_channels: int
+    n_residues: int
+    n_fragments: int
+    positional_encoding: bool = True
+
+    def fragment_of_residue(self) -> np.ndarray:
+        """Fragment index of every residue, shape (n_residues,)."""
+        return np.arange(self.n_residues) // self.window
 
 
 # --------------------------------------------------------------------------- #
