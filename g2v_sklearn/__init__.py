@@ -21,7 +21,7 @@ from .msm._msm import (
     split_trajectory,
 )
 from .nn._neighbors import RadiusDistance, radius_graph
-from .tokens._tokens import TokenTrajectory, load_tokens, save_tokens
+from .tokens._tokens import MergeSpec, TokenTrajectory, load_tokens, save_tokens
 
 __version__ = "0.1.0.dev0"
 
@@ -36,6 +36,7 @@ __all__ = [
     "KMeansDiscretizer",
     "LRScheduler",
     "MSMEstimator",
+    "MergeSpec",
     "MergedTokens",
     "MetricsLog",
     "RadiusDistance",

@@ -164,9 +164,7 @@ def require_nonnegative(dtrajs: list[np.ndarray], caller: str) -> None:
 
 def check_token_list(X, who: str) -> list:
     """Validate a list of token trajectories of one system; returns the list."""
-    from .learners._merger import MergedTokens  # the merger imports this module
-
-    if isinstance(X, (TokenTrajectory, MergedTokens)):
+    if isinstance(X, TokenTrajectory):
         raise TypeError(
             f"X is a single token trajectory; {who} expects a list of them (one per "
             f"trajectory). Wrap it in a list."
@@ -175,7 +173,7 @@ def check_token_list(X, who: str) -> list:
     if not items:
         raise ValueError(f"X is an empty list; {who} needs at least one token trajectory.")
     for i, item in enumerate(items):
-        if not isinstance(item, (TokenTrajectory, MergedTokens)):
+        if not isinstance(item, TokenTrajectory):
             raise TypeError(
                 f"X[{i}] is a {type(item).__name__}; {who} expects token trajectories "
                 f"(the output of GeomEmbedder)."

@@ -23,7 +23,6 @@ from tqdm.auto import tqdm
 from ._callbacks import Callback, EarlyStopping, LRScheduler
 from .._compat import Interval, StrOptions, validate_parameter_constraints
 from ..tokens._tokens import MergeSpec
-from ._merger import MergedTokens
 from ..nn._lobes import MLPLobe, TokenLobe
 from .._threads import ThreadBudget
 from ..tokens._tokens import TokenTrajectory
@@ -343,18 +342,15 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
         is_list = isinstance(X, (list, tuple)) and len(X) > 0
         if is_list and isinstance(X[0], np.ndarray):  # the first item sets the kind
             check_array_trajectories(X, who)
-        if isinstance(X, (TokenTrajectory, MergedTokens)) or (
-            is_list and isinstance(X[0], (TokenTrajectory, MergedTokens))
-        ):
-            if is_list and not all(isinstance(x, (TokenTrajectory, MergedTokens)) for x in X):
+        if isinstance(X, TokenTrajectory) or (is_list and isinstance(X[0], TokenTrajectory)):
+            if is_list and not all(isinstance(x, TokenTrajectory) for x in X):
                 raise TypeError(f"X mixes token trajectories with other inputs; {who} takes one kind.")
             items = check_token_list(X, who)
-            specs = {x.spec if isinstance(x, MergedTokens) else None for x in items}
+            specs = {x.merge_spec for x in items}
             if len(specs) > 1:
                 raise ValueError("X mixes token trajectories with different merge specifications.")
             for i, item in enumerate(items):
-                data = item.tokens if isinstance(item, MergedTokens) else item
-                if not np.isfinite(data.features).all():  # streams through memory maps
+                if not np.isfinite(item.features).all():  # streams through memory maps
                     raise ValueError(f"Token trajectory {i} has NaN or infinite features.")
             series = TimeSeries("tokens", items, spec=specs.pop(), timestep=items[0].timestep)
             shape = (series.items[0].n_residues, series.items[0].n_channels)

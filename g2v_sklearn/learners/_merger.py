@@ -1,7 +1,7 @@
 """The token-merging step: the scikit-learn half of the token-merging module (TMM).
 
 :class:`TokenMerger` validates token trajectories and attaches its
-:class:`~g2v_sklearn.tokens.MergeSpec` to them (without copying any array);
+:class:`~g2v_sklearn.MergeSpec` to them (without copying any array);
 the learner that follows in the pipeline builds the torch module
 (:class:`g2v_sklearn.nn._merger.TokenMergerModule`) from it, owns it and
 trains it end to end. A downstream ``fit`` therefore never mutates this step.
@@ -10,6 +10,7 @@ trains it end to end. A downstream ``fit`` therefore never mutates this step.
 from __future__ import annotations
 
 import math
+import warnings
 from numbers import Integral, Real
 
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -24,61 +25,56 @@ from ..tokens._tokens import MergeSpec, TokenTrajectory
 __all__ = ["MergedTokens", "TokenMerger"]
 
 
-class MergedTokens:
-    """A token trajectory with the merge specification of a :class:`TokenMerger` attached.
+class _AttachedSpec(type):
+    def __instancecheck__(cls, obj) -> bool:
+        return isinstance(obj, TokenTrajectory) and obj.merge_spec is not None
 
-    Shares the arrays of ``tokens`` (nothing is copied); indexing selects
-    frames like :class:`TokenTrajectory` and keeps the specification.
+
+class MergedTokens(metaclass=_AttachedSpec):
+    """Deprecated: a token trajectory with a merge specification attached.
+
+    .. deprecated:: 0.1.0
+        :class:`TokenMerger` now returns :class:`TokenTrajectory` objects
+        whose :attr:`~TokenTrajectory.merge_spec` is set; this name goes in
+        0.2. ``MergedTokens(tokens, spec)`` warns and returns
+        ``tokens.with_merge_spec(spec)``, and ``isinstance(x, MergedTokens)``
+        is true for token trajectories that carry a merge specification.
 
     Parameters
     ----------
     tokens : TokenTrajectory
         The residue tokens.
     spec : MergeSpec
-        The merge specification of the fitted :class:`TokenMerger`
-        (``window``, ``operator``, ``cutoff``, ``n_fragments``, ...).
-
-    See Also
-    --------
-    TokenMerger : Makes these; its ``transform`` returns a list of them.
+        The merge specification of a fitted :class:`TokenMerger`.
 
     Examples
     --------
+    >>> import warnings
     >>> import numpy as np
-    >>> from g2v_sklearn import TokenMerger, TokenTrajectory
+    >>> from g2v_sklearn import MergedTokens, TokenMerger, TokenTrajectory
     >>> tokens = TokenTrajectory(np.zeros((5, 10, 4, 8), np.float32), np.zeros((5, 10, 3), np.float32),
     ...                          residue_names=["ALA"] * 10, chain_ids=["A"] * 10,
     ...                          residue_ids=range(1, 11))
     >>> merged = TokenMerger(window=4).fit_transform([tokens])[0]
-    >>> merged
-    MergedTokens(TokenTrajectory(n_frames=5, n_residues=10, n_channels=8, in RAM), window=4, operator='graphconv')
-    >>> merged.features is tokens.features  # shared, not copied
-    True
-    >>> merged[:2].spec.n_fragments  # frame selection keeps the specification
-    3
+    >>> type(merged).__name__, isinstance(merged, MergedTokens)
+    ('TokenTrajectory', True)
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     old_style = MergedTokens(tokens, merged.merge_spec)
+    >>> caught[0].category.__name__, old_style.merge_spec == merged.merge_spec
+    ('FutureWarning', True)
     """
 
-    def __init__(self, tokens: TokenTrajectory, spec: MergeSpec) -> None:
-        self.tokens = tokens
-        self.spec = spec
-
-    features = property(lambda self: self.tokens.features)
-    positions = property(lambda self: self.tokens.positions)
-    timestep = property(lambda self: self.tokens.timestep)
-    residue_names = property(lambda self: self.tokens.residue_names)
-    residue_ids = property(lambda self: self.tokens.residue_ids)
-    chain_ids = property(lambda self: self.tokens.chain_ids)
-    n_residues = property(lambda self: self.tokens.n_residues)
-    n_channels = property(lambda self: self.tokens.n_channels)
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def __getitem__(self, key) -> MergedTokens:
-        return MergedTokens(self.tokens[key], self.spec)
-
-    def __repr__(self) -> str:
-        return f"MergedTokens({self.tokens!r}, window={self.spec.window}, operator={self.spec.operator!r})"
+    def __new__(cls, tokens: TokenTrajectory, spec: MergeSpec) -> TokenTrajectory:
+        warnings.warn(
+            "MergedTokens is deprecated and will be removed in 0.2: TokenMerger now returns "
+            "TokenTrajectory objects with merge_spec set. Use tokens.with_merge_spec(spec).",
+            FutureWarning,
+            stacklevel=2,
+        )
+        if not isinstance(tokens, TokenTrajectory):
+            raise TypeError(f"tokens must be a TokenTrajectory; got {type(tokens).__name__}")
+        return tokens.with_merge_spec(spec)
 
 
 # --------------------------------------------------------------------------- the pipeline step
@@ -139,8 +135,8 @@ class TokenMerger(PickleVersionMixin, TransformerMixin, BaseEstimator):
     >>> merger.spec_.fragment_of_residue()
     array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
     >>> merged = merger.transform([tok])  # the tokens, with the specification attached
-    >>> type(merged[0]).__name__, merged[0].spec.operator
-    ('MergedTokens', 'graphconv')
+    >>> merged[0].merge_spec is merger.spec_, merged[0].features is tok.features
+    (True, True)
 
     In a pipeline the learner that follows builds the merging module from
     this specification and trains it:
@@ -188,7 +184,7 @@ class TokenMerger(PickleVersionMixin, TransformerMixin, BaseEstimator):
             self._parameter_constraints, self.get_params(deep=False),
             caller_name=type(self).__name__,
         )
-        items = [t.tokens if isinstance(t, MergedTokens) else t for t in check_token_list(X, "TokenMerger")]
+        items = check_token_list(X, "TokenMerger")
         n_res, h = items[0].n_residues, items[0].n_channels
         if self.window > n_res:
             raise ValueError(
@@ -215,8 +211,9 @@ class TokenMerger(PickleVersionMixin, TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        merged : list of MergedTokens
-            The same tokens (no copy), each with ``spec_`` attached.
+        merged : list of TokenTrajectory
+            The same tokens (no copy of any array), each with ``spec_`` as
+            its ``merge_spec``.
         """
         check_is_fitted(self, "spec_")
         items = check_token_list(X, "TokenMerger")
@@ -227,4 +224,4 @@ class TokenMerger(PickleVersionMixin, TransformerMixin, BaseEstimator):
                     f"channels, but TokenMerger was fitted on {self.n_residues_} residues and "
                     f"{self.n_channels_in_} channels."
                 )
-        return [MergedTokens(t.tokens if isinstance(t, MergedTokens) else t, self.spec_) for t in items]
+        return [t.with_merge_spec(self.spec_) for t in items]

@@ -4,7 +4,7 @@ A fragment-graph convolution on the residue graph, a merging MLP over
 windows of ``window`` consecutive residues, and a sinusoidal positional
 encoding over fragment index. The scikit-learn step that sets it up is
 :class:`g2v_sklearn.TokenMerger`; the learner after it builds this module from
-the step's :class:`~g2v_sklearn.tokens.MergeSpec` and trains it end to end.
+the step's :class:`~g2v_sklearn.MergeSpec` and trains it end to end.
 
 Equivariance is kept exactly: the vector rows only pass through bias-free
 linear maps over channels (shared by x, y and z) and are multiplied by gates

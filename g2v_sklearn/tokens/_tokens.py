@@ -219,6 +219,10 @@ def _validate_metadata(
 class MergeSpec:
     """What a learner needs to build the merging module.
 
+    A fitted :class:`TokenMerger` makes one (its ``spec_``) and attaches it
+    to the token trajectories it transforms (:attr:`TokenTrajectory.merge_spec`);
+    the learner after it builds and trains the torch module from it.
+
     Attributes
     ----------
     window : int
@@ -245,7 +249,20 @@ class MergeSpec:
     positional_encoding: bool = True
 
     def fragment_of_residue(self) -> np.ndarray:
-        """Fragment index of every residue, shape (n_residues,)."""
+        """Fragment index of every residue, shape (n_residues,).
+
+        Returns
+        -------
+        fragments : ndarray of shape (n_residues,)
+
+        Examples
+        --------
+        >>> from g2v_sklearn import MergeSpec
+        >>> spec = MergeSpec(window=4, operator="graphconv", cutoff=8.0, in_channels=8,
+        ...                  hidden_channels=8, n_residues=10, n_fragments=3)
+        >>> spec.fragment_of_residue()
+        array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
+        """
         return np.arange(self.n_residues) // self.window
 
 
@@ -273,6 +290,11 @@ class TokenTrajectory:
         Picoseconds between consecutive stored frames.
     provenance : dict or None, default=None
         JSON-serialisable description of how the tokens were made.
+    merge_spec : MergeSpec or None, default=None
+        How the learner that reads these tokens merges residues into
+        fragments; set by a fitted :class:`TokenMerger` (see
+        :meth:`with_merge_spec`). A fitted step's attachment, not data:
+        :func:`save_tokens` does not write it.
 
     Attributes
     ----------
@@ -283,6 +305,7 @@ class TokenTrajectory:
     residue_ids : ndarray of shape (n_residues,), dtype int64, read-only
     timestep : float or None
     provenance : dict
+    merge_spec : MergeSpec or None
 
     Notes
     -----
@@ -322,6 +345,7 @@ class TokenTrajectory:
         residue_ids: Sequence[int],
         timestep: float | None = None,
         provenance: Mapping[str, Any] | None = None,
+        merge_spec: MergeSpec | None = None,
     ) -> None:
         if not isinstance(features, np.ndarray):
             features = np.asarray(features)
@@ -360,6 +384,7 @@ class TokenTrajectory:
         )
         self.features = features
         self.positions = positions
+        self.merge_spec = _check_merge_spec(merge_spec, features.shape[1], features.shape[3])
         # Set by load_tokens: (store path, mmap_mode, store_id, frames as a range
         # over the store's frames). None when the arrays are not a store's.
         self._store: tuple[str, str, str, range] | None = None
@@ -400,10 +425,47 @@ class TokenTrajectory:
 
     def __repr__(self) -> str:
         where = "in RAM" if self.path is None else f"at {self.path!r}"
+        merge = ""
+        if self.merge_spec is not None:
+            merge = f", merged by window={self.merge_spec.window} ({self.merge_spec.operator})"
         return (
             f"TokenTrajectory(n_frames={self.n_frames}, n_residues={self.n_residues}, "
-            f"n_channels={self.n_channels}, {where})"
+            f"n_channels={self.n_channels}, {where}{merge})"
         )
+
+    def with_merge_spec(self, merge_spec: MergeSpec | None) -> TokenTrajectory:
+        """The same tokens (no copy) with ``merge_spec`` attached, or removed with None.
+
+        Parameters
+        ----------
+        merge_spec : MergeSpec or None
+
+        Returns
+        -------
+        tokens : TokenTrajectory
+            A new object sharing this one's arrays (and store, when opened
+            from one).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from g2v_sklearn import TokenMerger, TokenTrajectory
+        >>> tokens = TokenTrajectory(np.zeros((5, 10, 4, 8), np.float32), np.zeros((5, 10, 3), np.float32),
+        ...                          residue_names=["ALA"] * 10, chain_ids=["A"] * 10,
+        ...                          residue_ids=range(1, 11))
+        >>> spec = TokenMerger(window=4).fit([tokens]).spec_
+        >>> merged = tokens.with_merge_spec(spec)
+        >>> merged
+        TokenTrajectory(n_frames=5, n_residues=10, n_channels=8, in RAM, merged by window=4 (graphconv))
+        >>> merged.features is tokens.features, merged[:2].merge_spec.n_fragments
+        (True, 3)
+        """
+        spec = _check_merge_spec(merge_spec, self.n_residues, self.n_channels)
+        new = TokenTrajectory.__new__(TokenTrajectory)
+        new.__dict__.update(self.__dict__)  # the same arrays, metadata and store
+        new.provenance = dict(self.provenance)
+        new.merge_spec = spec
+        return new
 
     # ------------------------------------------------------------- indexing
     def __getitem__(self, key: int | slice | Sequence[int] | np.ndarray) -> TokenTrajectory:
@@ -443,6 +505,7 @@ class TokenTrajectory:
         new.residue_ids = self.residue_ids
         new.timestep = timestep
         new.provenance = dict(self.provenance)
+        new.merge_spec = self.merge_spec
         new._store = None
         if self._store is not None and isinstance(key, slice):
             path, mode, store_id, frames = self._store
@@ -457,6 +520,7 @@ class TokenTrajectory:
             self.residue_ids,
             self.timestep,
             self.provenance,
+            self.merge_spec,
         )
         # Copy-on-write maps hold private changes the files do not have.
         if self._store is not None and self._store[1] in ("r", "r+"):
@@ -476,7 +540,7 @@ def _range_to_slice(r: range) -> slice:
 
 
 def _from_arrays(features: np.ndarray, positions: np.ndarray, meta: tuple) -> TokenTrajectory:
-    names, chains, resids, timestep, prov = meta
+    names, chains, resids, timestep, prov, *spec = meta  # 0.1.0.dev0 pickles have no spec
     return TokenTrajectory(
         features,
         positions,
@@ -485,7 +549,24 @@ def _from_arrays(features: np.ndarray, positions: np.ndarray, meta: tuple) -> To
         residue_ids=resids,
         timestep=timestep,
         provenance=prov,
+        merge_spec=spec[0] if spec else None,
     )
+
+
+def _check_merge_spec(spec, n_residues: int, n_channels: int) -> MergeSpec | None:
+    if spec is None:
+        return None
+    if not isinstance(spec, MergeSpec):
+        raise TypeError(
+            f"merge_spec must be a MergeSpec (a fitted TokenMerger's spec_) or None; "
+            f"got {type(spec).__name__}"
+        )
+    if (spec.n_residues, spec.in_channels) != (n_residues, n_channels):
+        raise ValueError(
+            f"merge_spec was made for {spec.n_residues} residues with {spec.in_channels} "
+            f"channels, but these tokens have {n_residues} residues with {n_channels} channels"
+        )
+    return spec
 
 
 def _from_store(path: str, store_id: str, frames: slice, meta: tuple) -> TokenTrajectory:
@@ -497,9 +578,10 @@ def _from_store(path: str, store_id: str, frames: slice, meta: tuple) -> TokenTr
             "pickled; it no longer holds the same data"
         )
     sub = whole[frames]
-    names, chains, resids, timestep, prov = meta
+    names, chains, resids, timestep, prov, *spec = meta  # 0.1.0.dev0 pickles have no spec
     sub.residue_names, sub.chain_ids, sub.residue_ids = names, chains, resids
     sub.timestep, sub.provenance = timestep, prov
+    sub.merge_spec = spec[0] if spec else None
     return sub
 
 
