@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ._callbacks import Callback, EarlyStopping, LRScheduler
@@ -846,10 +846,23 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
             )
         return series, weights, pairs, rng, device
 
-    def _net(self):
-        """The fitted network on the device asked for now."""
+    def _fitted_input(self, X) -> tuple[TimeSeries, nn.Module, torch.device]:
+        """For every method of a fitted learner: the input, checked against what fit saw,
+        and the fitted network on the device asked for now."""
+        check_is_fitted(self, "module_")
+        series = self._as_time_series(X, reset=False)
         device = resolve_device(self.device)
-        return self.module_.to(device), device
+        return series, self.module_.to(device), device
+
+    @staticmethod
+    def _standardise_inputs(lobe, series: TimeSeries, train: np.ndarray, device) -> None:
+        """Feature arrays are standardised by the mean and spread of the training
+        trajectories only (those in ``train``'s pairs), never the validation ones."""
+        if series.kind != "array":
+            return
+        stacked = np.concatenate([series.items[i] for i in np.unique(train[:, 0])])
+        lobe.set_standardization(torch.as_tensor(stacked.mean(0), device=device),
+                                 torch.as_tensor(stacked.std(0), device=device))
 
     def attention_importance(self, X, *, batch_size: int | None = None) -> np.ndarray:
         """Per-residue importance from the token mixer's attention.
@@ -873,11 +886,9 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
             Non-negative, one value per residue; plot it along the sequence
             or write it into a PDB's B-factor column.
         """
-        check_is_fitted(self, "module_")
-        series = self._as_time_series(X, reset=False)
+        series, net, device = self._fitted_input(X)
         if series.kind != "tokens":
             raise ValueError("attention_importance needs token trajectories, not feature arrays.")
-        net, device = self._net()
         lobe = net if isinstance(net, TokenLobe) else net.lobe
         if not lobe.blocks:
             raise ValueError("The network has no attention layers (n_layers=0).")

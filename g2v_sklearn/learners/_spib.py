@@ -9,7 +9,6 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.base import TransformerMixin
-from sklearn.utils.validation import check_is_fitted
 from torch import Tensor
 
 from .._compat import Interval, StrOptions
@@ -514,10 +513,7 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         with local_torch_seed(rng):
             lobe = self._build_network(series, 2 * self.z_dim)
             net = SPIBModule(lobe, self.z_dim, n_states).to(device)
-        if series.kind == "array":  # standardise with the training trajectories only
-            stacked = np.concatenate([series.items[i] for i in np.unique(train[:, 0])])
-            lobe.set_standardization(torch.as_tensor(stacked.mean(0), device=device),
-                                     torch.as_tensor(stacked.std(0), device=device))
+        self._standardise_inputs(lobe, series, train, device)
         self.memory_plan_ = self._plan_memory(net, series, device)
         state = _FitState(
             labels=torch.as_tensor(np.concatenate(labels), device=device),
@@ -629,9 +625,7 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
 
     # ------------------------------------------------------------------ use
     def _probabilities(self, X) -> tuple[list[np.ndarray], list[np.ndarray], TimeSeries]:
-        check_is_fitted(self, "module_")
-        series = self._as_time_series(X, reset=False)
-        net, device = self._net()
+        series, net, device = self._fitted_input(X)
         means = self._latent_means(net, series, device)
         return means, [self._decode_means(net, m, device) for m in means], series
 
@@ -684,9 +678,7 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         """
         if self.transform_output == "states":
             return self.predict(X)
-        check_is_fitted(self, "module_")
-        series = self._as_time_series(X, reset=False)
-        net, device = self._net()
+        series, net, device = self._fitted_input(X)
         means = self._latent_means(net, series, device)
         return means[0] if series.single else means
 

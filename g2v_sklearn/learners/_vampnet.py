@@ -6,7 +6,6 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
-import torch
 from sklearn.base import TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
@@ -428,10 +427,7 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         """A freshly initialised network (inputs standardised on the training trajectories)."""
         with local_torch_seed(rng):
             net = self._build_network(series, self.n_components).to(device)
-        if series.kind == "array":
-            stacked = np.concatenate([series.items[i] for i in np.unique(train[:, 0])])
-            net.set_standardization(torch.as_tensor(stacked.mean(0), device=device),
-                                    torch.as_tensor(stacked.std(0), device=device))
+        self._standardise_inputs(net, series, train, device)
         return net
 
     def _fit_decomposition(self, series, pairs, weights):
@@ -498,9 +494,7 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
 
     # ------------------------------------------------------------------ use
     def _network_outputs(self, X) -> tuple[list[np.ndarray], object]:
-        check_is_fitted(self, "module_")
-        series = self._as_time_series(X, reset=False)
-        net, device = self._net()
+        series, net, device = self._fitted_input(X)
         return [o / self.output_scale_ for o in self._outputs(net, series, device)], series
 
     def transform(self, X):
