@@ -13,13 +13,9 @@ from .learners._learner import FitContext, TrainingWarning
 from .learners._merger import MergedTokens, TokenMerger
 from .learners._spib import SPIBEstimator
 from .learners._vampnet import VAMPNetEstimator
-from .msm._msm import (
-    ContiguousSplit,
-    KMeansDiscretizer,
-    MSMEstimator,
-    msm_vamp2_scorer,
-    split_trajectory,
-)
+from .msm._discretize import KMeansDiscretizer
+from .msm._estimator import MSMEstimator
+from .msm._selection import ContiguousSplit, msm_vamp2_scorer, split_trajectory
 from .nn._neighbors import RadiusDistance, radius_graph
 from .tokens._tokens import MergeSpec, TokenTrajectory, load_tokens, save_tokens
 

@@ -21,7 +21,7 @@ FLAT_LAYOUT = {
     "_embedder": ("embedding._embedder",),
     "_learner": ("learners._learner",),
     "_merger": ("learners._merger", "nn._merger", "tokens._tokens"),
-    "_msm": ("msm._msm",),
+    "_msm": ("msm._discretize", "msm._estimator", "msm._selection"),
     "_neighbors": ("nn._neighbors",),
     "_networks": ("nn._lobes",),
     "_padded_visnet": ("nn._padded_visnet",),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pickle
 
+import sys
+
 import numpy as np
 import pytest
 from deeptime.clustering import KMeansModel
@@ -15,7 +17,7 @@ from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
 from sklearn.pipeline import Pipeline
 from sklearn.utils._param_validation import InvalidParameterError
 
-from g2v_sklearn.msm._msm import (
+from g2v_sklearn import (
     ContiguousSplit,
     KMeansDiscretizer,
     MSMEstimator,
@@ -443,3 +445,12 @@ def test_score_of_a_one_state_model_is_one():
     assert msm.n_states_ == 1
     assert msm.score([np.zeros(10, dtype=int)]) == 1.0
     assert msm_vamp2_scorer(score_k=2)(msm, [np.zeros(10, dtype=int)]) == 1.0
+
+
+def test_a_deeptime_without_the_seeded_sampler_breaks_bayesian_fits_only(dtrajs, monkeypatch):
+    # The sampler is deeptime's private module, imported in _compat only when needed.
+    private = "deeptime.markov.tools.estimation.dense.tmat_sampling.tmatrix_sampler"
+    monkeypatch.setitem(sys.modules, private, None)  # what a deeptime that moved it looks like
+    with pytest.raises(ImportError, match="moved its transition-matrix sampler, which Bayesian"):
+        MSMEstimator(lagtime=LAG, bayesian=True, n_samples=2, random_state=0).fit(dtrajs)
+    assert MSMEstimator(lagtime=LAG).fit(dtrajs).timescales_[0] > 0  # the rest still works

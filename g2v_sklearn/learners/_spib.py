@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .._compat import Interval, StrOptions
 from ._learner import TimeSeries, TorchLearner, pair_arrays
-from ..msm._msm import KMeansDiscretizer
+from ..msm._discretize import KMeansDiscretizer
 from .._threads import ThreadBudget
 from .._utils import local_torch_seed, torch_generator
 from .._validation import lagged_pairs
