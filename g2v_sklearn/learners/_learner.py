@@ -115,7 +115,7 @@ def _fused_where_possible(optimizer_class):
     return make
 
 
-_OPTIMIZERS = {
+OPTIMIZERS = {
     "adamw": _fused_where_possible(torch.optim.AdamW),
     "adam": _fused_where_possible(torch.optim.Adam),
     "sgd": lambda params, **kw: torch.optim.SGD(params, momentum=0.9, **kw),
@@ -123,6 +123,14 @@ _OPTIMIZERS = {
 """Registry of optimizers by name (Adam and AdamW fused where torch can; SGD with momentum 0.9)."""
 
 _MIN_LR_FACTOR = 0.05  # the cosine schedule ends at 5 % of lr, not at 0
+
+
+def _cosine_decay(progress: float) -> float:
+    return _MIN_LR_FACTOR + (1 - _MIN_LR_FACTOR) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+LR_SCHEDULES = {"constant": lambda progress: 1.0, "cosine": _cosine_decay}
+"""Registry of learning-rate decays by name: progress through training (0 to 1) -> factor on ``lr``."""
 _COLLAPSE_MIN_GAIN = 0.05  # a collapse needs a best score at least this far above the floor ...
 _COLLAPSE_FRACTION = 0.1  # ... and a fall to within this fraction of that gain above the floor
 _MAX_ROLLBACKS = 2  # after a collapse: back to the best weights at half the rate, at most this often
@@ -306,7 +314,7 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
         "n_layers": [Interval(Integral, 0, None, closed="left")],
         "pooling": [StrOptions({"cls", "mean"})],
         "dropout": [Interval(Real, 0, 1, closed="left")],
-        "optimizer": [StrOptions({"adamw", "adam", "sgd"})],
+        "optimizer": [StrOptions(set(OPTIMIZERS))],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "batch_size": [Interval(Integral, 2, None, closed="left")],
@@ -315,7 +323,7 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "validation_split": [StrOptions({"blocks", "trajectories"})],
         "n_init": [Interval(Integral, 1, None, closed="left")],
-        "lr_schedule": [StrOptions({"constant", "cosine"})],
+        "lr_schedule": [StrOptions(set(LR_SCHEDULES))],
         "warmup": [Interval(Real, 0, 1, closed="left")],
         "max_grad_norm": [Interval(Real, 0, None, closed="neither"), None],
         "memory_budget": [StrOptions({"auto"}), Interval(Real, 0, None, closed="neither")],
@@ -520,7 +528,7 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
         return np.concatenate(train), np.concatenate(val)
 
     def _make_optimizer(self, net):
-        return _OPTIMIZERS[self.optimizer](net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        return OPTIMIZERS[self.optimizer](net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
     def _pair_weights(self, weights, pairs, device):
         if weights is None:
@@ -562,9 +570,8 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
         warm = int(np.ceil(self.warmup * ctx.total_steps))
         if warm > 0 and ctx.step < warm:
             factor = (ctx.step + 1) / warm
-        if self.lr_schedule == "cosine":
-            progress = min(ctx.step / max(ctx.total_steps, 1), 1.0)
-            factor *= _MIN_LR_FACTOR + (1 - _MIN_LR_FACTOR) * 0.5 * (1 + math.cos(math.pi * progress))
+        progress = min(ctx.step / max(ctx.total_steps, 1), 1.0)
+        factor *= LR_SCHEDULES[self.lr_schedule](progress)
         return self.lr * factor * ctx.lr_factor
 
     def _batch_loss(self, ctx: FitContext, batch: np.ndarray) -> Tensor:
@@ -900,7 +907,7 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
                 for start in range(0, n, batch_size):
                     index = np.arange(start, min(n, start + batch_size))
                     with self._autocast(device):
-                        _, maps = lobe(*series.frames(traj, index, device), return_attention=True)
+                        maps = lobe.attention_maps(*series.frames(traj, index, device))
                     weights = torch.stack(maps).float()  # (layers, frames, heads, L, L)
                     if lobe.cls is not None:
                         received = weights[..., 0, 1:]  # what the class token reads

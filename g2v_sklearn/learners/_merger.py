@@ -19,7 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 from .._compat import Interval, StrOptions, validate_parameter_constraints
 from .._utils import PickleVersionMixin
 from .._validation import check_token_list
-from ..nn._merger import FragmentConv
+from ..nn._merger import FRAGMENT_CONVS
 from ..tokens._tokens import MergeSpec, TokenTrajectory
 
 __all__ = ["MergedTokens", "TokenMerger"]
@@ -145,7 +145,7 @@ class TokenMerger(PickleVersionMixin, TransformerMixin, BaseEstimator):
 
     _parameter_constraints: dict = {
         "window": [Interval(Integral, 1, None, closed="left")],
-        "operator": [StrOptions(set(FragmentConv))],
+        "operator": [StrOptions(set(FRAGMENT_CONVS))],
         "cutoff": [Interval(Real, 0, None, closed="neither")],
         "hidden_channels": [Interval(Integral, 1, None, closed="left"), None],
         "positional_encoding": ["boolean"],

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..tokens._tokens import MergeSpec
-from ._merger import TokenMergerModule, VectorLinear, sinusoidal_encoding
+from ._merger import TokenMergerModule, VectorLinear, reset_children, sinusoidal_encoding
 
 __all__ = ["MLPLobe", "MixerBlock", "TokenLobe", "attention", "attention_backend"]
 
@@ -85,7 +85,11 @@ class MixerBlock(nn.Module):
         self.ff = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.GELU(), nn.Linear(2 * d_model, d_model))
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, need_weights: bool = False):
+    def reset_parameters(self) -> None:
+        reset_children(self)
+
+    def forward(self, x: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Mixed tokens, and the attention weights when ``need_weights`` (else None)."""
         b, n, d = x.shape
         qkv = self.qkv(self.norm1(x)).view(b, n, 3, self.n_heads, d // self.n_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
@@ -134,6 +138,11 @@ class TokenLobe(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, n_outputs))
 
+    def reset_parameters(self) -> None:
+        reset_children(self)
+        if self.cls is not None:
+            nn.init.zeros_(self.cls)
+
     #: Recompute each transformer block in the backward pass instead of keeping its
     #: activations (only block inputs are kept): training memory then grows with the
     #: number of fragments times d_model, not with the attention internals. Off by
@@ -147,22 +156,30 @@ class TokenLobe(nn.Module):
         norms = torch.sqrt(self.vec_proj(vectors).pow(2).sum(dim=-2) + 1e-8)
         return self.project(torch.cat([scalars, norms], dim=-1)) + self.pe.to(scalars.dtype)
 
-    def forward(self, features: Tensor, positions: Tensor, return_attention: bool = False):
+    def forward(self, features: Tensor, positions: Tensor) -> Tensor:
+        """Outputs (B, n_outputs)."""
+        return self._run(features, positions, need_weights=False)[0]
+
+    def attention_maps(self, features: Tensor, positions: Tensor) -> list[Tensor]:
+        """Attention weights of every block, each (B, heads, L, L) with L the tokens mixed
+        (the class token first with ``pooling="cls"``)."""
+        return self._run(features, positions, need_weights=True)[1]
+
+    def _run(self, features: Tensor, positions: Tensor, *, need_weights: bool):
         x = self.embed(features, positions)
         if self.cls is not None:
             x = torch.cat([self.cls.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
         maps = []
-        recompute = self.checkpoint_blocks and torch.is_grad_enabled() and not return_attention
+        recompute = self.checkpoint_blocks and torch.is_grad_enabled() and not need_weights
         for block in self.blocks:
             if recompute:
                 x = checkpoint(_block_output, block, x, use_reentrant=False)
                 continue
-            x, weights = block(x, need_weights=return_attention)
+            x, weights = block(x, need_weights=need_weights)
             maps.append(weights)
         x = self.norm(x)
         pooled = x[:, 0] if self.cls is not None else x.mean(dim=1)
-        out = self.head(pooled)
-        return (out, maps) if return_attention else out
+        return self.head(pooled), maps
 
 
 class MLPLobe(nn.Module):
@@ -187,6 +204,10 @@ class MLPLobe(nn.Module):
             width = size
         layers.append(nn.Linear(width, n_outputs))
         self.net = nn.Sequential(*layers)
+
+    def reset_parameters(self) -> None:
+        """Re-draw the weights; the input standardisation (set from data at fit) is kept."""
+        reset_children(self.net)
 
     def set_standardization(self, mean: Tensor, std: Tensor) -> None:
         self.mean.copy_(mean)

@@ -22,13 +22,29 @@ from ..tokens._tokens import MergeSpec
 from ._neighbors import radius_graph
 
 __all__ = [
-    "FragmentConv",
+    "FRAGMENT_CONVS",
     "GraphConv",
     "ResGatedGraphConv",
     "TokenMergerModule",
     "VectorLinear",
+    "reset_children",
     "sinusoidal_encoding",
 ]
+
+
+def reset_children(module: nn.Module) -> None:
+    """Re-draw the parameters of every child of ``module``, in the order they were made.
+
+    A child with ``reset_parameters()`` (every torch layer with parameters
+    has one, and so does every module of this package) resets itself;
+    containers such as ``nn.Sequential`` are walked into. Under the same
+    torch seed, a reset module equals a freshly built one.
+    """
+    for child in module.children():
+        if hasattr(child, "reset_parameters"):
+            child.reset_parameters()
+        else:
+            reset_children(child)
 
 
 def sinusoidal_encoding(n_positions: int, channels: int, *, device=None, dtype=None) -> Tensor:
@@ -99,6 +115,9 @@ class GraphConv(nn.Module):
         self.vec_neighbour = VectorLinear(channels, channels)
         self.gate = nn.Linear(channels, channels)
 
+    def reset_parameters(self) -> None:
+        reset_children(self)
+
     def forward(self, s: Tensor, v: Tensor, edge_index: Tensor, edge_length: Tensor):
         s_new = nn.functional.silu(self.norm(self.root(s) + self.neighbour(_neighbour_sum(s, edge_index))))
         v_new = self.vec_root(v) + self.vec_neighbour(_neighbour_sum(v, edge_index))
@@ -128,6 +147,9 @@ class ResGatedGraphConv(nn.Module):
         self.vec_message = VectorLinear(channels, channels)
         self.vec_gate = nn.Linear(channels, channels)
 
+    def reset_parameters(self) -> None:
+        reset_children(self)
+
     def forward(self, s: Tensor, v: Tensor, edge_index: Tensor, edge_length: Tensor):
         source, target = edge_index
         rbf = torch.exp(-(((edge_length.unsqueeze(-1) - self.centers) / self.width) ** 2))
@@ -148,13 +170,17 @@ class _NoConv(nn.Module):
     def __init__(self, channels: int | None = None, cutoff: float | None = None) -> None:
         super().__init__()
 
+    def reset_parameters(self) -> None:
+        pass  # no parameters
+
     def forward(self, s, v, edge_index, edge_length):
         return s, v
 
 
-FragmentConv = {"graphconv": GraphConv, "rggc": ResGatedGraphConv, "none": _NoConv}
+FRAGMENT_CONVS = {"graphconv": GraphConv, "rggc": ResGatedGraphConv, "none": _NoConv}
+"""Registry of fragment-graph convolutions by name (``TokenMerger(operator=...)``)."""
+
 _DENSE_GRAPH_MAX_RESIDUES = 32  # up to here the residue graph is a dense adjacency (measured faster)
-"""Registry of fragment-graph operators by name."""
 
 
 class TokenMergerModule(nn.Module):
@@ -171,7 +197,7 @@ class TokenMergerModule(nn.Module):
         h, c, w = spec.in_channels, spec.hidden_channels, spec.window
         self.embed = nn.Linear(h, c)
         self.vec_embed = VectorLinear(h, c)
-        self.conv = FragmentConv[spec.operator](c, spec.cutoff)
+        self.conv = FRAGMENT_CONVS[spec.operator](c, spec.cutoff)
         self.merge = nn.Sequential(nn.Linear(w * c, c), nn.SiLU(), nn.Linear(c, c))
         self.vec_merge = VectorLinear(w * c, c)
         self.vec_gate = nn.Linear(c, c)
@@ -182,6 +208,9 @@ class TokenMergerModule(nn.Module):
         mask = torch.zeros(spec.n_fragments * w, dtype=torch.bool)
         mask[: spec.n_residues] = True
         self.register_buffer("valid", mask, persistent=False)
+
+    def reset_parameters(self) -> None:
+        reset_children(self)
 
     def graph(self, positions: Tensor) -> tuple[Tensor, Tensor | None]:
         """Residue graph of every frame: edges within the cutoff (inclusive), no self-loops.

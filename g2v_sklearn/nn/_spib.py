@@ -112,6 +112,11 @@ class SPIBModule(nn.Module):
         self.decoder = nn.Linear(z_dim, n_states)
         self.prior_logits = nn.Parameter(torch.zeros(n_states))
 
+    def reset_parameters(self) -> None:
+        self.lobe.reset_parameters()
+        self.decoder.reset_parameters()
+        nn.init.zeros_(self.prior_logits)
+
     @property
     def n_states(self) -> int:
         return self.decoder.out_features
