@@ -36,7 +36,9 @@ CASES = {"mid-chunk:3": N_FRAMES - CHUNK, "after-last-chunk": 0, "mid-commit": 0
 DRIVER = textwrap.dedent("""
     import json, os, signal, sys
     import numpy as np
-    from g2v_sklearn import GeomEmbedder, _embedder, _tokens
+    from g2v_sklearn import GeomEmbedder
+    from g2v_sklearn.embedding import _embedder
+    from g2v_sklearn.tokens import _tokens
 
     checkpoint, pdb, xtc, cases, reference = sys.argv[1:6]
     counted = {"frames": 0}
