@@ -360,9 +360,10 @@ def test_killed_writer_leaves_nothing_that_looks_complete(tmp_path):
     # Load _tokens.py by file so the child skips the package's heavy imports.
     code = textwrap.dedent(
         f"""
-        import importlib.util, os, signal, numpy as np
+        import importlib.util, os, signal, sys, numpy as np
         spec = importlib.util.spec_from_file_location("_tokens", {tokens_module.__file__!r})
         mod = importlib.util.module_from_spec(spec)
+        sys.modules["_tokens"] = mod  # as importlib's recipe does (dataclasses look it up)
         spec.loader.exec_module(mod)
         w = mod.TokenStoreWriter({str(d)!r}, n_frames=10, n_residues=3, n_channels=2)
         with w:
@@ -653,9 +654,10 @@ def test_a_commit_killed_between_its_renames_is_finished_by_the_next_writer(tmp_
     np.save(tmp_path / "p.npy", pos)
     code = textwrap.dedent(
         f"""
-        import importlib.util, os, numpy as np
+        import importlib.util, os, sys, numpy as np
         spec = importlib.util.spec_from_file_location("_tokens", {tokens_module.__file__!r})
         mod = importlib.util.module_from_spec(spec)
+        sys.modules["_tokens"] = mod  # as importlib's recipe does (dataclasses look it up)
         spec.loader.exec_module(mod)
         os.environ[mod._KILL_ENV] = "mid-commit"
         w = mod.TokenStoreWriter({str(d)!r}, n_frames={N_FRAMES}, n_residues={N_RES},
