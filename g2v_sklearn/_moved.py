@@ -18,7 +18,8 @@ import types
 FLAT_LAYOUT = {
     "_backbone": ("nn._backbone",),
     "_callbacks": ("learners._callbacks",),
-    "_embedder": ("embedding._embedder",),
+    "_embedder": ("embedding._embedder", "embedding._reading", "embedding._pooling", "embedding._pretrain",
+                  "tokens._tokens"),
     "_learner": ("learners._learner",),
     "_merger": ("learners._merger", "nn._merger", "tokens._tokens"),
     "_msm": ("msm._discretize", "msm._estimator", "msm._selection"),

@@ -7,7 +7,6 @@ import json
 import os
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass
 from numbers import Integral, Real
 
 import mdtraj as md
@@ -29,12 +28,16 @@ from .._compat import Interval, Options, StrOptions, validate_parameter_constrai
 from ..nn._padded_visnet import padded_forward, supports_padded
 from .._threads import ThreadBudget
 from ..tokens._tokens import (
+    RamTokenWriter,
     TokenStoreWriter,
     TokenTrajectory,
     _discard_damaged,
     human_bytes,
     load_tokens,
 )
+from ._pooling import RESIDUE_POOLINGS, RESIDUE_POSITIONS, pool_residues
+from ._pretrain import denoising_pretrain
+from ._reading import FrameReader, Source, as_sources, topology_of
 from ._topology import (
     atomic_numbers_of,
     describe_topology,
@@ -55,84 +58,8 @@ from .._utils import (
 
 __all__ = ["GeomEmbedder"]
 
-NM_TO_ANGSTROM = 10.0
 # Atoms per forward pass with batch_size="auto" (see the benchmark in benchmarks/).
 ATOMS_PER_BATCH = 2048
-# No covalent bond is longer than this (S-S is about 2.05 Angstrom); a longer
-# one means a molecule split by periodic boundaries or a wrong topology.
-MAX_BOND_ANGSTROM = 3.0
-# Covalent radii in Angstrom (Cordero et al., Dalton Trans. 2008; C sp3). A bond
-# between elements a and b must lie in [0.68, 1.25] x (r_a + r_b) (+ 0.1): triple
-# bonds reach down to about 0.77 x the sum (C#N 1.16 against 1.47, N#N 1.10 against
-# 1.42), leaving room for vibration; the upper end is far above thermal stretching
-# (the shipped alanine dipeptide and adenylate kinase stay within 0.85 of it, and
-# 1.05 of the lower end with 0.75). Elements not listed are not checked.
-COVALENT_RADIUS = {
-    1: 0.31, 5: 0.84, 6: 0.76, 7: 0.71, 8: 0.66, 9: 0.57, 11: 1.66, 12: 1.41, 14: 1.11,
-    15: 1.07, 16: 1.05, 17: 1.02, 19: 2.03, 20: 1.76, 25: 1.39, 26: 1.32, 27: 1.26,
-    28: 1.24, 29: 1.32, 30: 1.22, 34: 1.20, 35: 1.20, 53: 1.39,
-}
-
-
-def bond_length_ranges(numbers: np.ndarray, bonds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Lowest and highest plausible length (Angstrom) of each bond; NaN where not checked."""
-    radius = np.array([COVALENT_RADIUS.get(int(z), np.nan) for z in numbers], dtype=np.float64)
-    total = radius[bonds[:, 0]] + radius[bonds[:, 1]]
-    return 0.68 * total, np.minimum(1.25 * total + 0.1, MAX_BOND_ANGSTROM)
-
-
-@dataclass
-class _Source:
-    """One input trajectory: an in-memory mdtraj.Trajectory or a file path."""
-
-    index: int
-    traj: md.Trajectory | None = None
-    path: str | None = None
-
-    @property
-    def label(self) -> str:
-        return f"trajectory {self.index}" + (f" ({self.path!r})" if self.path else "")
-
-
-def _as_sources(X) -> list[_Source]:
-    if isinstance(X, md.Trajectory):
-        raise TypeError(
-            "X is a single mdtraj.Trajectory; GeomEmbedder expects a list of trajectories "
-            "(each one a sample, so cross-validation splits whole trajectories). Wrap it in "
-            "a list: embedder.fit_transform([traj])."
-        )
-    if isinstance(X, (str, os.PathLike)):
-        raise TypeError(
-            f"X is a single path {os.fspath(X)!r}; GeomEmbedder expects a list of trajectories. "
-            f"Wrap it in a list: [{os.fspath(X)!r}]."
-        )
-    try:
-        items = list(X)
-    except TypeError:
-        raise TypeError(
-            f"X must be a list of mdtraj.Trajectory objects or trajectory file paths; "
-            f"got {type(X).__name__}."
-        ) from None
-    if not items:
-        raise ValueError("X is an empty list; GeomEmbedder needs at least one trajectory.")
-    sources = []
-    for index, item in enumerate(items):
-        if isinstance(item, md.Trajectory):
-            if item.n_frames == 0:
-                raise ValueError(f"Trajectory {index} has no frames.")
-            sources.append(_Source(index, traj=item))
-        elif isinstance(item, (str, os.PathLike)):
-            path = os.fspath(item)
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"Trajectory file {path!r} (X[{index}]) does not exist.")
-            sources.append(_Source(index, path=path))
-        else:
-            raise TypeError(
-                f"X[{index}] is a {type(item).__name__}; each trajectory must be an "
-                f"mdtraj.Trajectory or a file path."
-            )
-    return sources
-
 
 def pass_bytes_per_frame(n_atoms: int, hidden: int, max_num_neighbors: int | None) -> float:
     """Memory one frame adds to a forward pass of the padded ViSNet, in bytes (an estimate).
@@ -166,120 +93,23 @@ class _Engine:
     Knows nothing of scikit-learn: the estimator builds it from its fitted state.
     """
 
-    def __init__(self, *, module, atomic_numbers, atom_indices, layout, topology, bonds,
-                 pooling, residue_position, batch_size, chunk_size, stride, dtype, device,
+    def __init__(self, *, module, atomic_numbers, reader: FrameReader, layout,
+                 pooling, residue_position, batch_size, dtype, device,
                  compile, progress, provenance, batch_request="auto"):
         self.module = module
         self.atomic_numbers = atomic_numbers
-        self.atom_indices = atom_indices
+        self.reader = reader
         self.layout = layout
-        self.topology = topology
-        self.bonds = bonds
-        self.bond_ranges = bond_length_ranges(np.asarray(atomic_numbers), bonds)
         self.pooling = pooling
         self.residue_position = residue_position
         self.batch_size = batch_size
         self.batch_request = batch_request  # what the user asked for ("auto" or an int)
-        self.chunk_size = chunk_size
-        self.stride = stride
+        self.chunk_size = reader.chunk_size
         self.dtype = dtype
         self.device = device
         self.compile = compile
         self.progress = progress
         self.provenance = provenance
-
-    # -- reading -----------------------------------------------------------------------
-    def n_frames(self, source: _Source) -> int:
-        if source.traj is not None:
-            total = source.traj.n_frames
-        else:
-            with md.open(source.path) as handle:
-                total = len(handle)
-        return -(-total // self.stride)
-
-    def _check_atom_count(self, source: _Source) -> None:
-        """A file must hold the topology's atoms: mdtraj would slice a larger one silently
-        and fail on a smaller one with an error about indices."""
-        try:
-            with md.open(source.path) as handle:
-                first = handle.read(n_frames=1)
-            xyz = first[0] if isinstance(first, tuple) else first
-            n_atoms = int(np.shape(xyz)[1])
-        except Exception:  # noqa: BLE001 - a format without this reader: mdtraj checks it
-            return
-        if n_atoms != self.topology.n_atoms:
-            raise ValueError(
-                f"{source.label.capitalize()} holds {n_atoms} atoms per frame but the topology "
-                f"has {self.topology.n_atoms}: give the topology this file was written with "
-                f"(the same atoms in the same order)."
-            )
-
-    def chunks(self, source: _Source, first: int = 0):
-        """Yield the selected atoms of ``chunk_size`` (strided) frames at a time, from frame
-        ``first`` (a multiple of ``chunk_size``: a resumed embedding's first new frame)."""
-        if source.traj is not None:
-            frames = np.arange(0, source.traj.n_frames, self.stride)
-            for start in range(first, len(frames), self.chunk_size):
-                chunk = source.traj[frames[start:start + self.chunk_size]]
-                yield chunk.atom_slice(self.atom_indices)
-            return
-        # From the start of the file even when resuming: mdtraj's ``skip`` is ignored for
-        # some formats (PDB) and loops forever with ``stride`` on others (XTC), and
-        # reading is cheap next to embedding.
-        seen = 0
-        for chunk in md.iterload(source.path, top=self.topology, chunk=self.chunk_size,
-                                 stride=self.stride, atom_indices=self.atom_indices):
-            seen += chunk.n_frames
-            if seen > first:
-                yield chunk[max(0, chunk.n_frames - (seen - first)):]
-
-    def coordinates(self, chunk: md.Trajectory, source: _Source, first_frame: int) -> np.ndarray:
-        """Validated positions in Angstrom, molecules made whole when there is a unit cell."""
-        if not np.isfinite(chunk.xyz).all():
-            bad = int(np.flatnonzero(~np.isfinite(chunk.xyz).all(axis=(1, 2)))[0])
-            raise ValueError(
-                f"{source.label.capitalize()} has NaN or infinite coordinates at frame "
-                f"{(first_frame + bad) * self.stride}."
-            )
-        if chunk.unitcell_vectors is not None and len(self.bonds):
-            chunk.make_molecules_whole(inplace=True)
-        xyz = chunk.xyz.astype(np.float32) * np.float32(NM_TO_ANGSTROM)
-        if len(self.bonds):
-            lengths = np.linalg.norm(xyz[:, self.bonds[:, 0]] - xyz[:, self.bonds[:, 1]], axis=-1)
-            if lengths.max() > MAX_BOND_ANGSTROM:
-                frame, bond = np.unravel_index(int(lengths.argmax()), lengths.shape)
-                raise self._bond_error(
-                    source, first_frame, frame, bond, f"{lengths[frame, bond]:.1f}",
-                    "longer than any covalent bond: the molecule is broken (split across periodic "
-                    "boundaries with no unit cell to make it whole) or the topology does not match "
-                    "the trajectory.",
-                )
-            self._check_bond_ranges(lengths, source, first_frame)
-        return xyz
-
-    def _check_bond_ranges(self, lengths: np.ndarray, source: _Source, first_frame: int) -> None:
-        """Every bond within its element pair's range, or an error naming the first that is not."""
-        low, high = self.bond_ranges
-        with np.errstate(invalid="ignore"):
-            outside = (lengths < low) | (lengths > high)  # NaN ranges (unlisted elements) compare False
-        if not outside.any():
-            return
-        frame, bond = np.argwhere(outside)[0]
-        raise self._bond_error(
-            source, first_frame, frame, bond, f"{lengths[frame, bond]:.2f}",
-            f"outside the {low[bond]:.2f}-{high[bond]:.2f} Angstrom a bond between these elements "
-            f"can have ({int(outside[frame].sum())} of {outside.shape[1]} bonds in that frame "
-            f"are): these coordinates are not this topology's molecule (atoms in another order, "
-            f"a different molecule, placeholder zeros, or units other than the file format's).",
-        )
-
-    def _bond_error(self, source, first_frame, frame, bond, length: str, why: str) -> ValueError:
-        """The error for bond ``bond`` in ``frame`` of a chunk: where it is, how long, and why."""
-        a, b = (self.topology.atom(int(self.atom_indices[i])) for i in self.bonds[bond])
-        return ValueError(
-            f"In {source.label}, frame {(first_frame + frame) * self.stride}, the bond {a}-{b} is "
-            f"{length} Angstrom long, {why}"
-        )
 
     # -- embedding ---------------------------------------------------------------------
     def forward(self, z: torch.Tensor, pos: torch.Tensor, batch: torch.Tensor):
@@ -319,21 +149,11 @@ class _Engine:
         hidden = x.shape[-1]
         atoms = torch.cat([x.float().unsqueeze(1), vec[:, :3].float()], dim=1)
         atoms = atoms.view(n_frames, n_atoms, 4, hidden)
-        index = torch.as_tensor(self.layout.atom_to_residue, device=device)
-        counts = torch.as_tensor(self.layout.counts, device=device, dtype=torch.float32)
-        n_res = self.layout.n_residues
-        tokens = atoms.new_zeros(n_frames, n_res, 4, hidden).index_add_(1, index, atoms)
-        centroid = pos_t.new_zeros(n_frames, n_res, 3).index_add_(1, index, pos_t)
-        centroid /= counts.view(1, -1, 1)
-        if self.pooling == "mean":
-            tokens /= counts.view(1, -1, 1, 1)
-        if self.residue_position == "ca":
-            has_ca = torch.as_tensor(self.layout.ca_local >= 0, device=device)
-            ca = pos_t[:, torch.as_tensor(np.maximum(self.layout.ca_local, 0), device=device)]
-            centroid = torch.where(has_ca.view(1, -1, 1), ca, centroid)
-        return tokens.cpu().numpy(), centroid.cpu().numpy()
+        tokens, positions = pool_residues(atoms, pos_t, self.layout, pooling=self.pooling,
+                                          residue_position=self.residue_position)
+        return tokens.cpu().numpy(), positions.cpu().numpy()
 
-    def embed(self, source: _Source, directory: str | None, key: str | None = None,
+    def embed(self, source: Source, directory: str | None, key: str | None = None,
               if_exists: str = "replace") -> TokenTrajectory:
         """Embed one trajectory, into RAM or into a memory-mapped store at ``directory``.
 
@@ -341,14 +161,15 @@ class _Engine:
         is the store writer's (a cache keeps a store another worker finished first).
         """
         self.module.to(self.device).eval()
+        reader = self.reader
         if source.traj is None:  # a file: its atoms must be the topology's
-            self._check_atom_count(source)
-        n_frames = self.n_frames(source)
+            reader.check_atom_count(source)
+        n_frames = reader.n_frames(source)
         layout = self.layout
         hidden = int(self.module.hidden_channels)
         shape = (n_frames, layout.n_residues)
         if directory is None:
-            writer = _RamWriter(shape, hidden)
+            writer = RamTokenWriter(shape, hidden)
         else:
             # A killed or interrupted embedding of this key is resumed from its last
             # committed chunk. Batches start at chunk starts, so the resumed ones line up
@@ -369,10 +190,10 @@ class _Engine:
             done = writer.n_written  # frames an interrupted run committed (whole chunks)
             timestep = (writer.resumed_info or {}).get("timestep")
             bar.update(done)
-            for chunk in self.chunks(source, done):
+            for chunk in reader.chunks(source, done):
                 if timestep is None and chunk.n_frames > 1:
                     timestep = float(chunk.timestep)
-                xyz = self.coordinates(chunk, source, done)
+                xyz = reader.coordinates(chunk, source, done)
                 for start in range(0, len(xyz), self.batch_size):
                     tokens, positions = self.embed_batch(xyz[start:start + self.batch_size])
                     writer.write(tokens, positions)
@@ -381,7 +202,7 @@ class _Engine:
                 done += len(xyz)
                 writer.checkpoint({"timestep": timestep})
             if timestep is None and source.traj is not None and source.traj.n_frames > 1:
-                timestep = float(source.traj.timestep) * self.stride
+                timestep = float(source.traj.timestep) * reader.stride
             provenance = dict(self.provenance, source=source.path or "mdtraj.Trajectory")
             if key is not None:
                 provenance["key"] = key
@@ -391,39 +212,7 @@ class _Engine:
             )
 
 
-class _RamWriter:
-    """In-memory twin of TokenStoreWriter, with the same write/finalize protocol."""
-
-    def __init__(self, shape, hidden):
-        self.features = np.empty((*shape, 4, hidden), dtype=np.float32)
-        self.positions = np.empty((*shape, 3), dtype=np.float32)
-        self.n_written = 0
-        self.resumed_info = None
-
-    def checkpoint(self, info=None):
-        """Nothing to commit: frames in RAM do not outlive the process."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def write(self, features, positions):
-        stop = self.n_written + len(features)
-        self.features[self.n_written:stop] = features
-        self.positions[self.n_written:stop] = positions
-        self.n_written = stop
-
-    def finalize(self, **metadata):
-        if self.n_written != len(self.features):
-            raise ValueError(
-                f"Read {self.n_written} frames, but the trajectory announced {len(self.features)}."
-            )
-        return TokenTrajectory(self.features, self.positions, **metadata)
-
-
-def _embed_one(engine: _Engine, source: _Source, directory: str | None, key: str | None,
+def _embed_one(engine: _Engine, source: Source, directory: str | None, key: str | None,
                if_exists: str) -> TokenTrajectory:
     return engine.embed(source, directory, key, if_exists)
 
@@ -604,8 +393,8 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
         "cutoff": [Interval(Real, 0, None, closed="neither"), None],
         "lmax": [Options(Integral, {1, 2}), None],
         "max_num_neighbors": [Interval(Integral, 1, None, closed="left"), None],
-        "pooling": [StrOptions({"sum", "mean"})],
-        "residue_position": [StrOptions({"centroid", "ca"})],
+        "pooling": [StrOptions(set(RESIDUE_POOLINGS))],
+        "residue_position": [StrOptions(set(RESIDUE_POSITIONS))],
         "stride": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "chunk_size": [Interval(Integral, 1, None, closed="left")],
@@ -715,8 +504,8 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
                 "Set either store_dir (memory-mapped outputs) or memory (a cache, whose "
                 "outputs are memory-mapped in the cache directory), not both."
             )
-        sources = _as_sources(X)
-        topology = self._topology_of(sources[0])
+        sources = as_sources(X)
+        topology = topology_of(sources[0], self.topology)
         numbers = atomic_numbers_of(topology, self.atomic_numbers)
         atom_indices = select_atoms(topology, self.selection, numbers)
         module, config, head_state = self._make_backbone()
@@ -781,57 +570,20 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
         device = resolve_device(self.device)
         generator = torch_generator(rng, device=device)
         engine = self._engine(module, device)
+        reader = engine.reader
         frames = np.concatenate(
-            [np.concatenate([engine.coordinates(c, s, 0) for c in engine.chunks(s)])
+            [np.concatenate([reader.coordinates(c, s, 0) for c in reader.chunks(s)])
              for s in sources]
         )
         with local_torch_seed(rng):
             head = DenoisingHead(config.hidden_channels)
         if head_state:
             head.load_state_dict(head_state, strict=True)
-        module.to(device).train().requires_grad_(True)
-        head.to(device).train()
-        params = list(module.parameters()) + list(head.parameters())
-        optimizer = torch.optim.AdamW(params, lr=self.pretrain_lr)
-        n_atoms = frames.shape[1]
-        z = torch.as_tensor(self.atomic_numbers_, device=device)
-        history = []
-        for _ in tqdm(range(self.pretrain_steps), desc="denoising pretraining",
-                      disable=not self.progress, leave=False):
-            pick = rng.integers(0, len(frames), size=min(engine.batch_size, len(frames)))
-            pos = torch.from_numpy(frames[pick]).to(device)
-            noise = torch.randn(pos.shape, generator=generator, device=device)
-            batch = torch.arange(len(pick), device=device).repeat_interleave(n_atoms)
-            x, vec = module(z.repeat(len(pick)), (pos + self.noise_std * noise).reshape(-1, 3), batch)
-            loss = torch.nn.functional.mse_loss(head(x, vec), noise.reshape(-1, 3))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"Denoising loss became {loss.item()} after {len(history)} steps; "
-                    f"try a smaller pretrain_lr."
-                )
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            history.append(loss.item())
-        module.to("cpu")
-        return history
-
-    def _topology_of(self, source: _Source) -> md.Topology:
-        if source.traj is not None:
-            return source.traj.topology
-        topology = self.topology
-        if topology is None:
-            raise ValueError(
-                f"X[{source.index}] is a file path ({source.path!r}), so GeomEmbedder needs "
-                f"topology= (a PDB/PSF/GRO file, an mdtraj.Topology or an mdtraj.Trajectory)."
-            )
-        if isinstance(topology, md.Trajectory):
-            return topology.topology
-        if isinstance(topology, md.Topology):
-            return topology
-        if not os.path.isfile(topology):
-            raise FileNotFoundError(f"Topology file {os.fspath(topology)!r} does not exist.")
-        return md.load_topology(os.fspath(topology))
+        return denoising_pretrain(
+            module, head, frames, self.atomic_numbers_, steps=self.pretrain_steps,
+            lr=self.pretrain_lr, noise_std=self.noise_std, batch_size=engine.batch_size,
+            rng=rng, generator=generator, device=device, progress=bool(self.progress),
+        )
 
     # -- transforming ------------------------------------------------------------------
     def _engine(self, module, device) -> _Engine:
@@ -860,13 +612,15 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
             "n_atoms": int(len(self.atom_indices_)),
             "backbone": {k: v for k, v in self.config_.items()} if hasattr(self, "config_") else None,
         }
-        return _Engine(
-            module=module, atomic_numbers=torch.as_tensor(self.atomic_numbers_),
-            atom_indices=self.atom_indices_, layout=self.layout_, topology=self.topology_,
-            bonds=bonds, pooling=self.pooling, residue_position=self.residue_position,
-            batch_size=self._frames_per_batch(device, int(module.hidden_channels)),
+        reader = FrameReader(
+            topology=self.topology_, atom_indices=self.atom_indices_,
+            atomic_numbers=self.atomic_numbers_, bonds=bonds, stride=int(self.stride),
             chunk_size=int(self.chunk_size),
-            stride=int(self.stride), dtype=dtype, device=device, compile=self.compile,
+        )
+        return _Engine(
+            module=module, atomic_numbers=torch.as_tensor(self.atomic_numbers_), reader=reader,
+            layout=self.layout_, pooling=self.pooling, residue_position=self.residue_position,
+            batch_size=self._frames_per_batch(device, int(module.hidden_channels)), dtype=dtype, device=device, compile=self.compile,
             progress=bool(self.progress), provenance=provenance, batch_request=str(self.batch_size),
         )
 
@@ -892,8 +646,8 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
         )
         return fits
 
-    def _check_topology(self, source: _Source) -> None:
-        topology = self._topology_of(source)
+    def _check_topology(self, source: Source) -> None:
+        topology = topology_of(source, self.topology)
         if topology is self.topology_:
             return
         same = topology.n_atoms == self.topology_.n_atoms
@@ -912,7 +666,7 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
                 f"system."
             )
 
-    def _cache_key(self, source: _Source) -> str:
+    def _cache_key(self, source: Source) -> str:
         digest = hashlib.sha256()
         if source.traj is not None:
             digest.update(np.ascontiguousarray(source.traj.xyz).tobytes())
@@ -947,7 +701,7 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
             (n_frames, n_residues, 3), in Angstrom.
         """
         check_is_fitted(self, "module_")
-        sources = _as_sources(X)
+        sources = as_sources(X)
         for source in sources:
             self._check_topology(source)
         device = resolve_device(self.device)
@@ -978,7 +732,7 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
                 results[source.index] = tokens
         return results
 
-    def _reuse_store(self, directory: str, key: str, source: _Source) -> TokenTrajectory | None:
+    def _reuse_store(self, directory: str, key: str, source: Source) -> TokenTrajectory | None:
         """The finished store of ``source`` at ``directory``, or None to embed it.
 
         Stores are opened with full verification (every chunk against its

@@ -51,6 +51,7 @@ import numpy as np
 __all__ = [
     "MergeSpec",
     "TokenTrajectory",
+    "RamTokenWriter",
     "TokenStoreWriter",
     "save_tokens",
     "load_tokens",
@@ -1635,6 +1636,49 @@ def _reserve(path: str, disk_full) -> None:
             raise
     finally:
         os.close(fd)
+
+
+class RamTokenWriter:
+    """In-memory twin of :class:`TokenStoreWriter`, with the same write/checkpoint/finalize protocol.
+
+    For embeddings kept in RAM: the writer the embedder uses when there is
+    no store directory.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(n_frames, n_residues)``.
+    hidden : int
+        Channels H.
+    """
+
+    def __init__(self, shape, hidden):
+        self.features = np.empty((*shape, 4, hidden), dtype=np.float32)
+        self.positions = np.empty((*shape, 3), dtype=np.float32)
+        self.n_written = 0
+        self.resumed_info = None
+
+    def checkpoint(self, info=None):
+        """Nothing to commit: frames in RAM do not outlive the process."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def write(self, features, positions):
+        stop = self.n_written + len(features)
+        self.features[self.n_written:stop] = features
+        self.positions[self.n_written:stop] = positions
+        self.n_written = stop
+
+    def finalize(self, **metadata):
+        if self.n_written != len(self.features):
+            raise ValueError(
+                f"Read {self.n_written} frames, but the trajectory announced {len(self.features)}."
+            )
+        return TokenTrajectory(self.features, self.positions, **metadata)
 
 
 def save_tokens(tokens: TokenTrajectory, directory: str | os.PathLike) -> TokenTrajectory:

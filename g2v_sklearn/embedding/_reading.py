@@ -1,0 +1,234 @@
+"""Reading MD frames for the embedder, and checking that they are the topology's molecule.
+
+:func:`as_sources` turns the user's X (trajectories or file paths) into
+:class:`Source` objects, with errors in the user's terms; a
+:class:`FrameReader` reads a source's selected atoms chunk by chunk (from a
+given frame, for resumed embeddings) and checks every chunk's coordinates:
+finite, molecules whole, and every covalent bond within the lengths its two
+elements allow. Knows nothing of torch or scikit-learn.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import mdtraj as md
+import numpy as np
+
+__all__ = ["FrameReader", "Source", "as_sources", "bond_length_ranges", "topology_of"]
+
+NM_TO_ANGSTROM = 10.0
+# No covalent bond is longer than this (S-S is about 2.05 Angstrom); a longer
+# one means a molecule split by periodic boundaries or a wrong topology.
+MAX_BOND_ANGSTROM = 3.0
+# Covalent radii in Angstrom (Cordero et al., Dalton Trans. 2008; C sp3). A bond
+# between elements a and b must lie in [0.68, 1.25] x (r_a + r_b) (+ 0.1): triple
+# bonds reach down to about 0.77 x the sum (C#N 1.16 against 1.47, N#N 1.10 against
+# 1.42), leaving room for vibration; the upper end is far above thermal stretching
+# (the shipped alanine dipeptide and adenylate kinase stay within 0.85 of it, and
+# 1.05 of the lower end with 0.75). Elements not listed are not checked.
+COVALENT_RADIUS = {
+    1: 0.31, 5: 0.84, 6: 0.76, 7: 0.71, 8: 0.66, 9: 0.57, 11: 1.66, 12: 1.41, 14: 1.11,
+    15: 1.07, 16: 1.05, 17: 1.02, 19: 2.03, 20: 1.76, 25: 1.39, 26: 1.32, 27: 1.26,
+    28: 1.24, 29: 1.32, 30: 1.22, 34: 1.20, 35: 1.20, 53: 1.39,
+}
+
+
+def bond_length_ranges(numbers: np.ndarray, bonds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest plausible length (Angstrom) of each bond; NaN where not checked."""
+    radius = np.array([COVALENT_RADIUS.get(int(z), np.nan) for z in numbers], dtype=np.float64)
+    total = radius[bonds[:, 0]] + radius[bonds[:, 1]]
+    return 0.68 * total, np.minimum(1.25 * total + 0.1, MAX_BOND_ANGSTROM)
+
+
+
+@dataclass
+class Source:
+    """One input trajectory: an in-memory mdtraj.Trajectory or a file path."""
+
+    index: int
+    traj: md.Trajectory | None = None
+    path: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"trajectory {self.index}" + (f" ({self.path!r})" if self.path else "")
+
+
+def as_sources(X) -> list[Source]:
+    if isinstance(X, md.Trajectory):
+        raise TypeError(
+            "X is a single mdtraj.Trajectory; GeomEmbedder expects a list of trajectories "
+            "(each one a sample, so cross-validation splits whole trajectories). Wrap it in "
+            "a list: embedder.fit_transform([traj])."
+        )
+    if isinstance(X, (str, os.PathLike)):
+        raise TypeError(
+            f"X is a single path {os.fspath(X)!r}; GeomEmbedder expects a list of trajectories. "
+            f"Wrap it in a list: [{os.fspath(X)!r}]."
+        )
+    try:
+        items = list(X)
+    except TypeError:
+        raise TypeError(
+            f"X must be a list of mdtraj.Trajectory objects or trajectory file paths; "
+            f"got {type(X).__name__}."
+        ) from None
+    if not items:
+        raise ValueError("X is an empty list; GeomEmbedder needs at least one trajectory.")
+    sources = []
+    for index, item in enumerate(items):
+        if isinstance(item, md.Trajectory):
+            if item.n_frames == 0:
+                raise ValueError(f"Trajectory {index} has no frames.")
+            sources.append(Source(index, traj=item))
+        elif isinstance(item, (str, os.PathLike)):
+            path = os.fspath(item)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"Trajectory file {path!r} (X[{index}]) does not exist.")
+            sources.append(Source(index, path=path))
+        else:
+            raise TypeError(
+                f"X[{index}] is a {type(item).__name__}; each trajectory must be an "
+                f"mdtraj.Trajectory or a file path."
+            )
+    return sources
+
+
+def topology_of(source: Source, topology) -> md.Topology:
+    """The topology of ``source``: its own for an mdtraj.Trajectory, else ``topology``
+    (the embedder's parameter: a file, an mdtraj.Topology or an mdtraj.Trajectory)."""
+    if source.traj is not None:
+        return source.traj.topology
+    if topology is None:
+        raise ValueError(
+            f"X[{source.index}] is a file path ({source.path!r}), so GeomEmbedder needs "
+            f"topology= (a PDB/PSF/GRO file, an mdtraj.Topology or an mdtraj.Trajectory)."
+        )
+    if isinstance(topology, md.Trajectory):
+        return topology.topology
+    if isinstance(topology, md.Topology):
+        return topology
+    if not os.path.isfile(topology):
+        raise FileNotFoundError(f"Topology file {os.fspath(topology)!r} does not exist.")
+    return md.load_topology(os.fspath(topology))
+
+
+class FrameReader:
+    """Reads the selected atoms of a source in chunks of frames, and checks their coordinates.
+
+    Parameters
+    ----------
+    topology : mdtraj.Topology
+        The fitted topology (all atoms).
+    atom_indices : ndarray of int
+        The selected atoms.
+    atomic_numbers : ndarray of int
+        Atomic number of each selected atom (what the bond checks go by).
+    bonds : ndarray of shape (n_bonds, 2)
+        Bonds between selected atoms, as indices into ``atom_indices``.
+    stride, chunk_size : int
+        Every ``stride``-th frame is read, ``chunk_size`` (strided) frames at a time.
+    """
+
+    def __init__(self, *, topology: md.Topology, atom_indices: np.ndarray, atomic_numbers: np.ndarray,
+                 bonds: np.ndarray, stride: int, chunk_size: int) -> None:
+        self.topology = topology
+        self.atom_indices = atom_indices
+        self.bonds = bonds
+        self.bond_ranges = bond_length_ranges(np.asarray(atomic_numbers), bonds)
+        self.stride = stride
+        self.chunk_size = chunk_size
+
+    def n_frames(self, source: Source) -> int:
+        if source.traj is not None:
+            total = source.traj.n_frames
+        else:
+            with md.open(source.path) as handle:
+                total = len(handle)
+        return -(-total // self.stride)
+
+    def check_atom_count(self, source: Source) -> None:
+        """A file must hold the topology's atoms: mdtraj would slice a larger one silently
+        and fail on a smaller one with an error about indices."""
+        try:
+            with md.open(source.path) as handle:
+                first = handle.read(n_frames=1)
+            xyz = first[0] if isinstance(first, tuple) else first
+            n_atoms = int(np.shape(xyz)[1])
+        except Exception:  # noqa: BLE001 - a format without this reader: mdtraj checks it
+            return
+        if n_atoms != self.topology.n_atoms:
+            raise ValueError(
+                f"{source.label.capitalize()} holds {n_atoms} atoms per frame but the topology "
+                f"has {self.topology.n_atoms}: give the topology this file was written with "
+                f"(the same atoms in the same order)."
+            )
+
+    def chunks(self, source: Source, first: int = 0):
+        """Yield the selected atoms of ``chunk_size`` (strided) frames at a time, from frame
+        ``first`` (a multiple of ``chunk_size``: a resumed embedding's first new frame)."""
+        if source.traj is not None:
+            frames = np.arange(0, source.traj.n_frames, self.stride)
+            for start in range(first, len(frames), self.chunk_size):
+                chunk = source.traj[frames[start:start + self.chunk_size]]
+                yield chunk.atom_slice(self.atom_indices)
+            return
+        # From the start of the file even when resuming: mdtraj's ``skip`` is ignored for
+        # some formats (PDB) and loops forever with ``stride`` on others (XTC), and
+        # reading is cheap next to embedding.
+        seen = 0
+        for chunk in md.iterload(source.path, top=self.topology, chunk=self.chunk_size,
+                                 stride=self.stride, atom_indices=self.atom_indices):
+            seen += chunk.n_frames
+            if seen > first:
+                yield chunk[max(0, chunk.n_frames - (seen - first)):]
+
+    def coordinates(self, chunk: md.Trajectory, source: Source, first_frame: int) -> np.ndarray:
+        """Validated positions in Angstrom, molecules made whole when there is a unit cell."""
+        if not np.isfinite(chunk.xyz).all():
+            bad = int(np.flatnonzero(~np.isfinite(chunk.xyz).all(axis=(1, 2)))[0])
+            raise ValueError(
+                f"{source.label.capitalize()} has NaN or infinite coordinates at frame "
+                f"{(first_frame + bad) * self.stride}."
+            )
+        if chunk.unitcell_vectors is not None and len(self.bonds):
+            chunk.make_molecules_whole(inplace=True)
+        xyz = chunk.xyz.astype(np.float32) * np.float32(NM_TO_ANGSTROM)
+        if len(self.bonds):
+            lengths = np.linalg.norm(xyz[:, self.bonds[:, 0]] - xyz[:, self.bonds[:, 1]], axis=-1)
+            if lengths.max() > MAX_BOND_ANGSTROM:
+                frame, bond = np.unravel_index(int(lengths.argmax()), lengths.shape)
+                raise self._bond_error(
+                    source, first_frame, frame, bond, f"{lengths[frame, bond]:.1f}",
+                    "longer than any covalent bond: the molecule is broken (split across periodic "
+                    "boundaries with no unit cell to make it whole) or the topology does not match "
+                    "the trajectory.",
+                )
+            self._check_bond_ranges(lengths, source, first_frame)
+        return xyz
+
+    def _check_bond_ranges(self, lengths: np.ndarray, source: Source, first_frame: int) -> None:
+        """Every bond within its element pair's range, or an error naming the first that is not."""
+        low, high = self.bond_ranges
+        with np.errstate(invalid="ignore"):
+            outside = (lengths < low) | (lengths > high)  # NaN ranges (unlisted elements) compare False
+        if not outside.any():
+            return
+        frame, bond = np.argwhere(outside)[0]
+        raise self._bond_error(
+            source, first_frame, frame, bond, f"{lengths[frame, bond]:.2f}",
+            f"outside the {low[bond]:.2f}-{high[bond]:.2f} Angstrom a bond between these elements "
+            f"can have ({int(outside[frame].sum())} of {outside.shape[1]} bonds in that frame "
+            f"are): these coordinates are not this topology's molecule (atoms in another order, "
+            f"a different molecule, placeholder zeros, or units other than the file format's).",
+        )
+
+    def _bond_error(self, source, first_frame, frame, bond, length: str, why: str) -> ValueError:
+        """The error for bond ``bond`` in ``frame`` of a chunk: where it is, how long, and why."""
+        a, b = (self.topology.atom(int(self.atom_indices[i])) for i in self.bonds[bond])
+        return ValueError(
+            f"In {source.label}, frame {(first_frame + frame) * self.stride}, the bond {a}-{b} is "
+            f"{length} Angstrom long, {why}"
+        )
