@@ -7,6 +7,7 @@ compose into Pipelines, clone, grid-search and pickle.
 
 from . import _moved
 from ._utils import VersionWarning
+from ._version import __version__  # noqa: F401 - the package version
 from .embedding._embedder import GeomEmbedder
 from .learners._callbacks import Callback, EarlyStopping, LRScheduler, MetricsLog, SaveBestWeights
 from .learners._learner import FitContext, TrainingWarning
@@ -18,8 +19,6 @@ from .msm._estimator import MSMEstimator
 from .msm._selection import ContiguousSplit, msm_vamp2_scorer, split_trajectory
 from .nn._neighbors import RadiusDistance, radius_graph
 from .tokens._tokens import MergeSpec, TokenTrajectory, load_tokens, save_tokens
-
-__version__ = "0.1.0.dev0"
 
 _moved.register(__name__)  # pickles made by the flat layout name its modules
 

@@ -11,6 +11,8 @@ from numbers import Integral
 import numpy as np
 import torch
 
+from . import _version
+
 __all__ = [
     "PickleVersionMixin",
     "VersionWarning",
@@ -135,8 +137,7 @@ class PickleVersionMixin:
     """
 
     def __getstate__(self):
-        from . import __version__
-
+        __version__ = _version.__version__
         state = super().__getstate__()
         if state is self.__dict__:
             state = state.copy()
@@ -146,8 +147,7 @@ class PickleVersionMixin:
         return state
 
     def __setstate__(self, state):
-        from . import __version__
-
+        __version__ = _version.__version__
         pickled = state.pop("_g2v_sklearn_version", "before 0.1.0.dev0 (unrecorded)")
         if pickled != __version__:
             warnings.warn(

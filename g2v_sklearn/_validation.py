@@ -1,7 +1,8 @@
 """Input checks shared by the estimators: lists of trajectories, and which are long enough.
 
 One home for them, so that every estimator words the same problem the same
-way: a list of feature arrays, discrete trajectories or token trajectories;
+way: a list of feature arrays or discrete trajectories (lists of token
+trajectories are checked beside their class, by ``tokens.check_token_list``);
 MD frames given where features are expected; and trajectories too short for
 the lag time (skipped with one warning that names them, or an error giving
 every length when none is long enough).
@@ -16,8 +17,6 @@ import numpy as np
 from scipy.sparse import issparse
 from sklearn.utils import check_array
 
-from .tokens._tokens import TokenTrajectory
-
 __all__ = [
     "as_list",
     "check_array_trajectories",
@@ -25,7 +24,6 @@ __all__ = [
     "check_feature_trajs",
     "check_not_constant",
     "check_not_raw_frames",
-    "check_token_list",
     "lagged_pairs",
     "listing",
     "long_enough",
@@ -160,33 +158,6 @@ def require_nonnegative(dtrajs: list[np.ndarray], caller: str) -> None:
                 f"dtrajs[{i}] has the negative state {d[frame]} at frame {frame}; {caller} needs "
                 f"states numbered from 0 (cut unassigned frames out of the trajectory)."
             )
-
-
-def check_token_list(X, who: str) -> list:
-    """Validate a list of token trajectories of one system; returns the list."""
-    if isinstance(X, TokenTrajectory):
-        raise TypeError(
-            f"X is a single token trajectory; {who} expects a list of them (one per "
-            f"trajectory). Wrap it in a list."
-        )
-    items = list(X)
-    if not items:
-        raise ValueError(f"X is an empty list; {who} needs at least one token trajectory.")
-    for i, item in enumerate(items):
-        if not isinstance(item, TokenTrajectory):
-            raise TypeError(
-                f"X[{i}] is a {type(item).__name__}; {who} expects token trajectories "
-                f"(the output of GeomEmbedder)."
-            )
-    first = items[0]
-    for i, item in enumerate(items[1:], start=1):
-        if (item.n_residues, item.n_channels) != (first.n_residues, first.n_channels):
-            raise ValueError(
-                f"Token trajectory {i} has {item.n_residues} residues and {item.n_channels} "
-                f"channels, but token trajectory 0 has {first.n_residues} residues and "
-                f"{first.n_channels} channels; all must come from one system."
-            )
-    return items
 
 
 def long_enough(lengths: list[int], lagtime: int, caller: str) -> list[int]:

@@ -25,13 +25,12 @@ from .._compat import Interval, StrOptions, validate_parameter_constraints
 from ..tokens._tokens import MergeSpec
 from ..nn._lobes import MLPLobe, TokenLobe
 from .._threads import ThreadBudget
-from ..tokens._tokens import TokenTrajectory
+from ..tokens._tokens import TokenTrajectory, check_token_list
 from .._utils import PickleVersionMixin, check_generator, resolve_device, supports_bfloat16
 from .._validation import (
     check_array_trajectories,
     check_not_constant,
     check_not_raw_frames,
-    check_token_list,
     lagged_pairs,
 )
 

@@ -18,9 +18,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._compat import Interval, StrOptions, validate_parameter_constraints
 from .._utils import PickleVersionMixin
-from .._validation import check_token_list
 from ..nn._merger import FRAGMENT_CONVS
-from ..tokens._tokens import MergeSpec, TokenTrajectory
+from ..tokens._tokens import MergeSpec, TokenTrajectory, check_token_list
 
 __all__ = ["MergedTokens", "TokenMerger"]
 

@@ -55,6 +55,7 @@ __all__ = [
     "TokenStoreWriter",
     "save_tokens",
     "load_tokens",
+    "check_token_list",
     "is_complete_store",
 ]
 
@@ -531,6 +532,33 @@ class TokenTrajectory:
             path, _, store_id, frames = self._store
             return _from_store, (path, store_id, _range_to_slice(frames), meta)
         return _from_arrays, (np.asarray(self.features), np.asarray(self.positions), meta)
+
+
+def check_token_list(X, who: str) -> list:
+    """Validate a list of token trajectories of one system; returns the list."""
+    if isinstance(X, TokenTrajectory):
+        raise TypeError(
+            f"X is a single token trajectory; {who} expects a list of them (one per "
+            f"trajectory). Wrap it in a list."
+        )
+    items = list(X)
+    if not items:
+        raise ValueError(f"X is an empty list; {who} needs at least one token trajectory.")
+    for i, item in enumerate(items):
+        if not isinstance(item, TokenTrajectory):
+            raise TypeError(
+                f"X[{i}] is a {type(item).__name__}; {who} expects token trajectories "
+                f"(the output of GeomEmbedder)."
+            )
+    first = items[0]
+    for i, item in enumerate(items[1:], start=1):
+        if (item.n_residues, item.n_channels) != (first.n_residues, first.n_channels):
+            raise ValueError(
+                f"Token trajectory {i} has {item.n_residues} residues and {item.n_channels} "
+                f"channels, but token trajectory 0 has {first.n_residues} residues and "
+                f"{first.n_channels} channels; all must come from one system."
+            )
+    return items
 
 
 def _range_to_slice(r: range) -> slice:
