@@ -22,7 +22,7 @@ checkpoint, and the script reports
 Variants (``VARIANTS``; add entries there to benchmark more):
 
 ``reference``
-    The oracle of tests/test_embedder_science.py: torch-geometric's
+    The oracle of tests/embedding/test_embedder_science.py: torch-geometric's
     ``ViSNet(...).representation_model`` with the geom2vec weights loaded
     strictly, whose neighbour search is replaced by a brute-force edge
     builder written here (every pair within the cutoff, self-loops,

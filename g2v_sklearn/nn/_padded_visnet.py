@@ -19,7 +19,7 @@ shape (n_atoms, K): row ``i`` lists the sources of the edges into atom ``i``
   the whole pass as one graph.
 
 The results equal the block's own forward up to floating-point rounding
-(the order of the sums changes); ``tests/test_embedder_science.py`` checks
+(the order of the sums changes); ``tests/embedding/test_embedder_science.py`` checks
 them against torch-geometric's ViSNet. Only ``lmax=1`` without vertex
 features (the geom2vec checkpoints) is covered; :func:`supports_padded`
 says when a block qualifies.

@@ -86,7 +86,7 @@ _PROGRESS = "progress.json"  # in a resumable partial directory: its committed c
 _ORPHAN_AGE_S = 600.0  # a partial directory without an owner file this old is debris
 _COPY_BLOCK_BYTES = 64 * 2**20  # frames copied per block by save_tokens
 # Test-only: "point" or "point:n" makes this process SIGKILL itself the n-th time it
-# reaches that point of a store write (tests/test_store_faults.py).
+# reaches that point of a store write (tests/tokens/test_store_faults.py).
 _KILL_ENV = "G2V_SKLEARN_TEST_KILL_AT"
 _KILL_POINTS = ("mid-chunk", "after-last-chunk", "mid-commit")
 _kill_counts: dict[str, int] = {}

@@ -24,7 +24,6 @@ from g2v_sklearn import (
     TokenMerger,
     TokenTrajectory,
 )
-from g2v_sklearn.nn._spib import SPIBModule, gaussian_log_density, vamp_prior_log_density
 
 FAST = dict(hidden_layer_sizes=(32, 32), batch_size=64, max_epochs=60, patience=3, validation_fraction=0,
             progress=False, random_state=0)
@@ -125,31 +124,6 @@ def test_score_is_deeptime_cross_validated_vamp2_of_state_probabilities(wells, f
     assert 2.4 < est.set_params(score_k=2).score(trajs) <= 3.0
     assert est.set_params(score_k=5).score(trajs) == est.score(trajs)  # capped at the rank, 2
     assert 1.7 < est.score(test) < est.score(trajs)  # the test trajectory visits two wells only
-
-
-def test_gaussian_and_vamp_prior_densities():
-    g = torch.Generator().manual_seed(0)
-    z, mean, logvar = (torch.randn(5, 3, generator=g) for _ in range(3))
-    expected = torch.distributions.Normal(mean, torch.exp(0.5 * logvar)).log_prob(z).sum(-1)
-    torch.testing.assert_close(gaussian_log_density(z, mean, logvar), expected)
-    reps_mean, reps_logvar = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
-    weights = torch.tensor([0.1, 0.2, 0.3, 0.4])
-    mixture = torch.distributions.MixtureSameFamily(
-        torch.distributions.Categorical(weights),
-        torch.distributions.Independent(torch.distributions.Normal(reps_mean, torch.exp(0.5 * reps_logvar)), 1))
-    ours = vamp_prior_log_density(z, reps_mean, reps_logvar, weights.log())
-    torch.testing.assert_close(ours, mixture.log_prob(z))
-
-
-def test_keep_states_slices_the_decoder_and_prior():
-    from g2v_sklearn.nn._lobes import MLPLobe
-
-    net = SPIBModule(MLPLobe(3, (8,), 4), z_dim=2, n_states=5)
-    z = torch.randn(7, 2)
-    before = net.decoder(z)
-    net.keep_states(np.array([0, 2, 4]))
-    assert net.n_states == 3 and net.prior_logits.shape == (3,)
-    torch.testing.assert_close(net.decoder(z), before[:, [0, 2, 4]])
 
 
 # --------------------------------------------------------------------------- the contract
