@@ -34,6 +34,16 @@ FLAT_LAYOUT = {
 }
 
 
+# (old module, old name) -> today's name, for names that changed as they moved
+RENAMED = {
+    ("_embedder", "_RamWriter"): "RamTokenWriter",
+    ("_embedder", "_Source"): "Source",
+    ("_embedder", "_as_sources"): "as_sources",
+    ("_learner", "_OPTIMIZERS"): "OPTIMIZERS",
+    ("_merger", "FragmentConv"): "FRAGMENT_CONVS",
+}
+
+
 class _MovedModule(types.ModuleType):
     """Stand-in for a module of the flat layout."""
 
@@ -44,7 +54,8 @@ class _MovedModule(types.ModuleType):
     def __getattr__(self, attr: str):
         if attr.startswith("__"):
             raise AttributeError(attr)
-        package = self.__name__.rpartition(".")[0]
+        package, _, old = self.__name__.rpartition(".")
+        attr = RENAMED.get((old, attr), attr)
         for home in self._homes:
             module = importlib.import_module(f"{package}.{home}")
             if hasattr(module, attr):

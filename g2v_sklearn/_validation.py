@@ -27,6 +27,7 @@ __all__ = [
     "lagged_pairs",
     "listing",
     "long_enough",
+    "with_lagged_pair",
     "require_nonnegative",
 ]
 
@@ -160,13 +161,20 @@ def require_nonnegative(dtrajs: list[np.ndarray], caller: str) -> None:
             )
 
 
+def with_lagged_pair(lengths: list[int], lagtime: int) -> list[int]:
+    """Indices of the trajectories longer than ``lagtime``: the one rule for which
+    trajectories give a time-lagged pair (:func:`long_enough` adds the warning)."""
+    return [i for i, n in enumerate(lengths) if n > lagtime]
+
+
 def long_enough(lengths: list[int], lagtime: int, caller: str) -> list[int]:
     """Indices of the trajectories longer than ``lagtime``: the ones with a time-lagged pair.
 
     The others are skipped with one warning naming them; if none is long
     enough, a ValueError gives every length.
     """
-    short = [i for i, n in enumerate(lengths) if n <= lagtime]
+    kept = with_lagged_pair(lengths, lagtime)
+    short = sorted(set(range(len(lengths))) - set(kept))
     if len(short) == len(lengths):
         one = ""
         if len(lengths) == 1:  # in the words scikit-learn's common checks look for
@@ -186,7 +194,7 @@ def long_enough(lengths: list[int], lagtime: int, caller: str) -> list[int]:
             UserWarning,
             stacklevel=4,
         )
-    return [i for i, n in enumerate(lengths) if n > lagtime]
+    return kept
 
 
 def lagged_pairs(lengths: list[int], lagtime: int, caller: str) -> np.ndarray:

@@ -2,32 +2,37 @@
 
 import io
 import pickle
-import pickletools
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import g2v_sklearn
-from g2v_sklearn import KMeansDiscretizer, SPIBEstimator, TokenMerger, TokenTrajectory, VAMPNetEstimator
+from g2v_sklearn import (
+    GeomEmbedder,
+    KMeansDiscretizer,
+    SPIBEstimator,
+    TokenMerger,
+    TokenTrajectory,
+    VAMPNetEstimator,
+    load_tokens,
+    save_tokens,
+)
+from g2v_sklearn.datasets import load_alanine_dipeptide
 
 FLAT_PICKLES = Path(__file__).parent / "data" / "flat_layout_pickles.pkl"
 
 
 def _globals(data: bytes) -> set:
-    """(module, name) of every class and function a pickle refers to."""
-    found, strings, memo = set(), [], {}
-    for op, arg, _ in pickletools.genops(io.BytesIO(data)):
-        if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
-            strings.append(arg)
-        elif op.name == "MEMOIZE" and strings:
-            memo[len(memo)] = strings[-1]
-        elif op.name in ("BINGET", "LONG_BINGET") and arg in memo:
-            strings.append(memo[arg])
-        elif op.name == "STACK_GLOBAL":
-            found.add((strings[-2], strings[-1]))
-        elif op.name == "GLOBAL":
-            found.add(tuple(arg.split(" ", 1)))
+    """(module, name) of every class and function a pickle refers to, as its unpickler asks for them."""
+    found = set()
+
+    class Recorder(pickle.Unpickler):
+        def find_class(self, module, name):
+            found.add((module, name))
+            return super().find_class(module, name)
+
+    Recorder(io.BytesIO(data)).load()
     return found
 
 
@@ -35,12 +40,14 @@ def test_the_fixture_names_the_flat_modules():
     # Without this the test below could pass on a pickle that never needed the aliases.
     modules = {module for module, _ in _globals(FLAT_PICKLES.read_bytes())}
     assert {"g2v_sklearn._vampnet", "g2v_sklearn._merger", "g2v_sklearn._networks",
-            "g2v_sklearn._tokens"} <= modules
+            "g2v_sklearn._tokens", "g2v_sklearn._embedder", "g2v_sklearn._topology",
+            "g2v_sklearn._msm", "g2v_sklearn._spib"} <= modules
+    assert ("g2v_sklearn._merger", "MergedTokens") in _globals(FLAT_PICKLES.read_bytes())
 
 
 def test_flat_layout_pickle_loads_and_gives_the_same_outputs():
     record = pickle.loads(FLAT_PICKLES.read_bytes())
-    assert record["version"] == g2v_sklearn.__version__
+    assert record["version"] == "0.1.0.dev0"  # the flat layout's last version
     steps, probe, expected = record["steps"], record["probe"], record["outputs"]
     vampnet, spib, msm = steps["vampnet"], steps["spib"], steps["msm"]
     assert type(vampnet[0]) is TokenMerger and type(vampnet[-1]) is VAMPNetEstimator
@@ -52,6 +59,17 @@ def test_flat_layout_pickle_loads_and_gives_the_same_outputs():
     for got, want in zip(spib.transform(probe), expected["spib"]):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert msm.score(vampnet.transform(probe)) == pytest.approx(expected["msm_score"], rel=1e-6)
+    # a MergedTokens (the wrapper of 0.1.0.dev0) loads as the token trajectory with its spec
+    merged = steps["merged"]
+    assert type(merged) is TokenTrajectory and merged.merge_spec.window == 2
+    np.testing.assert_array_equal(np.asarray(merged.features), expected["tokens"])
+    assert merged[1:3].merge_spec == merged.merge_spec
+    # a fitted embedder (backbone, topology layout) gives the tokens it gave then
+    embedder = steps["embedder"]
+    assert type(embedder) is GeomEmbedder
+    frames = load_alanine_dipeptide(stride=2000).trajectories[0]
+    np.testing.assert_allclose(embedder.transform([frames])[0].features, expected["embedder"],
+                               rtol=1e-5, atol=1e-6)
     # A pickle made today names today's modules, not the stand-ins.
     fresh = {module for module, _ in _globals(pickle.dumps(vampnet))}
     assert not {m for m in fresh if m.startswith("g2v_sklearn.") and m.split(".")[1] in g2v_sklearn._moved.FLAT_LAYOUT}
@@ -63,3 +81,30 @@ def test_old_module_names_resolve_to_todays_objects():
     assert old.VAMPNetEstimator is VAMPNetEstimator
     with pytest.raises(AttributeError, match=r"no longer exists: the module moved to g2v_sklearn\.learners\._vampnet.*refit"):
         old.NoSuchThing
+    import g2v_sklearn._merger as old_merger  # a name renamed as it moved
+    from g2v_sklearn.nn._merger import FRAGMENT_CONVS
+
+    assert old_merger.FragmentConv is FRAGMENT_CONVS
+
+
+def test_a_store_backed_trajectory_pickled_by_the_flat_layout_reopens(tmp_path):
+    # 0.1.0.dev0 pickled a store-backed trajectory as (_from_store, (path, id, frames, meta))
+    # with five metadata fields; today's has a sixth, the merge spec.
+    from g2v_sklearn._tokens import _from_store  # the name the old pickles call
+
+    record = pickle.loads(FLAT_PICKLES.read_bytes())
+    save_tokens(record["probe"][0], tmp_path / "store")
+    opened = load_tokens(tmp_path / "store")
+    meta = (opened.residue_names, opened.chain_ids, opened.residue_ids, opened.timestep, opened.provenance)
+    again = _from_store(str(tmp_path / "store"), opened._store[2], slice(2, 9), meta)
+    assert again.path == opened.path and again.merge_spec is None
+    np.testing.assert_array_equal(again.features, opened.features[2:9])
+
+
+def test_the_old_accessors_of_merged_tokens_warn_and_still_answer():
+    record = pickle.loads(FLAT_PICKLES.read_bytes())
+    merged = record["steps"]["merged"]
+    with pytest.warns(FutureWarning, match="TokenTrajectory.spec is deprecated .*use merge_spec"):
+        assert merged.spec == merged.merge_spec
+    with pytest.warns(FutureWarning, match="TokenTrajectory.tokens is deprecated"):
+        assert merged.tokens is merged

@@ -860,6 +860,12 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
         device = resolve_device(self.device)
         return series, self.module_.to(device), device
 
+    def _lagged_values(self, values: list[np.ndarray], series: TimeSeries) -> tuple[np.ndarray, np.ndarray]:
+        """``values`` at both ends of every time-lagged pair of the series (what a score sees)."""
+        pairs = lagged_pairs(series.lengths, self.lagtime, type(self).__name__)
+        x, y, _ = pair_arrays(values, pairs, self.lagtime)
+        return x, y
+
     @staticmethod
     def _standardise_inputs(lobe, series: TimeSeries, train: np.ndarray, device) -> None:
         """Feature arrays are standardised by the mean and spread of the training

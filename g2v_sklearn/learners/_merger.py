@@ -64,7 +64,9 @@ class MergedTokens(metaclass=_AttachedSpec):
     ('FutureWarning', True)
     """
 
-    def __new__(cls, tokens: TokenTrajectory, spec: MergeSpec) -> TokenTrajectory:
+    def __new__(cls, tokens: TokenTrajectory | None = None, spec: MergeSpec | None = None):
+        if tokens is None and spec is None:  # unpickling one made by 0.1.0.dev0
+            return object.__new__(_PickledMergedTokens)
         warnings.warn(
             "MergedTokens is deprecated and will be removed in 0.2: TokenMerger now returns "
             "TokenTrajectory objects with merge_spec set. Use tokens.with_merge_spec(spec).",
@@ -74,6 +76,16 @@ class MergedTokens(metaclass=_AttachedSpec):
         if not isinstance(tokens, TokenTrajectory):
             raise TypeError(f"tokens must be a TokenTrajectory; got {type(tokens).__name__}")
         return tokens.with_merge_spec(spec)
+
+
+class _PickledMergedTokens:
+    """What a MergedTokens pickled by 0.1.0.dev0 loads into: its ``__setstate__``
+    turns it into the token trajectory it wrapped, with the spec attached."""
+
+    def __setstate__(self, state: dict) -> None:
+        tokens, spec = state["tokens"], state["spec"]
+        self.__class__ = TokenTrajectory
+        self.__dict__.update(tokens.with_merge_spec(spec).__dict__)
 
 
 # --------------------------------------------------------------------------- the pipeline step

@@ -16,7 +16,7 @@ from ._learner import TimeSeries, TorchLearner, pair_arrays
 from ..msm._discretize import KMeansDiscretizer
 from .._threads import ThreadBudget
 from .._utils import local_torch_seed, torch_generator
-from .._validation import lagged_pairs
+from .._validation import with_lagged_pair
 from ._vamp import fit_vamp, vamp_cv_score
 from ..nn._spib import SPIBModule, spib_pair_losses
 
@@ -392,7 +392,8 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         features = [(f - mean) / std for f in features]
         if self.init_components is None:
             return features
-        long_enough = [f for f in features if len(f) > self.lagtime]
+        # fit has warned already about the trajectories this skips
+        long_enough = [features[i] for i in with_lagged_pair([len(f) for f in features], self.lagtime)]
         try:
             tica = TICA(lagtime=int(self.lagtime), dim=int(self.init_components)).fit(long_enough)
         except ZeroRankError:
@@ -705,7 +706,6 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         _, probs, series = self._probabilities(X)
         if self.vamp_ is None:
             return 1.0
-        pairs = lagged_pairs(series.lengths, self.lagtime, type(self).__name__)
-        x, y, _ = pair_arrays(probs, pairs, self.lagtime)
+        x, y = self._lagged_values(probs, series)
         k = min(self.score_k, self.vamp_.n_components)
         return float(vamp_cv_score(self.vamp_, x, y, k=k))

@@ -540,8 +540,7 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         score : float
         """
         outputs, series = self._network_outputs(X)
-        pairs = lagged_pairs(series.lengths, self.lagtime, type(self).__name__)
-        x, y, _ = pair_arrays(outputs, pairs, self.lagtime)
+        x, y = self._lagged_values(outputs, series)
         return float(vamp_cv_score(self.vamp_, x, y, k=self._score_k(self.vamp_), epsilon=self.epsilon))
 
     def _koopman_models(self, X, lagtimes):

@@ -223,7 +223,8 @@ class MergeSpec:
 
     A fitted :class:`TokenMerger` makes one (its ``spec_``) and attaches it
     to the token trajectories it transforms (:attr:`TokenTrajectory.merge_spec`);
-    the learner after it builds and trains the torch module from it.
+    the learner after it builds and trains the torch module from it. Frozen:
+    a specification is a value, compared and hashed by its fields.
 
     Attributes
     ----------
@@ -239,6 +240,17 @@ class MergeSpec:
         Sequence length before and after merging.
     positional_encoding : bool
         Whether a sinusoidal encoding of the fragment index is added.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from g2v_sklearn import TokenMerger, TokenTrajectory
+    >>> tokens = TokenTrajectory(np.zeros((5, 10, 4, 8), np.float32), np.zeros((5, 10, 3), np.float32),
+    ...                          residue_names=["ALA"] * 10, chain_ids=["A"] * 10,
+    ...                          residue_ids=range(1, 11))
+    >>> spec = TokenMerger(window=4).fit([tokens]).spec_
+    >>> spec.window, spec.n_residues, spec.n_fragments, spec.in_channels
+    (4, 10, 3, 8)
     """
 
     window: int
@@ -434,6 +446,21 @@ class TokenTrajectory:
             f"TokenTrajectory(n_frames={self.n_frames}, n_residues={self.n_residues}, "
             f"n_channels={self.n_channels}, {where}{merge})"
         )
+
+    @property
+    def spec(self) -> MergeSpec | None:
+        """Deprecated: ``merge_spec`` (the name on the retired ``MergedTokens``)."""
+        warnings.warn("TokenTrajectory.spec is deprecated and will be removed in 0.2; use merge_spec.",
+                      FutureWarning, stacklevel=2)
+        return self.merge_spec
+
+    @property
+    def tokens(self) -> TokenTrajectory:
+        """Deprecated: the trajectory itself (``MergedTokens.tokens`` unwrapped it)."""
+        warnings.warn("TokenTrajectory.tokens is deprecated and will be removed in 0.2: "
+                      "TokenMerger returns the token trajectories themselves.",
+                      FutureWarning, stacklevel=2)
+        return self
 
     def with_merge_spec(self, merge_spec: MergeSpec | None) -> TokenTrajectory:
         """The same tokens (no copy) with ``merge_spec`` attached, or removed with None.

@@ -1,8 +1,9 @@
 """Make ``flat_layout_pickles.pkl``: fitted steps pickled by the flat layout (0.1.0.dev0).
 
 Run once, at the last commit before the package moved into folders
-(``git checkout 37ddbae``); the file is committed, and
-``tests/test_pickle_compat.py`` loads it with today's code and checks that
+(``git worktree add /tmp/flat 37ddbae``, then this script with
+``PYTHONPATH=/tmp/flat``); the file is committed, and
+``tests/test_moved.py`` loads it with today's code and checks that
 every step gives the outputs it gave then. Small synthetic tokens: the point
 is the pickle's class paths, not the science.
 
@@ -17,8 +18,10 @@ import torch
 from sklearn.pipeline import make_pipeline
 
 import g2v_sklearn
+from g2v_sklearn.datasets import load_alanine_dipeptide
 from g2v_sklearn import (
     EarlyStopping,
+    GeomEmbedder,
     KMeansDiscretizer,
     MSMEstimator,
     SPIBEstimator,
@@ -56,15 +59,21 @@ def main():
     coords = vampnet.transform(train)
     msm = make_pipeline(KMeansDiscretizer(n_clusters=4, random_state=0),
                         MSMEstimator(lagtime=2)).fit(coords)
+    merged = TokenMerger(window=2).fit_transform(probe)[0]  # a MergedTokens in this layout
+    frames = load_alanine_dipeptide(stride=2000).trajectories[0]  # 5 frames of the shipped data
+    embedder = GeomEmbedder(pretrain="random", hidden_channels=16, num_layers=1, num_rbf=8, cutoff=5.0,
+                            random_state=0, progress=False).fit([frames])
     outputs = {
         "vampnet": [np.asarray(z) for z in vampnet.transform(probe)],
         "spib": [np.asarray(z) for z in spib.transform(probe)],
         "msm_score": float(msm.score(vampnet.transform(probe))),
         "tokens": np.asarray(probe[0].features),
+        "embedder": np.asarray(embedder.transform([frames])[0].features),
     }
     record = {
         "version": g2v_sklearn.__version__,
-        "steps": {"vampnet": vampnet, "spib": spib, "msm": msm, "tokens": probe[0]},
+        "steps": {"vampnet": vampnet, "spib": spib, "msm": msm, "tokens": probe[0], "merged": merged,
+                  "embedder": embedder},
         "probe": probe,
         "outputs": outputs,
     }

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from g2v_sklearn.datasets import load_alanine_dipeptide
-from g2v_sklearn.embedding._pooling import RESIDUE_POOLINGS, RESIDUE_POSITIONS, pool_residues
+from g2v_sklearn.embedding._pooling import pool_residues
 from g2v_sklearn.embedding._topology import residue_layout
 
 
@@ -37,11 +37,3 @@ def test_pooling_matches_a_loop_over_residues(alanine, pooling, residue_position
         np.testing.assert_allclose(positions[:, r].numpy(), where, rtol=1e-5, atol=1e-4)
     # only ALA has an alpha carbon: with "ca" the caps still sit at their centroids
     assert [bool(np.any([a.name == "CA" for a in res.atoms])) for res in residues] == [False, True, False]
-
-
-def test_the_embedder_offers_exactly_the_registered_choices():
-    from g2v_sklearn import GeomEmbedder
-
-    constraints = GeomEmbedder._parameter_constraints
-    assert constraints["pooling"][0].options == set(RESIDUE_POOLINGS)
-    assert constraints["residue_position"][0].options == set(RESIDUE_POSITIONS)
