@@ -80,8 +80,7 @@ def test_pickles_carry_the_package_version_and_another_version_warns():
     import warnings
 
     import g2v_sklearn
-    from g2v_sklearn import (GeomEmbedder, KMeansDiscretizer, MSMEstimator, TokenMerger,
-                             VAMPNetEstimator, VersionWarning)
+    from g2v_sklearn import GeomEmbedder, KMeansDiscretizer, MSMEstimator, TokenMerger, VAMPNetEstimator, VersionWarning
 
     x = np.cumsum(np.random.default_rng(0).normal(size=(300, 3)), axis=0) * 0.01
     fitted = VAMPNetEstimator(lagtime=5, max_epochs=1, progress=False, random_state=0).fit(x)

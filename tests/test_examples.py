@@ -56,9 +56,9 @@ def test_alanine_dipeptide_example(visnet_checkpoint, tmp_path):
 def test_adenylate_kinase_example(visnet_checkpoint, tmp_path, adk_paths_short, token_cache):
     """Run on the session's token cache, holding (or about to hold) the quick size's 2 x 8 frames."""
     import mdtraj as md
+    from conftest import ADK_QUICK_FRAMES
 
     import g2v_sklearn
-    from conftest import ADK_QUICK_FRAMES
 
     spec = importlib.util.spec_from_file_location("adk_example", EXAMPLES / "adenylate_kinase.py")
     example = importlib.util.module_from_spec(spec)

@@ -7,7 +7,6 @@ import json
 import sys
 
 import pytest
-
 from conftest import REPO, SHARED, need
 
 

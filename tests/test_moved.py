@@ -82,6 +82,7 @@ def test_old_module_names_resolve_to_todays_objects():
     with pytest.raises(AttributeError, match=r"no longer exists: the module moved to g2v_sklearn\.learners\._vampnet.*refit"):
         old.NoSuchThing
     import g2v_sklearn._merger as old_merger  # a name renamed as it moved
+
     from g2v_sklearn.nn._merger import FRAGMENT_CONVS
 
     assert old_merger.FragmentConv is FRAGMENT_CONVS

@@ -17,6 +17,17 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
+from .._compat import Interval, Options, StrOptions, validate_parameter_constraints
+from .._threads import ThreadBudget
+from .._utils import (
+    PickleVersionMixin,
+    check_generator,
+    local_torch_seed,
+    resolve_device,
+    supports_bfloat16,
+    torch_generator,
+    weights_sha256,
+)
 from ..nn._backbone import (
     BackboneConfig,
     DenoisingHead,
@@ -24,9 +35,7 @@ from ..nn._backbone import (
     file_sha256,
     load_checkpoint,
 )
-from .._compat import Interval, Options, StrOptions, validate_parameter_constraints
 from ..nn._padded_visnet import padded_forward, supports_padded
-from .._threads import ThreadBudget
 from ..tokens._tokens import (
     RamTokenWriter,
     TokenStoreWriter,
@@ -45,15 +54,6 @@ from ._topology import (
     residue_layout,
     select_atoms,
     topology_signature,
-)
-from .._utils import (
-    PickleVersionMixin,
-    check_generator,
-    local_torch_seed,
-    resolve_device,
-    supports_bfloat16,
-    torch_generator,
-    weights_sha256,
 )
 
 __all__ = ["GeomEmbedder"]
@@ -620,8 +620,9 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
         return _Engine(
             module=module, atomic_numbers=torch.as_tensor(self.atomic_numbers_), reader=reader,
             layout=self.layout_, pooling=self.pooling, residue_position=self.residue_position,
-            batch_size=self._frames_per_batch(device, int(module.hidden_channels)), dtype=dtype, device=device, compile=self.compile,
-            progress=bool(self.progress), provenance=provenance, batch_request=str(self.batch_size),
+            batch_size=self._frames_per_batch(device, int(module.hidden_channels)), dtype=dtype,
+            device=device, compile=self.compile, progress=bool(self.progress), provenance=provenance,
+            batch_request=str(self.batch_size),
         )
 
     def _frames_per_batch(self, device: torch.device, hidden: int) -> int:

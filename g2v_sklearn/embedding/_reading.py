@@ -42,7 +42,6 @@ def bond_length_ranges(numbers: np.ndarray, bonds: np.ndarray) -> tuple[np.ndarr
     return 0.68 * total, np.minimum(1.25 * total + 0.1, MAX_BOND_ANGSTROM)
 
 
-
 @dataclass
 class Source:
     """One input trajectory: an in-memory mdtraj.Trajectory or a file path."""

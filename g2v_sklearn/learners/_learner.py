@@ -20,12 +20,8 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ._callbacks import Callback, EarlyStopping, LRScheduler
 from .._compat import Interval, StrOptions, validate_parameter_constraints
-from ..tokens._tokens import MergeSpec
-from ..nn._lobes import MLPLobe, TokenLobe
 from .._threads import ThreadBudget
-from ..tokens._tokens import TokenTrajectory, check_token_list
 from .._utils import PickleVersionMixin, check_generator, resolve_device, supports_bfloat16
 from .._validation import (
     check_array_trajectories,
@@ -33,6 +29,9 @@ from .._validation import (
     check_not_raw_frames,
     lagged_pairs,
 )
+from ..nn._lobes import MLPLobe, TokenLobe
+from ..tokens._tokens import MergeSpec, TokenTrajectory, check_token_list
+from ._callbacks import Callback, EarlyStopping, LRScheduler
 
 __all__ = ["FitContext", "TimeSeries", "TorchLearner", "TrainingWarning"]
 

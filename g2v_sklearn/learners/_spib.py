@@ -12,13 +12,13 @@ from sklearn.base import TransformerMixin
 from torch import Tensor
 
 from .._compat import Interval, StrOptions
-from ._learner import TimeSeries, TorchLearner, pair_arrays
-from ..msm._discretize import KMeansDiscretizer
 from .._threads import ThreadBudget
 from .._utils import local_torch_seed, torch_generator
 from .._validation import with_lagged_pair
-from ._vamp import fit_vamp, vamp_cv_score
+from ..msm._discretize import KMeansDiscretizer
 from ..nn._spib import SPIBModule, spib_pair_losses
+from ._learner import TimeSeries, TorchLearner, pair_arrays
+from ._vamp import fit_vamp, vamp_cv_score
 
 __all__ = ["SPIBEstimator"]
 

@@ -9,13 +9,12 @@ import numpy as np
 from sklearn.base import TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .._compat import Interval, StrOptions
-from ._callbacks import EarlyStopping
-from .._compat import validate_parameter_constraints
-from ._learner import TorchLearner, _new_history, _TrainingCollapsed, pair_arrays
+from .._compat import Interval, StrOptions, validate_parameter_constraints
 from .._threads import ThreadBudget
 from .._utils import check_generator, local_torch_seed, resolve_device
 from .._validation import lagged_pairs
+from ._callbacks import EarlyStopping
+from ._learner import TorchLearner, _new_history, _TrainingCollapsed, pair_arrays
 from ._vamp import fit_vamp, implied_timescales, koopman_eigenvalues, vamp_cv_score, vamp_score
 
 __all__ = ["VAMPNetEstimator"]

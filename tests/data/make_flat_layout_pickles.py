@@ -18,7 +18,6 @@ import torch
 from sklearn.pipeline import make_pipeline
 
 import g2v_sklearn
-from g2v_sklearn.datasets import load_alanine_dipeptide
 from g2v_sklearn import (
     EarlyStopping,
     GeomEmbedder,
@@ -29,6 +28,7 @@ from g2v_sklearn import (
     TokenTrajectory,
     VAMPNetEstimator,
 )
+from g2v_sklearn.datasets import load_alanine_dipeptide
 
 
 def tokens(seed, n_frames=120, n_residues=6, channels=8):

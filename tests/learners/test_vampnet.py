@@ -12,8 +12,8 @@ from deeptime.decomposition import VAMP
 from sklearn.base import clone
 
 from g2v_sklearn import SPIBEstimator, TokenMerger, TokenTrajectory, VAMPNetEstimator
-from g2v_sklearn.nn import _lobes
 from g2v_sklearn._validation import lagged_pairs
+from g2v_sklearn.nn import _lobes
 from g2v_sklearn.nn._lobes import attention, attention_backend
 
 FAST = dict(max_epochs=3, batch_size=128, hidden_layer_sizes=(16,), progress=False, random_state=0)

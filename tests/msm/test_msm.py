@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-
 import sys
 
 import numpy as np
@@ -24,7 +23,6 @@ from g2v_sklearn import (
     msm_vamp2_scorer,
     split_trajectory,
 )
-
 
 N_CLUSTERS = 50
 LAG = 5  # frames: 100 ps at the 20-ps stride
