@@ -46,13 +46,13 @@ from ..tokens._tokens import (
 )
 from ._pooling import RESIDUE_POOLINGS, RESIDUE_POSITIONS, pool_residues
 from ._pretrain import denoising_pretrain
-from ._reading import FrameReader, Source, as_sources, topology_of
+from . import _mdanalysis as mdanalysis
+from ._reading import FrameReader, Source, as_sources, select_source_atoms, topology_of
 from ._topology import (
     atomic_numbers_of,
     describe_topology,
     first_difference,
     residue_layout,
-    select_atoms,
     topology_signature,
 )
 
@@ -162,8 +162,7 @@ class _Engine:
         """
         self.module.to(self.device).eval()
         reader = self.reader
-        if source.traj is None:  # a file: its atoms must be the topology's
-            reader.check_atom_count(source)
+        reader.check_atom_count(source)  # a file's atoms must be the topology's
         n_frames = reader.n_frames(source)
         layout = self.layout
         hidden = int(self.module.hidden_channels)
@@ -203,7 +202,7 @@ class _Engine:
                 writer.checkpoint({"timestep": timestep})
             if timestep is None and source.traj is not None and source.traj.n_frames > 1:
                 timestep = float(source.traj.timestep) * reader.stride
-            provenance = dict(self.provenance, source=source.path or "mdtraj.Trajectory")
+            provenance = dict(self.provenance, source=source.description)
             if key is not None:
                 provenance["key"] = key
             return writer.finalize(
@@ -235,11 +234,14 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
     topology : str, path-like, mdtraj.Topology or mdtraj.Trajectory, default=None
         Topology for trajectories given as file paths.
     selection : str, default=None
-        mdtraj selection string of the atoms to embed; ``None`` selects the
-        heavy atoms of everything but water and monatomic ions.
+        Selection string of the atoms to embed, in mdtraj's language, or in
+        MDAnalysis's when ``fit`` is given MDAnalysis Universes; ``None``
+        selects the heavy atoms of everything but water and monatomic ions.
     atomic_numbers : array-like of int of shape (n_atoms,), default=None
         Atomic numbers of every topology atom, overriding its elements (for
-        topologies whose elements are unreliable).
+        topologies whose elements are unreliable). Without it, an MDAnalysis
+        topology's elements are its ``elements``, or when it has none (a
+        PSF) the elements nearest its atoms' masses.
     pretrain : {"denoise", "random"}, default=None
         ``"denoise"`` learns (or, with a checkpoint, fine-tunes) the backbone
         in ``fit`` by coordinate denoising on the frames given. ``"random"``
@@ -485,8 +487,9 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : list of mdtraj.Trajectory or of str
-            Trajectories, or file paths read with ``topology``. Only their
+        X : list of mdtraj.Trajectory, str, or MDAnalysis Universe or AtomGroup
+            Trajectories, file paths read with ``topology``, or MDAnalysis
+            Universes (an AtomGroup is a system of its own atoms). Only their
             topology is used, unless ``pretrain="denoise"``.
         y : None
             Ignored.
@@ -505,9 +508,10 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
                 "outputs are memory-mapped in the cache directory), not both."
             )
         sources = as_sources(X)
-        topology = topology_of(sources[0], self.topology)
+        given = self.atomic_numbers is not None
+        topology = topology_of(sources[0], self.topology, elements_given=given)
         numbers = atomic_numbers_of(topology, self.atomic_numbers)
-        atom_indices = select_atoms(topology, self.selection, numbers)
+        atom_indices = select_source_atoms(sources[0], topology, self.selection, numbers)
         module, config, head_state = self._make_backbone()
         too_heavy = numbers[atom_indices] >= config.max_z
         if too_heavy.any():
@@ -648,7 +652,7 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
         return fits
 
     def _check_topology(self, source: Source) -> None:
-        topology = topology_of(source, self.topology)
+        topology = topology_of(source, self.topology, elements_given=self.atomic_numbers is not None)
         if topology is self.topology_:
             return
         same = topology.n_atoms == self.topology_.n_atoms
@@ -674,6 +678,13 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
             if source.traj.unitcell_vectors is not None:
                 digest.update(np.ascontiguousarray(source.traj.unitcell_vectors).tobytes())
             digest.update(np.ascontiguousarray(source.traj.time).tobytes())
+        elif source.group is not None:  # its files, or its frames when it has none
+            files = mdanalysis.trajectory_files(source.group)
+            for name in files:
+                digest.update(file_sha256(name).encode())
+            if not files:
+                digest.update(mdanalysis.frames_digest(source.group).encode())
+            digest.update(np.ascontiguousarray(source.group.indices).tobytes())  # which atoms
         else:
             digest.update(file_sha256(source.path).encode())
         params = {
@@ -691,8 +702,9 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : list of mdtraj.Trajectory or of str
-            Trajectories with the topology seen in ``fit``.
+        X : list of mdtraj.Trajectory, str, or MDAnalysis Universe or AtomGroup
+            Trajectories with the topology seen in ``fit``; MDAnalysis
+            trajectories are read in chunks and left at the frame they were on.
 
         Returns
         -------
@@ -776,8 +788,9 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : list of mdtraj.Trajectory or of str
-            Trajectories, or file paths read with ``topology``.
+        X : list of mdtraj.Trajectory, str, or MDAnalysis Universe or AtomGroup
+            Trajectories, file paths read with ``topology``, or MDAnalysis
+            Universes or AtomGroups.
         y : None
             Ignored.
 

@@ -11,12 +11,15 @@ elements allow. Knows nothing of torch or scikit-learn.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mdtraj as md
 import numpy as np
 
-__all__ = ["FrameReader", "Source", "as_sources", "bond_length_ranges", "topology_of"]
+from . import _mdanalysis as mdanalysis
+from ._topology import select_atoms
+
+__all__ = ["FrameReader", "Source", "as_sources", "bond_length_ranges", "select_source_atoms", "topology_of"]
 
 NM_TO_ANGSTROM = 10.0
 # No covalent bond is longer than this (S-S is about 2.05 Angstrom); a longer
@@ -44,18 +47,36 @@ def bond_length_ranges(numbers: np.ndarray, bonds: np.ndarray) -> tuple[np.ndarr
 
 @dataclass
 class Source:
-    """One input trajectory: an in-memory mdtraj.Trajectory or a file path."""
+    """One input trajectory: an in-memory mdtraj.Trajectory, a file path, or an
+    MDAnalysis AtomGroup (a Universe's ``atoms``, or a group the user chose)."""
 
     index: int
     traj: md.Trajectory | None = None
     path: str | None = None
+    group: object | None = None  # MDAnalysis AtomGroup
+    _topology: md.Topology | None = field(default=None, repr=False, compare=False)
 
     @property
     def label(self) -> str:
+        if self.group is not None:
+            return f"trajectory {self.index} ({mdanalysis.describe(self.group)})"
         return f"trajectory {self.index}" + (f" ({self.path!r})" if self.path else "")
+
+    @property
+    def description(self) -> str:
+        """What the tokens' provenance records as their source."""
+        if self.group is not None:
+            return mdanalysis.describe(self.group)
+        return self.path or "mdtraj.Trajectory"
 
 
 def as_sources(X) -> list[Source]:
+    if mdanalysis.is_mdanalysis(X):
+        raise TypeError(
+            f"X is a single {type(X).__name__}; GeomEmbedder expects a list of trajectories "
+            f"(each one a sample, so cross-validation splits whole trajectories). Wrap it in a "
+            f"list: embedder.fit_transform([universe])."
+        )
     if isinstance(X, md.Trajectory):
         raise TypeError(
             "X is a single mdtraj.Trajectory; GeomEmbedder expects a list of trajectories "
@@ -71,8 +92,8 @@ def as_sources(X) -> list[Source]:
         items = list(X)
     except TypeError:
         raise TypeError(
-            f"X must be a list of mdtraj.Trajectory objects or trajectory file paths; "
-            f"got {type(X).__name__}."
+            f"X must be a list of mdtraj.Trajectory objects, trajectory file paths or "
+            f"MDAnalysis Universes; got {type(X).__name__}."
         ) from None
     if not items:
         raise ValueError("X is an empty list; GeomEmbedder needs at least one trajectory.")
@@ -87,19 +108,32 @@ def as_sources(X) -> list[Source]:
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"Trajectory file {path!r} (X[{index}]) does not exist.")
             sources.append(Source(index, path=path))
+        elif mdanalysis.is_mdanalysis(item):
+            group = getattr(item, "atoms", item)  # a Universe's atoms, or the AtomGroup itself
+            if group.n_atoms == 0:
+                raise ValueError(f"X[{index}] is an empty MDAnalysis AtomGroup.")
+            if mdanalysis.n_frames_of(group) == 0:
+                raise ValueError(f"Trajectory {index} ({mdanalysis.describe(group)}) has no frames.")
+            sources.append(Source(index, group=group))
         else:
             raise TypeError(
                 f"X[{index}] is a {type(item).__name__}; each trajectory must be an "
-                f"mdtraj.Trajectory or a file path."
+                f"mdtraj.Trajectory, a file path or an MDAnalysis Universe or AtomGroup."
             )
     return sources
 
 
-def topology_of(source: Source, topology) -> md.Topology:
+def topology_of(source: Source, topology, *, elements_given: bool = False) -> md.Topology:
     """The topology of ``source``: its own for an mdtraj.Trajectory, else ``topology``
-    (the embedder's parameter: a file, an mdtraj.Topology or an mdtraj.Trajectory)."""
+    (the embedder's parameter: a file, an mdtraj.Topology or an mdtraj.Trajectory); for
+    an MDAnalysis group, its own, as an mdtraj.Topology (which needs elements unless
+    ``elements_given``: the user passed ``atomic_numbers=``)."""
     if source.traj is not None:
         return source.traj.topology
+    if source.group is not None:
+        if source._topology is None:
+            source._topology = mdanalysis.mdanalysis_topology(source.group, not elements_given)
+        return source._topology
     if topology is None:
         raise ValueError(
             f"X[{source.index}] is a file path ({source.path!r}), so GeomEmbedder needs "
@@ -112,6 +146,18 @@ def topology_of(source: Source, topology) -> md.Topology:
     if not os.path.isfile(topology):
         raise FileNotFoundError(f"Topology file {os.fspath(topology)!r} does not exist.")
     return md.load_topology(os.fspath(topology))
+
+
+def select_source_atoms(source: Source, topology: md.Topology, selection: str | None,
+                        numbers: np.ndarray) -> np.ndarray:
+    """Indices of the atoms to embed: :func:`~g2v_sklearn.embedding._topology.select_atoms`
+    (mdtraj's selection language), or for an MDAnalysis group MDAnalysis's language."""
+    if source.group is not None and selection is not None:
+        indices = mdanalysis.mdanalysis_selection(source.group, selection)
+        if indices.size == 0:
+            raise ValueError(f"The selection {selection!r} selects no atom of the {source.label}.")
+        return np.sort(indices)
+    return select_atoms(topology, selection, numbers)
 
 
 class FrameReader:
@@ -139,10 +185,20 @@ class FrameReader:
         self.bond_ranges = bond_length_ranges(np.asarray(atomic_numbers), bonds)
         self.stride = stride
         self.chunk_size = chunk_size
+        self._selected_topology = None
+
+    @property
+    def selected_topology(self) -> md.Topology:
+        """The topology of the selected atoms (what every chunk carries)."""
+        if self._selected_topology is None:
+            self._selected_topology = self.topology.subset(self.atom_indices)
+        return self._selected_topology
 
     def n_frames(self, source: Source) -> int:
         if source.traj is not None:
             total = source.traj.n_frames
+        elif source.group is not None:
+            total = mdanalysis.n_frames_of(source.group)
         else:
             with md.open(source.path) as handle:
                 total = len(handle)
@@ -150,7 +206,10 @@ class FrameReader:
 
     def check_atom_count(self, source: Source) -> None:
         """A file must hold the topology's atoms: mdtraj would slice a larger one silently
-        and fail on a smaller one with an error about indices."""
+        and fail on a smaller one with an error about indices. (Trajectories in memory and
+        MDAnalysis groups carry their own topology.)"""
+        if source.path is None:
+            return
         try:
             with md.open(source.path) as handle:
                 first = handle.read(n_frames=1)
@@ -173,6 +232,11 @@ class FrameReader:
             for start in range(first, len(frames), self.chunk_size):
                 chunk = source.traj[frames[start:start + self.chunk_size]]
                 yield chunk.atom_slice(self.atom_indices)
+            return
+        if source.group is not None:
+            yield from mdanalysis.mdanalysis_frames(
+                source.group, self.atom_indices, self.selected_topology, stride=self.stride,
+                chunk_size=self.chunk_size, first=first)
             return
         # From the start of the file even when resuming: mdtraj's ``skip`` is ignored for
         # some formats (PDB) and loops forever with ``stride`` on others (XTC), and

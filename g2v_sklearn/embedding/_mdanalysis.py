@@ -1,0 +1,184 @@
+"""MDAnalysis input: a Universe or an AtomGroup, read as the embedder reads mdtraj files.
+
+MDAnalysis is optional (the ``mdanalysis`` extra) and never imported here:
+an object is recognised as a Universe or an AtomGroup only when the user's
+program has imported MDAnalysis already, which it must have to make one.
+
+The group's topology becomes an :class:`mdtraj.Topology` (same atoms, same
+order, same residues and bonds), so that selection by default, residue
+pooling, the topology checks and the coordinate checks are those of the
+mdtraj path; frames are read in chunks from the Universe's trajectory,
+in Angstrom as MDAnalysis gives them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+
+import mdtraj as md
+import numpy as np
+
+__all__ = ["is_mdanalysis", "mdanalysis_frames", "mdanalysis_selection", "mdanalysis_topology"]
+
+# CHARMM's ion atom names, read as mdtraj's PSF reader reads them (names starting with
+# CLA, SOD or POT, and CAL exactly), not from their masses
+_CHARMM_ION_PREFIXES = {"CLA": md.element.chlorine, "SOD": md.element.sodium, "POT": md.element.potassium}
+
+
+def _charmm_ion(name: str):
+    upper = name.upper()
+    return md.element.calcium if upper == "CAL" else _CHARMM_ION_PREFIXES.get(upper[:3])
+
+
+def is_mdanalysis(obj) -> bool:
+    """Whether ``obj`` is an MDAnalysis Universe or AtomGroup."""
+    mda = sys.modules.get("MDAnalysis")
+    return mda is not None and isinstance(obj, (mda.Universe, mda.core.groups.AtomGroup))
+
+
+def describe(group) -> str:
+    """A short name of the group's source, for error messages and provenance."""
+    traj = group.universe.trajectory
+    name = getattr(traj, "filename", None)
+    what = "MDAnalysis Universe" if group.n_atoms == group.universe.atoms.n_atoms else "MDAnalysis AtomGroup"
+    return f"{what} of {name!r}" if isinstance(name, str) else f"{what} in memory"
+
+
+def _elements(group, required: bool) -> list:
+    """Elements of the group's atoms: the topology's, else from the masses (as mdtraj's PSF
+    reader); with neither, an error when ``required`` (no ``atomic_numbers=`` was given),
+    else placeholders."""
+    if hasattr(group, "elements"):
+        out = []
+        for symbol in group.elements:
+            symbol = str(symbol).strip()
+            try:
+                out.append(md.element.get_by_symbol(symbol.capitalize()) if symbol else md.element.virtual)
+            except KeyError:
+                out.append(md.element.virtual)  # reported as "no element" by atomic_numbers_of
+        return out
+    if not hasattr(group, "masses"):
+        if not required:
+            return [md.element.virtual] * group.n_atoms
+        raise ValueError(
+            f"The {describe(group)} has neither elements nor masses, so the atoms' elements are "
+            f"unknown; pass atomic_numbers= (one per atom of the group)."
+        )
+    out = []
+    for name, mass in zip(group.names, group.masses):
+        ion = _charmm_ion(str(name))
+        if ion is not None:
+            out.append(ion)
+        elif mass == 0:
+            out.append(md.element.virtual)
+        else:
+            out.append(md.element.Element.getByMass(float(mass)))
+    return out
+
+
+def mdanalysis_topology(group, elements_required: bool = True) -> md.Topology:
+    """The group's atoms, residues, chains and bonds as an mdtraj Topology (same atom order).
+
+    Chains follow the atoms' ``chainIDs`` when the topology has them, else
+    their segments. Elements come from the topology's ``elements``; a
+    topology without them (a PSF, for one: MDAnalysis 2.x guesses only
+    types and masses) gets the element whose mass is nearest each atom's,
+    as mdtraj's PSF reader does, so the checks of
+    :func:`~g2v_sklearn.embedding._topology.atomic_numbers_of` catch the
+    impossible ones (repartitioned hydrogen masses read as helium).
+    """
+    top = md.Topology()
+    chain_of = group.chainIDs if hasattr(group, "chainIDs") else group.segids
+    elements = _elements(group, elements_required)
+    residues = {}
+    chains = {}
+    for i, (name, resname, resid, resindex, chain) in enumerate(
+            zip(group.names, group.resnames, group.resids, group.resindices, chain_of)):
+        if chain not in chains:
+            chains[chain] = top.add_chain(chain_id=str(chain))
+        residue = residues.get(resindex)
+        if residue is None:
+            residue = residues[resindex] = top.add_residue(str(resname), chains[chain], resSeq=int(resid),
+                                                           segment_id=str(chain))
+        top.add_atom(str(name), elements[i], residue)
+    if hasattr(group, "bonds"):
+        local = {int(a): i for i, a in enumerate(group.indices)}
+        atoms = list(top.atoms)
+        for a, b in group.bonds.indices:
+            if int(a) in local and int(b) in local:
+                top.add_bond(atoms[local[int(a)]], atoms[local[int(b)]])
+    return top
+
+
+def mdanalysis_selection(group, selection: str) -> np.ndarray:
+    """Indices into ``group`` of the atoms an MDAnalysis selection string picks."""
+    try:
+        chosen = group.select_atoms(selection)
+    except Exception as exc:  # SelectionError, or a parse error of its grammar
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(
+            f"Invalid atom selection {selection!r} for an MDAnalysis input: {reason}. With an "
+            f"MDAnalysis Universe, selections use MDAnalysis's language, e.g. "
+            f"'protein and not type H' or 'resname ALA and name CA'."
+        ) from None
+    return np.searchsorted(group.indices, chosen.indices).astype(np.int64)
+
+
+def trajectory_files(group) -> list[str]:
+    """The files the group's trajectory reads (none for one held in memory)."""
+    traj = group.universe.trajectory
+    names = getattr(traj, "filenames", None) or [getattr(traj, "filename", None)]
+    names = [os.fspath(n) for n in names if isinstance(n, (str, os.PathLike))]
+    return names if names and all(os.path.isfile(n) for n in names) else []
+
+
+def frames_digest(group) -> str:
+    """SHA-256 of every frame's positions and box (for a trajectory held in memory)."""
+    digest = hashlib.sha256()
+    traj = group.universe.trajectory
+    current = traj.ts.frame
+    try:
+        for ts in traj:
+            digest.update(np.ascontiguousarray(group.positions, dtype=np.float32).tobytes())
+            if ts.dimensions is not None:
+                digest.update(np.asarray(ts.dimensions, dtype=np.float32).tobytes())
+    finally:
+        traj[current]
+    return digest.hexdigest()
+
+
+def n_frames_of(group) -> int:
+    return len(group.universe.trajectory)
+
+
+def mdanalysis_frames(group, atom_indices: np.ndarray, topology: md.Topology, *, stride: int,
+                      chunk_size: int, first: int = 0):
+    """Yield ``chunk_size`` (strided) frames of the selected atoms at a time, as mdtraj
+    trajectories in nanometres (the mdtraj path's units), from strided frame ``first``.
+
+    The Universe is left at the frame it was on.
+    """
+    selected = group[atom_indices]
+    traj = group.universe.trajectory
+    frames = range(0, len(traj), stride)
+    current = traj.ts.frame
+    try:
+        for start in range(first, len(frames), chunk_size):
+            block = frames[start:start + chunk_size]
+            xyz = np.empty((len(block), len(selected), 3), dtype=np.float32)
+            times = np.empty(len(block))
+            boxes = []
+            for k, ts in enumerate(traj[block.start:block.stop:block.step]):
+                xyz[k] = selected.positions
+                times[k] = ts.time
+                boxes.append(ts.dimensions)
+            cell = {}
+            if all(b is not None and np.all(b[:3] > 0) for b in boxes):
+                box = np.asarray(boxes, dtype=np.float32)
+                cell = {"unitcell_lengths": box[:, :3] * np.float32(0.1), "unitcell_angles": box[:, 3:]}
+            xyz *= np.float32(0.1)  # Angstrom -> nm as mdtraj's readers do it: the same float32 values
+            yield md.Trajectory(xyz, topology, time=times, **cell)
+    finally:
+        traj[current]

@@ -1,0 +1,108 @@
+"""MDAnalysis input (g2v_sklearn.embedding._mdanalysis): a Universe embeds as the same files read by mdtraj."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from g2v_sklearn import GeomEmbedder
+
+mda = pytest.importorskip("MDAnalysis")
+datafiles = pytest.importorskip("MDAnalysisTests.datafiles")
+
+STRIDE = 33  # 3 of the 98 frames of a transition path: enough to compare two readers
+
+
+@pytest.fixture(scope="module")
+def adk_universe():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MDAnalysis's DCD deprecation notice
+        return mda.Universe(datafiles.PSF, datafiles.DCD)
+
+
+@pytest.fixture(scope="module")
+def both_readers(visnet_checkpoint, adk_universe):
+    through_mdtraj = GeomEmbedder(visnet_checkpoint, topology=datafiles.PSF, stride=STRIDE, progress=False)
+    through_mda = GeomEmbedder(visnet_checkpoint, stride=STRIDE, progress=False)
+    return (through_mdtraj, through_mdtraj.fit_transform([datafiles.DCD])[0],
+            through_mda, through_mda.fit_transform([adk_universe])[0])
+
+
+def test_a_universe_gives_the_tokens_of_its_files_read_by_mdtraj(both_readers, adk_universe):
+    emb_md, ours_md, emb_mda, ours_mda = both_readers
+    assert np.array_equal(emb_md.atom_indices_, emb_mda.atom_indices_)  # 1,656 heavy atoms
+    assert np.array_equal(emb_md.atomic_numbers_, emb_mda.atomic_numbers_)  # from the PSF's masses
+    assert ours_mda.shape == ours_md.shape == (3, 214, 4, 64)
+    scale = np.linalg.norm(ours_md.features)
+    assert np.linalg.norm(ours_mda.features - ours_md.features) / scale < 1e-6  # float32 nm: identical here
+    np.testing.assert_allclose(ours_mda.positions, ours_md.positions, atol=1e-4)  # Angstrom
+    # residue names are the topology's own: CHARMM's HSD, which mdtraj's PSF reader renames HIS
+    renamed = [("HIS" if name == "HSD" else name) for name in ours_mda.residue_names]
+    assert renamed == list(ours_md.residue_names) and "HSD" in ours_mda.residue_names
+    assert list(ours_mda.residue_ids) == list(ours_md.residue_ids)
+    assert ours_mda.provenance["source"].startswith("MDAnalysis Universe of ")
+    assert adk_universe.trajectory.ts.frame == 0  # reading left the user's Universe where it was
+
+
+def test_selections_and_groups_use_mdanalysis_language(visnet_checkpoint, adk_universe, both_readers):
+    emb_md = both_readers[0]
+    # an MDAnalysis selection string on a Universe picks the same atoms as mdtraj's does
+    calpha = GeomEmbedder(visnet_checkpoint, selection="name CA", stride=STRIDE, progress=False)
+    tokens = calpha.fit_transform([adk_universe])[0]
+    reference = GeomEmbedder(visnet_checkpoint, topology=datafiles.PSF, selection="name CA", stride=STRIDE,
+                             progress=False).fit_transform([datafiles.DCD])[0]
+    assert tokens.shape == (3, 214, 4, 64)
+    assert np.linalg.norm(tokens.features - reference.features) / np.linalg.norm(reference.features) < 1e-6
+    # an AtomGroup is a system of its own: its atoms, the default selection within them
+    lid = adk_universe.select_atoms("resid 122:159")
+    emb = GeomEmbedder(visnet_checkpoint, stride=STRIDE, progress=False).fit([lid])
+    assert emb.n_residues_ == 38 and len(emb.atom_indices_) == int((lid.masses > 1.5).sum())
+    with pytest.raises(ValueError, match=r"Invalid atom selection 'name CA and' for an MDAnalysis input.*"
+                                         r"MDAnalysis's language"):
+        GeomEmbedder(visnet_checkpoint, selection="name CA and").fit([adk_universe])
+    with pytest.raises(ValueError, match="selects no atom"):
+        GeomEmbedder(visnet_checkpoint, selection="resname XYZ").fit([adk_universe])
+    with pytest.raises(TypeError, match="X is a single Universe; .*Wrap it in a list"):
+        GeomEmbedder(visnet_checkpoint).fit(adk_universe)
+    # a transform on another system's Universe is refused, as with mdtraj inputs
+    with pytest.raises(ValueError, match="differs from the one GeomEmbedder was fitted on"):
+        emb_md.transform([lid])
+
+
+def test_elements_come_from_the_topology_or_its_masses_and_can_be_given(visnet_checkpoint):
+    # a Universe with elements, without masses: its elements are used
+    u = mda.Universe.empty(3, n_residues=1, atom_resindex=[0, 0, 0], trajectory=True)
+    u.add_TopologyAttr("names", ["C1", "N1", "O1"])
+    u.add_TopologyAttr("resnames", ["LIG"])
+    u.add_TopologyAttr("resids", [1])
+    u.add_TopologyAttr("segids", ["A"])
+    u.add_TopologyAttr("elements", ["C", "N", "O"])
+    u.atoms.positions = np.array([[0.0, 0.0, 0.0], [1.4, 0.0, 0.0], [0.0, 1.3, 0.0]])
+    emb = GeomEmbedder(visnet_checkpoint, progress=False).fit([u])
+    assert emb.atomic_numbers_.tolist() == [6, 7, 8]
+    # neither elements nor masses: unknown elements, in the user's terms
+    bare = mda.Universe.empty(2, n_residues=1, atom_resindex=[0, 0], trajectory=True)
+    for attr, values in (("names", ["X1", "X2"]), ("resnames", ["LIG"]), ("resids", [1]), ("segids", ["A"])):
+        bare.add_TopologyAttr(attr, values)
+    with pytest.raises(ValueError, match="has neither elements nor masses.*atomic_numbers="):
+        GeomEmbedder(visnet_checkpoint).fit([bare])
+    bare.atoms.positions = np.array([[0.0, 0.0, 0.0], [1.5, 0.0, 0.0]])
+    given = GeomEmbedder(visnet_checkpoint, atomic_numbers=[6, 6], progress=False).fit([bare])
+    assert given.atomic_numbers_.tolist() == [6, 6]
+    # repartitioned hydrogen masses read as helium are caught, as on the mdtraj path
+    heavy_h = mda.Universe.empty(2, n_residues=1, atom_resindex=[0, 0], trajectory=True)
+    for attr, values in (("names", ["CA", "HA"]), ("resnames", ["ALA"]), ("resids", [1]), ("segids", ["A"]),
+                         ("masses", [12.011, 4.03])):
+        heavy_h.add_TopologyAttr(attr, values)
+    with pytest.raises(ValueError, match="assigned the element He .*atomic_numbers="):
+        GeomEmbedder(visnet_checkpoint).fit([heavy_h])
+
+
+def test_the_memory_cache_keys_a_universe_by_its_files(visnet_checkpoint, adk_universe, tmp_path):
+    emb = GeomEmbedder(visnet_checkpoint, selection="name CA", stride=STRIDE, memory=str(tmp_path / "cache"),
+                       progress=False)
+    first = emb.fit_transform([adk_universe])[0]
+    second = emb.fit_transform([adk_universe])[0]
+    assert first.path is not None and second.path == first.path  # the same entry, reused
+    other = emb.set_params(stride=STRIDE + 1).fit_transform([adk_universe])[0]
+    assert other.path != first.path and other.n_frames == 3
