@@ -52,6 +52,9 @@ def test_flat_layout_pickle_loads_and_gives_the_same_outputs():
     vampnet, spib, msm = steps["vampnet"], steps["spib"], steps["msm"]
     assert type(vampnet[0]) is TokenMerger and type(vampnet[-1]) is VAMPNetEstimator
     assert type(spib[-1]) is SPIBEstimator and type(msm[0]) is KMeansDiscretizer
+    # parameters added since take the values that reproduce those fits
+    assert vampnet[-1].get_params()["mixer"] == spib[-1].get_params()["mixer"] == "invariant"
+    assert "VAMPNetEstimator(" in repr(vampnet)
     assert type(steps["tokens"]) is TokenTrajectory
     np.testing.assert_array_equal(np.asarray(steps["tokens"].features), expected["tokens"])
     for got, want in zip(vampnet.transform(probe), expected["vampnet"]):

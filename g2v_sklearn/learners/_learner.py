@@ -29,7 +29,7 @@ from .._validation import (
     check_not_raw_frames,
     lagged_pairs,
 )
-from ..nn._lobes import MLPLobe, TokenLobe
+from ..nn._lobes import MIXERS, MLPLobe, TokenLobe
 from ..tokens._tokens import MergeSpec, TokenTrajectory, check_token_list
 from ._callbacks import Callback, EarlyStopping, LRScheduler
 
@@ -311,6 +311,7 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
         "n_heads": [Interval(Integral, 1, None, closed="left")],
         "n_layers": [Interval(Integral, 0, None, closed="left")],
         "pooling": [StrOptions({"cls", "mean"})],
+        "mixer": [StrOptions(set(MIXERS))],
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "optimizer": [StrOptions(set(OPTIMIZERS))],
         "lr": [Interval(Real, 0, None, closed="neither")],
@@ -332,6 +333,15 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
         "progress": ["boolean"],
         "random_state": ["random_state", np.random.Generator],
     }
+
+    #: Parameters added since 0.1.0.dev0, with the value that reproduces the fits made
+    #: before: a pickle made without them unpickles with them.
+    _ADDED_PARAMETERS = {"mixer": "invariant"}
+
+    def __setstate__(self, state):
+        for name, value in self._ADDED_PARAMETERS.items():
+            state.setdefault(name, value)
+        super().__setstate__(state)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -446,7 +456,7 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
         return TokenLobe(
             in_channels=first.n_channels, n_tokens=first.n_residues, merge=series.spec,
             d_model=self.d_model, n_heads=self.n_heads, n_layers=self.n_layers,
-            pooling=self.pooling, n_outputs=n_outputs, dropout=self.dropout,
+            pooling=self.pooling, n_outputs=n_outputs, dropout=self.dropout, mixer=self.mixer,
         )
 
     def _autocast(self, device: torch.device):

@@ -143,6 +143,14 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
     pooling : {"cls", "mean"}, default="cls"
         How the transformer's fragment tokens become one vector per frame:
         a learned class token, or the mean over tokens.
+    mixer : {"invariant", "equivariant"}, default="invariant"
+        The transformer over tokens. ``"invariant"`` mixes invariant
+        embeddings (scalars and vector norms); ``"equivariant"`` carries the
+        vector channels through attention (weights from invariants, vectors
+        mixed only by them) and a gated feed-forward, so that it sees how
+        tokens are oriented relative to one another, which per-token
+        invariants cannot show. Both pool scalars at the end; ignored for
+        feature arrays.
     dropout : float, default=0.0
         Dropout rate in the encoder.
     optimizer : {"adamw", "adam", "sgd"}, default="adamw"
@@ -319,7 +327,7 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
 
     def __init__(self, lagtime=1, *, z_dim=2, n_states=10, init_components=4, beta=1e-3, refinements=10,
                  tolerance=5e-3, transform_output="latent", score_k=1, hidden_layer_sizes=(64, 64),
-                 d_model=64, n_heads=4, n_layers=2, pooling="cls", dropout=0.0, optimizer="adamw", lr=1e-3,
+                 d_model=64, n_heads=4, n_layers=2, pooling="cls", mixer="invariant", dropout=0.0, optimizer="adamw", lr=1e-3,
                  weight_decay=0.0, batch_size=256, max_epochs=50, patience=5, validation_fraction=0.2,
                  validation_split="blocks", lr_schedule="constant", warmup=0.0, max_grad_norm=None,
                  memory_budget="auto", compile=False, callbacks=None, precision="float32", device="auto",
@@ -338,6 +346,7 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         self.n_heads = n_heads
         self.n_layers = n_layers
         self.pooling = pooling
+        self.mixer = mixer
         self.dropout = dropout
         self.optimizer = optimizer
         self.lr = lr

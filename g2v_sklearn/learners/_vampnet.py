@@ -61,6 +61,14 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
     pooling : {"cls", "mean"}, default="cls"
         How the transformer's fragment tokens become one vector per frame:
         a learned class token, or the mean over tokens.
+    mixer : {"invariant", "equivariant"}, default="invariant"
+        The transformer over tokens. ``"invariant"`` mixes invariant
+        embeddings (scalars and vector norms); ``"equivariant"`` carries the
+        vector channels through attention (weights from invariants, vectors
+        mixed only by them) and a gated feed-forward, so that it sees how
+        tokens are oriented relative to one another, which per-token
+        invariants cannot show. Both pool scalars at the end; ignored for
+        feature arrays.
     dropout : float, default=0.0
         Dropout rate in the network.
     optimizer : {"adamw", "adam", "sgd"}, default="adamw"
@@ -242,7 +250,7 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
 
     def __init__(self, lagtime=1, n_components=2, *, score_method="VAMP2", epsilon=1e-6,
                  mode="regularize", scaling=None, score_k=None, hidden_layer_sizes=(64, 64),
-                 d_model=64, n_heads=4, n_layers=2, pooling="cls", dropout=0.0,
+                 d_model=64, n_heads=4, n_layers=2, pooling="cls", mixer="invariant", dropout=0.0,
                  optimizer="adamw", lr=5e-4, weight_decay=1e-2, batch_size=256, max_epochs=30,
                  patience=5, validation_fraction=0.0, validation_split="blocks", n_init=1,
                  lr_schedule="cosine", warmup=0.05, max_grad_norm=1.0, memory_budget="auto",
@@ -260,6 +268,7 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         self.n_heads = n_heads
         self.n_layers = n_layers
         self.pooling = pooling
+        self.mixer = mixer
         self.dropout = dropout
         self.optimizer = optimizer
         self.lr = lr

@@ -13,7 +13,15 @@ from torch.utils.checkpoint import checkpoint
 from ..tokens._tokens import MergeSpec
 from ._merger import TokenMergerModule, VectorLinear, reset_children, sinusoidal_encoding
 
-__all__ = ["MLPLobe", "MixerBlock", "TokenLobe", "attention", "attention_backend"]
+__all__ = [
+    "MIXERS",
+    "EquivariantMixerBlock",
+    "MLPLobe",
+    "MixerBlock",
+    "TokenLobe",
+    "attention",
+    "attention_backend",
+]
 
 _FLASH = None  # flash_attn.flash_attn_func once looked up; False when not installed
 _CPU_MATH_MAX_TOKENS = 32  # below this, attention on CPU is plain matrix products (measured faster)
@@ -48,6 +56,13 @@ def attention_backend(q: Tensor) -> str:
     return "sdpa"
 
 
+def _backend(q: Tensor, v: Tensor) -> str:
+    """:func:`attention_backend`, except that flash-attn needs values as wide as the queries
+    (the equivariant mixer's carry a scalar and three vector rows per head: four times)."""
+    backend = attention_backend(q)
+    return "sdpa" if backend == "flash_attn" and v.shape[-1] != q.shape[-1] else backend
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, *, need_weights: bool = False):
     """Unmasked multi-head attention on (batch, heads, tokens, head_dim) tensors.
 
@@ -64,7 +79,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, need_weights: bool = False):
         # batched matrix products are several times faster.
         scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
         return scores.softmax(dim=-1) @ v, None
-    if attention_backend(q) == "flash_attn":
+    if _backend(q, v) == "flash_attn":
         out = _flash_attn_func()(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return out.transpose(1, 2), None
     return F.scaled_dot_product_attention(q, k, v), None
@@ -99,8 +114,90 @@ class MixerBlock(nn.Module):
         return x, weights
 
 
+def _vector_norm(v: Tensor, eps: float = 1e-6) -> Tensor:
+    """Vectors (B, L, 3, C) divided by their root-mean-square length over the frame's tokens
+    and channels: a norm that keeps directions (rotation-equivariant) and the lengths of
+    tokens and channels relative to each other (a per-token norm would erase the length of
+    a token whose channels all point one way, which is how alignment shows)."""
+    scale = v.pow(2).sum(dim=-2).mean(dim=(-2, -1), keepdim=True)  # (B, 1, 1)
+    return v * torch.rsqrt(scale + eps).unsqueeze(-1)
+
+
+class EquivariantMixerBlock(nn.Module):
+    """Pre-norm transformer block on scalar (B, L, d) and vector (B, L, 3, d) channels, equivariant.
+
+    Attention weights come from invariants only: the scalars and the inner
+    products of two bias-free linear maps of each token's vectors. The values
+    carry a token's scalars and its vectors together (a bias-free map over
+    channels shared by x, y and z), so the vectors are mixed only by the
+    attention weights; the vector update is gated by invariants. The
+    feed-forward network updates the scalars from the scalars and the vector
+    norms, and the vectors by invariant gates. Rotating and translating the
+    input rotates the vector channels and leaves the scalars unchanged.
+
+    Parameters
+    ----------
+    d_model : int
+        Channels of both kinds.
+    n_heads : int
+        Attention heads (each over ``d_model // n_heads`` channels of both kinds).
+    dropout : float, default=0.0
+        On the scalar updates.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}.")
+        self.n_heads = n_heads
+        self.norm1 = nn.LayerNorm(d_model)
+        self.vec_pair = VectorLinear(d_model, 2 * d_model)
+        self.qk = nn.Linear(2 * d_model, 2 * d_model)
+        self.value = nn.Linear(d_model, d_model)
+        self.vec_value = VectorLinear(d_model, d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.vec_out = VectorLinear(d_model, d_model)
+        self.vec_gate = nn.Linear(d_model, d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.vec_ff = VectorLinear(d_model, d_model)
+        self.ff = nn.Sequential(nn.Linear(2 * d_model, 2 * d_model), nn.GELU(), nn.Linear(2 * d_model, 2 * d_model))
+        self.dropout = nn.Dropout(dropout)
+
+    def reset_parameters(self) -> None:
+        reset_children(self)
+
+    def forward(self, s: Tensor, v: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Mixed scalars and vectors, and the attention weights when ``need_weights`` (else None)."""
+        b, n, d = s.shape
+        h, hd = self.n_heads, d // self.n_heads
+        s_in, v_in = self.norm1(s), _vector_norm(v)
+        left, right = self.vec_pair(v_in).chunk(2, dim=-1)
+        dots = (left * right).sum(dim=-2)  # inner products over x, y, z: invariant
+        q, k = self.qk(torch.cat([s_in, dots], dim=-1)).chunk(2, dim=-1)
+        q = q.reshape(b, n, h, hd).transpose(1, 2)
+        k = k.reshape(b, n, h, hd).transpose(1, 2)
+        values = torch.cat([self.value(s_in).unsqueeze(2), self.vec_value(v_in)], dim=2)  # (b, n, 4, d)
+        values = values.reshape(b, n, 4, h, hd).permute(0, 3, 1, 2, 4).reshape(b, h, n, 4 * hd)
+        mixed, weights = attention(q, k, values, need_weights=need_weights)
+        mixed = mixed.reshape(b, h, n, 4, hd).permute(0, 2, 3, 1, 4).reshape(b, n, 4, d)
+        s = s + self.dropout(self.out(mixed[:, :, 0]))
+        v = v + self.vec_out(mixed[:, :, 1:]) * torch.sigmoid(self.vec_gate(s)).unsqueeze(-2)
+        u = self.vec_ff(_vector_norm(v))
+        norms = torch.sqrt(u.pow(2).sum(dim=-2) + 1e-8)
+        ds, gate = self.ff(torch.cat([self.norm2(s), norms], dim=-1)).chunk(2, dim=-1)
+        return s + self.dropout(ds), v + u * torch.sigmoid(gate).unsqueeze(-2), weights
+
+
+MIXERS = {"invariant": MixerBlock, "equivariant": EquivariantMixerBlock}
+"""Registry of token mixers by name (``VAMPNetEstimator(mixer=...)``, ``SPIBEstimator(mixer=...)``)."""
+
+
 def _block_output(block: MixerBlock, x: Tensor) -> Tensor:
     return block(x)[0]
+
+
+def _equivariant_block_output(block: EquivariantMixerBlock, s: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    return block(s, v)[:2]
 
 
 class TokenLobe(nn.Module):
@@ -119,10 +216,17 @@ class TokenLobe(nn.Module):
     pooling : {"cls", "mean"}
     n_outputs : int
     dropout : float
+    mixer : {"invariant", "equivariant"}, default="invariant"
+        ``"invariant"`` mixes invariant embeddings (scalars and vector norms)
+        with :class:`MixerBlock`; ``"equivariant"`` keeps vector channels
+        through the mixer (:class:`EquivariantMixerBlock`), so that attention
+        can see how tokens are oriented relative to each other. The head
+        reads pooled scalars either way.
     """
 
     def __init__(self, *, in_channels: int, n_tokens: int, merge: MergeSpec | None, d_model: int,
-                 n_heads: int, n_layers: int, pooling: str, n_outputs: int, dropout: float = 0.0):
+                 n_heads: int, n_layers: int, pooling: str, n_outputs: int, dropout: float = 0.0,
+                 mixer: str = "invariant"):
         super().__init__()
         self.merger = TokenMergerModule(merge) if merge is not None else None
         channels = merge.hidden_channels if merge is not None else in_channels
@@ -134,14 +238,23 @@ class TokenLobe(nn.Module):
         self.register_buffer("pe", torch.zeros_like(pe) if merge is not None else pe, persistent=False)
         self.pooling = pooling
         self.cls = nn.Parameter(torch.zeros(1, 1, d_model)) if pooling == "cls" else None
-        self.blocks = nn.ModuleList(MixerBlock(d_model, n_heads, dropout) for _ in range(n_layers))
+        self.mixer = mixer
+        self.blocks = nn.ModuleList(MIXERS[mixer](d_model, n_heads, dropout) for _ in range(n_layers))
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, n_outputs))
+        # the vector channels the equivariant mixer carries (made last: the invariant lobe's
+        # parameters are drawn as before)
+        self.vec_in = VectorLinear(channels, d_model) if mixer == "equivariant" else None
 
     def reset_parameters(self) -> None:
         reset_children(self)
         if self.cls is not None:
             nn.init.zeros_(self.cls)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if "mixer" not in self.__dict__:  # pickled by 0.1.0.dev0, which had only this mixer
+            self.mixer, self.vec_in = "invariant", None
 
     #: Recompute each transformer block in the backward pass instead of keeping its
     #: activations (only block inputs are kept): training memory then grows with the
@@ -151,10 +264,14 @@ class TokenLobe(nn.Module):
 
     def embed(self, features: Tensor, positions: Tensor) -> Tensor:
         """Invariant fragment embeddings (B, F, d_model)."""
+        return self._embed(features, positions)[0]
+
+    def _embed(self, features: Tensor, positions: Tensor) -> tuple[Tensor, Tensor | None]:
         tokens = self.merger(features, positions) if self.merger is not None else features
         scalars, vectors = tokens[:, :, 0], tokens[:, :, 1:]
         norms = torch.sqrt(self.vec_proj(vectors).pow(2).sum(dim=-2) + 1e-8)
-        return self.project(torch.cat([scalars, norms], dim=-1)) + self.pe.to(scalars.dtype)
+        s = self.project(torch.cat([scalars, norms], dim=-1)) + self.pe.to(scalars.dtype)
+        return s, (self.vec_in(vectors) if self.vec_in is not None else None)
 
     def forward(self, features: Tensor, positions: Tensor) -> Tensor:
         """Outputs (B, n_outputs)."""
@@ -166,16 +283,24 @@ class TokenLobe(nn.Module):
         return self._run(features, positions, need_weights=True)[1]
 
     def _run(self, features: Tensor, positions: Tensor, *, need_weights: bool):
-        x = self.embed(features, positions)
+        x, v = self._embed(features, positions)
         if self.cls is not None:
             x = torch.cat([self.cls.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+            if v is not None:  # the class token's vectors start at zero, which turns with anything
+                v = torch.cat([v.new_zeros(v.shape[0], 1, *v.shape[2:]), v], dim=1)
         maps = []
         recompute = self.checkpoint_blocks and torch.is_grad_enabled() and not need_weights
         for block in self.blocks:
-            if recompute:
+            if v is not None:
+                if recompute:
+                    x, v = checkpoint(_equivariant_block_output, block, x, v, use_reentrant=False)
+                    continue
+                x, v, weights = block(x, v, need_weights=need_weights)
+            elif recompute:
                 x = checkpoint(_block_output, block, x, use_reentrant=False)
                 continue
-            x, weights = block(x, need_weights=need_weights)
+            else:
+                x, weights = block(x, need_weights=need_weights)
             maps.append(weights)
         x = self.norm(x)
         pooled = x[:, 0] if self.cls is not None else x.mean(dim=1)

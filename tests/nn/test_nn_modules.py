@@ -14,7 +14,7 @@ import g2v_sklearn.nn._neighbors
 import g2v_sklearn.nn._spib
 from g2v_sklearn import MergeSpec
 from g2v_sklearn.nn._backbone import DenoisingHead
-from g2v_sklearn.nn._lobes import MixerBlock, MLPLobe, TokenLobe
+from g2v_sklearn.nn._lobes import EquivariantMixerBlock, MixerBlock, MLPLobe, TokenLobe
 from g2v_sklearn.nn._merger import GraphConv, ResGatedGraphConv, TokenMergerModule, VectorLinear
 from g2v_sklearn.nn._neighbors import RadiusDistance
 from g2v_sklearn.nn._spib import SPIBModule
@@ -32,6 +32,10 @@ MODULES = {
                                                n_layers=2, pooling="cls", n_outputs=3),
     "TokenLobe(mean)": lambda: TokenLobe(in_channels=8, n_tokens=10, merge=None, d_model=16, n_heads=2,
                                          n_layers=1, pooling="mean", n_outputs=3),
+    "EquivariantMixerBlock": lambda: EquivariantMixerBlock(16, 2),
+    "TokenLobe(equivariant, merged)": lambda: TokenLobe(in_channels=8, n_tokens=10, merge=SPEC, d_model=16,
+                                                        n_heads=2, n_layers=2, pooling="cls", n_outputs=3,
+                                                        mixer="equivariant"),
     "MLPLobe": lambda: MLPLobe(5, (16, 8), 3),
     "SPIBModule": lambda: SPIBModule(MLPLobe(5, (16,), 4), z_dim=2, n_states=6),
     "DenoisingHead": lambda: DenoisingHead(16),
