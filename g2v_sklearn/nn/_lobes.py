@@ -58,7 +58,7 @@ def attention_backend(q: Tensor) -> str:
 
 def _backend(q: Tensor, v: Tensor) -> str:
     """:func:`attention_backend`, except that flash-attn needs values as wide as the queries
-    (the equivariant mixer's carry a scalar and three vector rows per head: four times)."""
+    (the equivariant mixer pads its queries to make them so)."""
     backend = attention_backend(q)
     return "sdpa" if backend == "flash_attn" and v.shape[-1] != q.shape[-1] else backend
 
@@ -174,8 +174,12 @@ class EquivariantMixerBlock(nn.Module):
         left, right = self.vec_pair(v_in).chunk(2, dim=-1)
         dots = (left * right).sum(dim=-2)  # inner products over x, y, z: invariant
         q, k = self.qk(torch.cat([s_in, dots], dim=-1)).chunk(2, dim=-1)
-        q = q.reshape(b, n, h, hd).transpose(1, 2)
-        k = k.reshape(b, n, h, hd).transpose(1, 2)
+        # The values are four rows (a scalar, x, y, z) of hd channels per head. Queries and keys
+        # are zero-padded to that width, the queries doubled so that the 1/sqrt(width) of the
+        # kernels is 1/sqrt(hd): the same weights, from one fused attention call of equal
+        # widths, which every backend runs without storing the (n x n) scores.
+        q = F.pad(2.0 * q.reshape(b, n, h, hd).transpose(1, 2), (0, 3 * hd))
+        k = F.pad(k.reshape(b, n, h, hd).transpose(1, 2), (0, 3 * hd))
         values = torch.cat([self.value(s_in).unsqueeze(2), self.vec_value(v_in)], dim=2)  # (b, n, 4, d)
         values = values.reshape(b, n, 4, h, hd).permute(0, 3, 1, 2, 4).reshape(b, h, n, 4 * hd)
         mixed, weights = attention(q, k, values, need_weights=need_weights)
