@@ -123,12 +123,21 @@ def mdanalysis_selection(group, selection: str) -> np.ndarray:
             f"MDAnalysis Universe, selections use MDAnalysis's language, e.g. "
             f"'protein and not type H' or 'resname ALA and name CA'."
         ) from None
-    return np.searchsorted(group.indices, chosen.indices).astype(np.int64)
+    position = {int(ix): i for i, ix in enumerate(group.ix)}  # a group need not be sorted
+    outside = [int(ix) for ix in chosen.ix if int(ix) not in position]
+    if outside:
+        raise ValueError(
+            f"The selection {selection!r} picks {len(outside)} atom(s) outside the AtomGroup given "
+            f"(a 'global' selection?); select within the group's atoms."
+        )
+    return np.array([position[int(ix)] for ix in chosen.ix], dtype=np.int64)
 
 
 def trajectory_files(group) -> list[str]:
     """The files the group's trajectory reads (none for one held in memory)."""
     traj = group.universe.trajectory
+    if type(traj).__name__ == "MemoryReader" or getattr(traj, "transformations", None):
+        return []  # coordinates in memory (maybe changed since read) or transformed on the fly
     names = getattr(traj, "filenames", None) or [getattr(traj, "filename", None)]
     names = [os.fspath(n) for n in names if isinstance(n, (str, os.PathLike))]
     return names if names and all(os.path.isfile(n) for n in names) else []
@@ -173,7 +182,8 @@ def mdanalysis_frames(group, atom_indices: np.ndarray, topology: md.Topology, *,
             for k, ts in enumerate(traj[block.start:block.stop:block.step]):
                 xyz[k] = selected.positions
                 times[k] = ts.time
-                boxes.append(ts.dimensions)
+                boxes.append(None if ts.dimensions is None else np.array(ts.dimensions))  # a copy: readers
+                # overwrite the timestep's box in place at every frame
             cell = {}
             if all(b is not None and np.all(b[:3] > 0) for b in boxes):
                 box = np.asarray(boxes, dtype=np.float32)

@@ -112,6 +112,11 @@ def as_sources(X) -> list[Source]:
             group = getattr(item, "atoms", item)  # a Universe's atoms, or the AtomGroup itself
             if group.n_atoms == 0:
                 raise ValueError(f"X[{index}] is an empty MDAnalysis AtomGroup.")
+            if np.unique(group.ix).size != group.n_atoms:
+                raise ValueError(
+                    f"X[{index}] is an MDAnalysis AtomGroup that holds some atoms more than once; "
+                    f"embed each atom once (group.unique)."
+                )
             if mdanalysis.n_frames_of(group) == 0:
                 raise ValueError(f"Trajectory {index} ({mdanalysis.describe(group)}) has no frames.")
             sources.append(Source(index, group=group))

@@ -58,9 +58,10 @@ def attention_backend(q: Tensor) -> str:
 
 def _backend(q: Tensor, v: Tensor) -> str:
     """:func:`attention_backend`, except that flash-attn needs values as wide as the queries
-    (the equivariant mixer pads its queries to make them so)."""
+    (the equivariant mixer pads its queries to make them so) and heads of at most 256."""
     backend = attention_backend(q)
-    return "sdpa" if backend == "flash_attn" and v.shape[-1] != q.shape[-1] else backend
+    fits = v.shape[-1] == q.shape[-1] and q.shape[-1] <= 256
+    return backend if backend != "flash_attn" or fits else "sdpa"
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, *, need_weights: bool = False):

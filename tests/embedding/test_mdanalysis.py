@@ -98,11 +98,55 @@ def test_elements_come_from_the_topology_or_its_masses_and_can_be_given(visnet_c
         GeomEmbedder(visnet_checkpoint).fit([heavy_h])
 
 
-def test_the_memory_cache_keys_a_universe_by_its_files(visnet_checkpoint, adk_universe, tmp_path):
+def test_the_memory_cache_keys_a_universe_by_its_files_or_frames(visnet_checkpoint, adk_universe, tmp_path):
+    adk_universe.trajectory[7]  # reading must leave the Universe where the user had it
     emb = GeomEmbedder(visnet_checkpoint, selection="name CA", stride=STRIDE, memory=str(tmp_path / "cache"),
                        progress=False)
     first = emb.fit_transform([adk_universe])[0]
+    assert adk_universe.trajectory.ts.frame == 7
     second = emb.fit_transform([adk_universe])[0]
     assert first.path is not None and second.path == first.path  # the same entry, reused
     other = emb.set_params(stride=STRIDE + 1).fit_transform([adk_universe])[0]
     assert other.path != first.path and other.n_frames == 3
+    # a trajectory held in memory is keyed by its frames, which may differ from its file's
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        moved = mda.Universe(datafiles.PSF, datafiles.DCD, in_memory=True)
+    emb.set_params(stride=STRIDE)
+    same = emb.fit_transform([moved])[0]
+    moved.trajectory.coordinate_array[:] += 1.5  # e.g. aligned in memory
+    shifted = emb.fit_transform([moved])[0]
+    assert same.path != shifted.path
+    np.testing.assert_allclose(shifted.positions, same.positions + 1.5, atol=1e-3)
+
+
+def test_groups_in_any_order_and_boxes_that_change(visnet_checkpoint, adk_universe, tmp_path):
+    from g2v_sklearn.embedding._mdanalysis import mdanalysis_frames, mdanalysis_topology
+
+    # an AtomGroup need not be sorted: selections map to its own order
+    backwards = adk_universe.select_atoms("resid 2") + adk_universe.select_atoms("resid 1")
+    emb = GeomEmbedder(visnet_checkpoint, selection="name CA", progress=False).fit([backwards])
+    assert list(backwards[emb.atom_indices_].names) == ["CA", "CA"]
+    assert list(backwards[emb.atom_indices_].resids) == [2, 1]
+    with pytest.raises(ValueError, match="holds some atoms more than once"):
+        GeomEmbedder(visnet_checkpoint).fit([backwards + backwards[:3]])
+    with pytest.raises(ValueError, match="outside the AtomGroup given"):
+        GeomEmbedder(visnet_checkpoint, selection="global name CA").fit([backwards])
+    # a box that changes from frame to frame (NPT) reaches every frame's chunk as its own
+    from g2v_sklearn.datasets import load_alanine_dipeptide
+
+    ala = load_alanine_dipeptide(stride=2000).trajectories[0]  # 5 frames
+    pdb, dcd = tmp_path / "ala.pdb", tmp_path / "ala.xtc"  # XTC: its reader reuses one timestep
+    ala[0].save_pdb(str(pdb))
+    u = mda.Universe(str(pdb))
+    with mda.Writer(str(dcd), u.atoms.n_atoms) as writer:
+        for k, frame in enumerate(ala.xyz):
+            u.atoms.positions = frame * 10.0
+            u.dimensions = [30.0 + k, 30.0 + k, 30.0 + k, 90.0, 90.0, 90.0]
+            writer.write(u.atoms)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        npt = mda.Universe(str(pdb), str(dcd))
+    topology = mdanalysis_topology(npt.atoms)
+    chunk = next(mdanalysis_frames(npt.atoms, np.arange(10), topology, stride=1, chunk_size=5))
+    np.testing.assert_allclose(chunk.unitcell_lengths[:, 0], [3.0, 3.1, 3.2, 3.3, 3.4], rtol=1e-5)

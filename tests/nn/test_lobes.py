@@ -46,6 +46,18 @@ def test_the_block_turns_vectors_with_the_frame_and_keeps_scalars():
     torch.testing.assert_close(w1.sum(-1), torch.ones(3, 4, 7, dtype=torch.float64))
 
 
+def test_the_fused_path_gives_the_weights_of_the_explicit_one():
+    # Over 32 tokens on a CPU attention runs fused (no scores stored); the queries and keys are
+    # zero-padded to the values' width there. It must agree with the explicit scores.
+    torch.manual_seed(0)
+    block = EquivariantMixerBlock(16, 4)  # float32: the dtype of the fused kernels
+    s, v = torch.randn(2, 40, 16), torch.randn(2, 40, 3, 16)
+    fused = block(s, v, need_weights=False)
+    explicit = block(s, v, need_weights=True)
+    torch.testing.assert_close(fused[0], explicit[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused[1], explicit[1], rtol=1e-5, atol=1e-5)
+
+
 def orientation_tokens(seed, n_frames=1000, n_res=4, p_switch=0.02):
     """A slow two-state switch seen only in how the tokens point relative to one another.
 
