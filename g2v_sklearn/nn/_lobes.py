@@ -24,6 +24,7 @@ __all__ = [
 ]
 
 _FLASH = None  # flash_attn.flash_attn_func once looked up; False when not installed
+_FLASH_MAX_HEAD_DIM = 256  # flash-attn 2's widest head
 _CPU_MATH_MAX_TOKENS = 32  # below this, attention on CPU is plain matrix products (measured faster)
 
 
@@ -39,11 +40,12 @@ def _flash_attn_func():
     return _FLASH or None
 
 
-def attention_backend(q: Tensor) -> str:
-    """Which kernel :func:`attention` uses for queries like ``q``.
+def attention_backend(q: Tensor, v: Tensor | None = None) -> str:
+    """Which kernel :func:`attention` uses for queries like ``q`` (and values like ``v``).
 
-    ``"flash_attn"`` when the flash-attn package is importable and ``q`` is a
-    CUDA tensor in float16/bfloat16; ``"math"`` on CPU for at most
+    ``"flash_attn"`` when the flash-attn package is importable, ``q`` is a
+    CUDA tensor in float16/bfloat16 and its heads fit flash-attn (values as
+    wide as the queries, at most 256 channels a head); ``"math"`` on CPU for at most
     32 tokens (plain matrix products, faster there than the fused kernel);
     otherwise ``"sdpa"``, torch's ``scaled_dot_product_attention``, which
     itself picks FlashAttention kernels on CUDA in half precision (no mask
@@ -52,16 +54,9 @@ def attention_backend(q: Tensor) -> str:
     if not q.is_cuda and q.shape[-2] <= _CPU_MATH_MAX_TOKENS:
         return "math"
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and _flash_attn_func():
-        return "flash_attn"
+        if q.shape[-1] <= _FLASH_MAX_HEAD_DIM and (v is None or v.shape[-1] == q.shape[-1]):
+            return "flash_attn"
     return "sdpa"
-
-
-def _backend(q: Tensor, v: Tensor) -> str:
-    """:func:`attention_backend`, except that flash-attn needs values as wide as the queries
-    (the equivariant mixer pads its queries to make them so) and heads of at most 256."""
-    backend = attention_backend(q)
-    fits = v.shape[-1] == q.shape[-1] and q.shape[-1] <= 256
-    return backend if backend != "flash_attn" or fits else "sdpa"
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, *, need_weights: bool = False):
@@ -80,7 +75,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, need_weights: bool = False):
         # batched matrix products are several times faster.
         scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
         return scores.softmax(dim=-1) @ v, None
-    if _backend(q, v) == "flash_attn":
+    if attention_backend(q, v) == "flash_attn":
         out = _flash_attn_func()(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return out.transpose(1, 2), None
     return F.scaled_dot_product_attention(q, k, v), None

@@ -248,11 +248,18 @@ def test_attention_dispatch(monkeypatch):
     class FakeCudaHalf:
         is_cuda = True
         dtype = torch.bfloat16
+        shape = (2, 4, 64, 16)  # (batch, heads, tokens, channels a head)
+
+    class Wide(FakeCudaHalf):
+        shape = (2, 4, 64, 512)  # wider than flash-attn's heads
 
     monkeypatch.setattr(_lobes, "_FLASH", False)  # flash-attn not installed
     assert attention_backend(FakeCudaHalf()) == "sdpa"
     monkeypatch.setattr(_lobes, "_FLASH", lambda q, k, v: q)  # flash-attn installed
     assert attention_backend(FakeCudaHalf()) == "flash_attn"
+    assert attention_backend(Wide()) == "sdpa"
+    assert attention_backend(FakeCudaHalf(), Wide()) == "sdpa"  # values wider than the queries
+    assert attention_backend(FakeCudaHalf(), FakeCudaHalf()) == "flash_attn"
     assert attention_backend(long) == "sdpa"  # CPU float32 never goes to flash-attn
 
 
