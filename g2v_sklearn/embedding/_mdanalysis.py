@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+from contextlib import contextmanager
 
 import mdtraj as md
 import numpy as np
@@ -143,18 +144,24 @@ def trajectory_files(group) -> list[str]:
     return names if names and all(os.path.isfile(n) for n in names) else []
 
 
+@contextmanager
+def _frame_kept(traj):
+    """Read through ``traj`` inside the block; the user's Universe is then put back at its frame."""
+    current = traj.ts.frame
+    try:
+        yield traj
+    finally:
+        traj[current]
+
+
 def frames_digest(group) -> str:
     """SHA-256 of every frame's positions and box (for a trajectory held in memory)."""
     digest = hashlib.sha256()
-    traj = group.universe.trajectory
-    current = traj.ts.frame
-    try:
+    with _frame_kept(group.universe.trajectory) as traj:
         for ts in traj:
             digest.update(np.ascontiguousarray(group.positions, dtype=np.float32).tobytes())
             if ts.dimensions is not None:
                 digest.update(np.asarray(ts.dimensions, dtype=np.float32).tobytes())
-    finally:
-        traj[current]
     return digest.hexdigest()
 
 
@@ -170,10 +177,8 @@ def mdanalysis_frames(group, atom_indices: np.ndarray, topology: md.Topology, *,
     The Universe is left at the frame it was on.
     """
     selected = group[atom_indices]
-    traj = group.universe.trajectory
-    frames = range(0, len(traj), stride)
-    current = traj.ts.frame
-    try:
+    with _frame_kept(group.universe.trajectory) as traj:
+        frames = range(0, len(traj), stride)
         for start in range(first, len(frames), chunk_size):
             block = frames[start:start + chunk_size]
             xyz = np.empty((len(block), len(selected), 3), dtype=np.float32)
@@ -190,5 +195,3 @@ def mdanalysis_frames(group, atom_indices: np.ndarray, topology: md.Topology, *,
                 cell = {"unitcell_lengths": box[:, :3] * np.float32(0.1), "unitcell_angles": box[:, 3:]}
             xyz *= np.float32(0.1)  # Angstrom -> nm as mdtraj's readers do it: the same float32 values
             yield md.Trajectory(xyz, topology, time=times, **cell)
-    finally:
-        traj[current]
