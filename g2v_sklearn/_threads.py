@@ -15,7 +15,8 @@ What
 :class:`ThreadBudget` is a context manager around one fit (or one
 embedding). On entry it shares the cores among the fits running
 concurrently in this process (the threading backend of joblib, or Dask's
-threads). Then, every second (:meth:`ThreadBudget.refresh`, called at every
+threads); when another fit begins or ends, the others share again at their
+next step. Then, every second (:meth:`ThreadBudget.refresh`, called at every
 training step and embedded batch), it measures how busy the cores this
 process may run on were with *other* work (``/proc/stat`` for the cores in
 the affinity mask, minus this process's own CPU time; on entry, a first
@@ -41,6 +42,7 @@ __all__ = ["ThreadBudget", "free_cores"]
 
 _LOCK = threading.Lock()
 _ACTIVE = 0  # fits inside a ThreadBudget in this process right now
+_GENERATION = 0  # bumped when a fit enters or leaves a budget: the others re-share at their next step
 
 
 def _cores() -> list[int]:
@@ -144,6 +146,8 @@ class ThreadBudget:
         self._cores = _cores()
         self._last: _Sample | None = None
         self._measured = False
+        self._free: float = float(len(self._cores))  # the free cores, as last measured or guessed
+        self._generation = -1  # the _GENERATION this budget's share was computed at
 
     #: Seconds between measurements: long enough for /proc/stat's 10 ms ticks to average out.
     interval: float = 1.0
@@ -153,7 +157,7 @@ class ThreadBudget:
     first_interval: float = 0.2
 
     def __enter__(self) -> ThreadBudget:
-        global _ACTIVE
+        global _ACTIVE, _GENERATION
         if not self.enabled:
             return self
         # the free cores, first guessed from what is runnable now (the first measurement
@@ -163,7 +167,10 @@ class ThreadBudget:
         free = len(self._cores) if others is None else max(1, len(self._cores) - others)
         with _LOCK:
             _ACTIVE += 1
+            _GENERATION += 1
             share = free / _ACTIVE
+            self._generation = _GENERATION
+        self._free = free
         self._saved = torch.get_num_threads()
         self.threads = max(1, min(self._saved, int(share)))
         self._measured = False
@@ -179,6 +186,8 @@ class ThreadBudget:
         """
         if not self.enabled or self._last is None:
             return
+        if _GENERATION != self._generation:  # a fit began or ended beside this one: share again
+            self._resize()
         interval = self.interval if self._measured else self.first_interval
         if time.monotonic() - self._last.wall >= interval:
             self._apply(self._last, _Sample(self._cores))
@@ -187,22 +196,28 @@ class ThreadBudget:
     def _apply(self, start: _Sample, end: _Sample) -> None:
         n_cores = len(self._cores)
         busy = _others_busy(start, end, n_cores)
-        free = n_cores if busy is None else n_cores - busy
+        self._free = n_cores if busy is None else n_cores - busy
+        self._resize()
+        self._last = end
+
+    def _resize(self) -> None:
+        """Torch threads: the free cores shared among the fits running in this process now."""
         with _LOCK:
-            share = free / max(_ACTIVE, 1)
+            share = self._free / max(_ACTIVE, 1)
+            self._generation = _GENERATION
         # a core counts as free when less than a third of it is taken: a shell, a
         # monitor or an editor must not halve the team, a busy loop must
         threads = max(1, min(self._saved, int(share + 1.0 / 3.0)))
         if threads != self.threads:
             torch.set_num_threads(threads)
             self.threads = threads
-        self._last = end
 
     def __exit__(self, *exc) -> None:
-        global _ACTIVE
+        global _ACTIVE, _GENERATION
         if not self.enabled:
             return
         with _LOCK:
             _ACTIVE -= 1
+            _GENERATION += 1
         if self._saved is not None:
             torch.set_num_threads(self._saved)

@@ -3,10 +3,13 @@
 The machine is simulated (cores, other runnable processes, the clock): what
 is tested is the rule, not this machine's load."""
 
+import threading
+
+import numpy as np
 import pytest
 import torch
 
-from g2v_sklearn import _threads
+from g2v_sklearn import Callback, VAMPNetEstimator, _threads
 
 
 # --------------------------------------------------------------------------- threads
@@ -29,6 +32,70 @@ def test_thread_budget_is_restored_and_shared_among_concurrent_fits(monkeypatch)
     finally:
         torch.set_num_threads(before)
     assert _threads._ACTIVE == 0
+
+
+def test_a_fit_that_begins_or_ends_beside_another_makes_it_share_again(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.setattr(_threads, "_cores", lambda: [0, 1])
+    monkeypatch.setattr(_threads, "_others_running", lambda: 0)
+    try:
+        torch.set_num_threads(2)
+        with _threads.ThreadBudget() as first:
+            assert first.threads == 2
+            with _threads.ThreadBudget():
+                first.refresh()  # its next step, not its next measurement
+                assert first.threads == 1
+            first.refresh()
+            assert first.threads == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+# what the fits below saw; module-level, because GridSearchCV deep-copies callbacks
+_BOTH_RUNNING = threading.Barrier(2, timeout=60)
+_SEEN: list = []
+
+
+class _RecordThreads(Callback):
+    def on_fit_begin(self, learner, context):
+        _BOTH_RUNNING.wait()  # both fits are inside their budgets from here on
+
+    def on_batch_end(self, learner, context):
+        # torch's threads now, and the fits in their budgets when the step last shared (valid
+        # while no fit began or ended since: a fit that ends first leaves the other alone)
+        current = context.threads._generation == _threads._GENERATION
+        _SEEN.append((id(context), torch.get_num_threads(), _threads._ACTIVE, current))
+
+
+def test_concurrent_fits_on_dask_threads_share_the_cores(monkeypatch):
+    """GridSearchCV on a Dask cluster of one process with two threads: two fits at a time,
+    one core each on a two-core machine (not two teams of two threads on two cores)."""
+    distributed = pytest.importorskip("distributed", reason="needs the 'dask' extra")
+    import joblib
+    from sklearn.model_selection import GridSearchCV
+
+    monkeypatch.setattr(_threads, "_cores", lambda: [0, 1])
+    monkeypatch.setattr(_threads, "_others_running", lambda: 0)
+    monkeypatch.setattr(_threads, "_busy_jiffies", lambda cores: None)  # the concurrency rule alone,
+    monkeypatch.setattr(_threads.ThreadBudget, "first_interval", 1e9)  # applied at once, not at the
+    monkeypatch.setattr(_threads.ThreadBudget, "interval", 1e9)  # next measurement of the load
+    rng = np.random.default_rng(0)
+    trajs = [np.cumsum(rng.normal(size=(400, 3)), axis=0) * 0.01 for _ in range(4)]
+    est = VAMPNetEstimator(lagtime=5, hidden_layer_sizes=(16,), batch_size=32, max_epochs=2, patience=None,
+                           progress=False, random_state=0, callbacks=[_RecordThreads()])
+    _SEEN.clear()
+    _BOTH_RUNNING.reset()
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster), joblib.parallel_config(backend="dask"):
+        GridSearchCV(est, {"lr": [1e-3, 2e-3]}, cv=2, n_jobs=2, refit=False, error_score="raise").fit(trajs)
+    fits = {fit for fit, *_ in _SEEN}
+    assert len(fits) == 4  # 2 candidates x 2 folds
+    for fit in fits:
+        together = [threads for f, threads, active, current in _SEEN if f == fit and active == 2 and current]
+        alone = [threads for f, threads, active, current in _SEEN if f == fit and active == 1 and current]
+        assert len(together) >= 5 and set(together) == {1}  # each fit shared the cores while both ran
+        assert set(alone) <= {2}  # and took both back when it ran alone
 
 
 def test_a_busy_process_beside_us_is_seen_as_runnable():
