@@ -443,10 +443,11 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         """Per-pair losses and weights of a batch of (trajectory, t) pairs."""
         state, net, series, device = ctx.extra["spib"], ctx.net, ctx.series, ctx.device
         d = self.z_dim
+        # the batch and the states' representatives in one pass through the network
         with self._autocast(device):
-            encoded = forward(*_gather_frames(series, batch, device)).double()
-            with torch.no_grad():  # the prior is a target: no gradient through the representatives
-                reps = forward(*_gather_frames(series, state.representatives, device)).double()
+            both = forward(*_gather_frames(series, np.concatenate([batch, state.representatives]), device))
+        encoded = both[: len(batch)].double()
+        reps = both[len(batch):].detach().double()  # the prior is a target: no gradient through it
         mean, logvar = encoded[:, :d], encoded[:, d:]
         rep_mean, rep_logvar = reps[:, :d], reps[:, d:]
         noise = torch.randn(mean.shape, generator=generator, device=device, dtype=mean.dtype)

@@ -267,8 +267,10 @@ class TokenLobe(nn.Module):
         return self._embed(features, positions)[0]
 
     def _embed(self, features: Tensor, positions: Tensor) -> tuple[Tensor, Tensor | None]:
-        tokens = self.merger(features, positions) if self.merger is not None else features
-        scalars, vectors = tokens[:, :, 0], tokens[:, :, 1:]
+        if self.merger is not None:
+            scalars, vectors = self.merger.fragments(features, positions)
+        else:
+            scalars, vectors = features[:, :, 0], features[:, :, 1:]
         norms = torch.sqrt(self.vec_proj(vectors).pow(2).sum(dim=-2) + 1e-8)
         s = self.project(torch.cat([scalars, norms], dim=-1)) + self.pe.to(scalars.dtype)
         return s, (self.vec_in(vectors) if self.vec_in is not None else None)

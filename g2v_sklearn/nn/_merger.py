@@ -241,17 +241,25 @@ class TokenMergerModule(nn.Module):
     checkpoint_frames: int | None = None
 
     def forward(self, features: Tensor, positions: Tensor) -> Tensor:
+        """Fragment tokens (B, F, 4, C): the scalar row, then the x, y, z rows."""
+        s, v = self.fragments(features, positions)
+        return torch.cat([s.unsqueeze(2), v], dim=2)
+
+    def fragments(self, features: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """Fragment scalars (B, F, C) and vectors (B, F, 3, C), as two tensors (what the
+        learners' lobes read: no concatenation into one token tensor and slicing back)."""
         chunk = self.checkpoint_frames
         if chunk is None or not torch.is_grad_enabled():
             return self._forward(features, positions)
         if chunk >= len(features):  # one chunk: no Python loop, no concatenation
             return checkpoint(self._forward, features, positions, use_reentrant=False)
-        return torch.cat([
+        parts = [
             checkpoint(self._forward, features[i:i + chunk], positions[i:i + chunk], use_reentrant=False)
             for i in range(0, len(features), chunk)
-        ])
+        ]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
-    def _forward(self, features: Tensor, positions: Tensor) -> Tensor:
+    def _forward(self, features: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         b, n, _, _ = features.shape
         s = self.embed(features[:, :, 0])
         v = self.vec_embed(features[:, :, 1:])
@@ -261,22 +269,33 @@ class TokenMergerModule(nn.Module):
             length = None if length is None else length.to(s.dtype)
             s, v = self.conv(s.reshape(b * n, c), v.reshape(b * n, 3, c), edge_index, length)
             s, v = s.reshape(b, n, c), v.reshape(b, n, 3, c)
-        return self.merge_windows(s, v)
+        return self._merge_parts(s, v)
 
     def merge_windows(self, s: Tensor, v: Tensor) -> Tensor:
-        """Merge windows of ``window`` residues; padding is masked out, never mixed in."""
+        """Merge windows of ``window`` residues into fragment tokens (B, F, 4, C).
+
+        ``s`` (B, n, C) and ``v`` (B, n, 3, C) hold the residues, possibly
+        followed by padding up to ``n_fragments * window``: whatever is
+        beyond the last residue is masked out, never mixed in.
+        """
+        s_frag, v_frag = self._merge_parts(s, v)
+        return torch.cat([s_frag.unsqueeze(2), v_frag], dim=2)
+
+    def _merge_parts(self, s: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         spec = self.spec
         b, n, c = s.shape
         pad = spec.n_fragments * spec.window - n
-        if pad:
+        if pad > 0:  # zeros: nothing to mask
             s = torch.cat([s, s.new_zeros(b, pad, c)], dim=1)
             v = torch.cat([v, v.new_zeros(b, pad, 3, c)], dim=1)
-        valid = self.valid.view(1, -1, 1)
-        s = torch.where(valid, s, torch.zeros((), dtype=s.dtype, device=s.device))
-        v = torch.where(valid.unsqueeze(-1), v, torch.zeros((), dtype=v.dtype, device=v.device))
+        if n > spec.n_residues:  # the caller's padding, whatever it holds, is masked out
+            valid = self.valid.view(1, -1, 1)
+            s = torch.where(valid, s, torch.zeros((), dtype=s.dtype, device=s.device))
+            v = torch.where(valid.unsqueeze(-1), v, torch.zeros((), dtype=v.dtype, device=v.device))
         f, w = spec.n_fragments, spec.window
         s = s.reshape(b, f, w * c)
-        v = v.reshape(b, f, w, 3, c).transpose(2, 3).reshape(b, f, 3, w * c)
+        if w > 1:  # each fragment's x, y, z rows: its residues' channels side by side
+            v = v.reshape(b, f, w, 3, c).transpose(2, 3).reshape(b, f, 3, w * c)
         s_frag = self.norm(self.merge(s)) + self.pe.to(s.dtype)
         v_frag = self.vec_merge(v) * torch.sigmoid(self.vec_gate(s_frag)).unsqueeze(-2)
-        return torch.cat([s_frag.unsqueeze(2), v_frag], dim=2)
+        return s_frag, v_frag
