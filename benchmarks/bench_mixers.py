@@ -67,15 +67,11 @@ def build(n: int, w: int, b: int, variants):
 
     from bench_train import make_tokens
     from g2v_sklearn import TokenMerger, VAMPNetEstimator
-    from g2v_sklearn._validation import lagged_pairs
-    from g2v_sklearn.learners._learner import TimeSeries
     from g2v_sklearn.learners._vamp import vamp_loss
 
     torch.set_num_threads(2)
     tokens = make_tokens(n, 2 * b, 0)
-    pairs = lagged_pairs([2 * b], b, "bench")
-    merger = TokenMerger(window=w).fit([tokens])
-    series = TimeSeries("tokens", merger.transform([tokens]), spec=merger.spec_)
+    merged = TokenMerger(window=w).fit_transform([tokens])
     feat, pos = torch.as_tensor(np.asarray(tokens.features)), torch.as_tensor(np.asarray(tokens.positions))
     steps = {}
     for name in variants:
@@ -85,23 +81,21 @@ def build(n: int, w: int, b: int, variants):
                                 merger=w > 1, merger_window=w, equi_rep=True, num_mixer_layers=4, nhead=8,
                                 dropout=0.0)
             optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
-        else:
-            est = VAMPNetEstimator(lagtime=b, batch_size=b, d_model=64, n_heads=8, n_layers=4, mixer=name,
-                                   lr=1e-4, progress=False)
-            net = est._build_network(series, 2)
-            optimizer = est._make_optimizer(net)
 
-        def step(net=net, optimizer=optimizer, name=name, est=None if name == "g2v_equi" else est):
-            net.train()
-            if name == "g2v_equi":
+            def step(net=net, optimizer=optimizer):
+                net.train()
                 out = net((feat, pos))
-                out_0, out_t = out[:b], out[b:]
-            else:
-                out_0, out_t = est._forward_pairs(net, series, pairs, torch.device("cpu"))
-            loss = vamp_loss(out_0, out_t, method="VAMP2", epsilon=1e-6, mode="regularize")
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+                loss = vamp_loss(out[:b], out[b:], method="VAMP2", epsilon=1e-6, mode="regularize")
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        else:  # ours: the estimator's own training step (fit's seams)
+            est = VAMPNetEstimator(lagtime=b, batch_size=b, d_model=64, n_heads=8, n_layers=4, mixer=name,
+                                   lr=1e-4, progress=False, random_state=0)
+            ctx = est._training_context(merged)
+
+            def step(est=est, ctx=ctx):
+                est._train_step(ctx, ctx.train)
 
         steps[name] = step
     return steps

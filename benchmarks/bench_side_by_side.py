@@ -7,32 +7,40 @@ a protein-like chain (``bench_train.make_tokens``), 2 torch threads, the
 variants alternating, median of R timed steps after one warm-up, each
 configuration in a fresh interpreter.
 
-Variants:
+Variants (ours: the estimator's own training step, through fit's seams:
+``est._training_context(X)`` then ``est._train_step(ctx, pairs)``, so forward,
+VAMP-2, backward, gradient clipping, the fused AdamW step and the schedule are
+exactly what ``fit`` runs):
 
 * ``ours``: ``VAMPNetEstimator``'s network after ``TokenMerger(window=w)`` with
   its default graph convolution (it runs even at w=1);
 * ``ours_none``: the same with ``operator="none"`` (no graph convolution), the
   like-for-like case for geom2vec's ``merger=False`` at w=1;
-* ``ours_compiled``: ``ours`` through ``torch.compile`` (what ``compile=True``
-  does; compilation happens in the warm-up step and is not timed);
+* ``ours_compiled``: ``compile=True`` (compilation happens in the warm-up step
+  and is not timed);
+* ``ours_bf16``: ``precision="bfloat16"``, only on CPUs that compute bfloat16
+  natively (AVX512-BF16 or AMX);
+* ``ours_checkpointed``: a memory budget of half what the batch's activations
+  take, so that the network recomputes them in the backward pass: what
+  checkpointing only above the budget saves against checkpointing always;
 * ``g2v_std``: geom2vec's ``Lobe(equi_rep=False, merger=w > 1, merger_window=w)``,
   imported from ../shared/anchors (geom2vec v1.0, MIT; torch-scatter and
-  torch-cluster replaced by that folder's pure-torch shims). With merging its
-  residue graph comes from the shims' brute-force ``radius_graph``: the time
-  spent there is measured separately (``g2v_radius_s``), and the ratio is given
-  with and without it.
+  torch-cluster replaced by that folder's pure-torch shims), stepped as its
+  own code steps it (forward, VAMP-2, backward, ``torch.optim.AdamW``). With
+  merging its residue graph comes from the shims' brute-force
+  ``radius_graph``: the time spent there is measured separately
+  (``g2v_radius_s``), and the ratio is given with and without it.
 
-Ours steps with the estimator's own optimizer (AdamW, fused where torch has
-it), geom2vec's with ``torch.optim.AdamW`` as geom2vec does. Each variant's
-step is also counted in floating-point operations (``count_gflop``: matrix
-products, attention, sparse products by their nonzeros), and set against the machine's matrix-multiply rate
-measured in the same process: a step cannot take less than its FLOPs at that
-rate, which bounds any ratio between two steps that do the same work.
+Each step is also counted in floating-point operations (``count_gflop``:
+matrix products, attention, sparse products by their nonzeros), and set
+against the machine's matrix-multiply rate measured in the same process: a
+step cannot take less than its FLOPs at that rate, which bounds any ratio
+between two steps that do the same work.
 
 Usage::
 
     python benchmarks/bench_side_by_side.py            # 3/214/2645 residues, w = 1 and 8
-    python benchmarks/bench_side_by_side.py --configs 3:1:256,214:8:16 --repeats 5
+    python benchmarks/bench_side_by_side.py --configs 3:1:256,214:8:16 --repeats 5 --variants ours_none
 
 Writes benchmarks/results/side_by_side.json.
 """
@@ -104,7 +112,18 @@ def count_gflop(fn) -> float:
     return Counter.total / 1e9
 
 
-def worker(n: int, w: int, b: int, repeats: int, compile_ours: bool = True) -> dict:
+OURS = {  # variant -> (TokenMerger's operator, VAMPNetEstimator parameters beyond the pinned ones)
+    "ours": ("graphconv", {}),
+    "ours_none": ("none", {}),  # w = 1 only: geom2vec's merger=False runs no graph convolution either
+    "ours_compiled": ("graphconv", {"compile": True}),
+    "ours_bf16": ("graphconv", {"precision": "bfloat16"}),  # where the CPU computes bfloat16 natively
+    # a memory budget of half what the batch's activations take: the network recomputes them in
+    # the backward pass (what every step did before checkpointing became conditional)
+    "ours_checkpointed": ("graphconv", {"memory_budget": "half"}),
+}
+
+
+def worker(n: int, w: int, b: int, repeats: int, variants: list[str]) -> dict:
     import numpy as np
     import torch
 
@@ -115,30 +134,33 @@ def worker(n: int, w: int, b: int, repeats: int, compile_ours: bool = True) -> d
     from _common import matmul_rates
     from bench_train import make_tokens
     from g2v_sklearn import TokenMerger, VAMPNetEstimator
-    from g2v_sklearn.learners._learner import TimeSeries
-    from g2v_sklearn._validation import lagged_pairs
+    from g2v_sklearn._utils import supports_bfloat16
     from g2v_sklearn.learners._vamp import vamp_loss
 
     torch.set_num_threads(2)
     tokens = make_tokens(n, 2 * b, 0)
-    est = VAMPNetEstimator(lagtime=b, batch_size=b, d_model=64, n_heads=8, n_layers=4, progress=False)
-    pairs = lagged_pairs([2 * b], b, "bench")
-    nets, series = {}, {}
-    for name, operator in (("ours", "graphconv"), ("ours_none", "none")):
-        if name == "ours_none" and w != 1:
-            continue
-        merger = TokenMerger(window=w, operator=operator).fit([tokens])
-        series[name] = TimeSeries("tokens", merger.transform([tokens]), spec=merger.spec_)
-        torch.manual_seed(0)
-        nets[name] = est._build_network(series[name], 2)
-    if compile_ours:
-        series["ours_compiled"] = series["ours"]
-        torch.manual_seed(0)
-        nets["ours_compiled"] = est._build_network(series["ours"], 2)
+    if w != 1:
+        variants = [v for v in variants if v != "ours_none"]
+    if not supports_bfloat16(torch.device("cpu")):
+        variants = [v for v in variants if v != "ours_bf16"]  # emulated bfloat16 is slower than float32
+    # ours: the estimator's own training step (fit's seams), on B pairs of the 2B frames
+    estimators, contexts, steps = {}, {}, {}
+    for name in ["ours"] + [v for v in variants if v != "ours"]:
+        operator, extra = OURS[name]
+        if extra.get("memory_budget") == "half":
+            extra = {"memory_budget": 0.5 * estimators["ours"].memory_plan_["batch_activation_bytes"]}
+        merged = TokenMerger(window=w, operator=operator).fit_transform([tokens])
+        est = VAMPNetEstimator(lagtime=b, batch_size=b, d_model=64, n_heads=8, n_layers=4, dropout=0.0, lr=1e-4,
+                               progress=False, random_state=0, **extra)
+        ctx = est._training_context(merged)
+        estimators[name], contexts[name] = est, ctx
+        steps[name] = (lambda est, ctx: lambda: est._train_step(ctx, ctx.train))(est, ctx)
+    plans = {name: est.memory_plan_ for name, est in estimators.items()}
+    # geom2vec's Lobe, stepped as its own training code steps it
     torch.manual_seed(0)
-    nets["g2v_std"] = g2v_lobe.Lobe(output_channels=2, input_channels=64, hidden_channels=64, num_tokens=n,
-                                     merger=w > 1, merger_window=w, equi_rep=False, num_mixer_layers=4, nhead=8,
-                                     dropout=0.0)
+    g2v = g2v_lobe.Lobe(output_channels=2, input_channels=64, hidden_channels=64, num_tokens=n, merger=w > 1,
+                        merger_window=w, equi_rep=False, num_mixer_layers=4, nhead=8, dropout=0.0)
+    g2v_opt = torch.optim.AdamW(g2v.parameters(), lr=1e-4)
     radius = {"s": 0.0}
     original = g2v_lobe.radius_graph
 
@@ -150,74 +172,78 @@ def worker(n: int, w: int, b: int, repeats: int, compile_ours: bool = True) -> d
 
     g2v_lobe.radius_graph = timed_radius
     feat, pos = torch.as_tensor(np.asarray(tokens.features)), torch.as_tensor(np.asarray(tokens.positions))
-    est.set_params(lr=1e-4)
-    optimizers = {k: torch.optim.AdamW(v.parameters(), lr=1e-4) if k == "g2v_std" else est._make_optimizer(v)
-                  for k, v in nets.items()}
-    forwards = {k: torch.compile(v) if k == "ours_compiled" else v for k, v in nets.items()}
 
-    def step(name):
-        net = forwards[name]
-        nets[name].train()
-        if name == "g2v_std":
-            out = net((feat, pos))
-            out_0, out_t = out[:b], out[b:]
-        else:
-            out_0, out_t = est._forward_pairs(net, series[name], pairs, torch.device("cpu"))
-        loss = vamp_loss(out_0, out_t, method="VAMP2", epsilon=1e-6, mode="regularize")
-        optimizers[name].zero_grad()
+    def g2v_step():
+        g2v.train()
+        out = g2v((feat, pos))
+        loss = vamp_loss(out[:b], out[b:], method="VAMP2", epsilon=1e-6, mode="regularize")
+        g2v_opt.zero_grad()
         loss.backward()
-        optimizers[name].step()
+        g2v_opt.step()
 
-    times = {k: [] for k in nets}
+    steps["g2v_std"] = g2v_step
+    times = {k: [] for k in steps}
     radius_times = []
-    for name in nets:
-        step(name)
+    for name, step in steps.items():
+        step()  # warm-up (and compilation), not timed
     for _ in range(repeats):
-        for name in nets:
+        for name, step in steps.items():
             radius["s"] = 0.0
             start = time.perf_counter()
-            step(name)
+            step()
             times[name].append(time.perf_counter() - start)
             if name == "g2v_std":
                 radius_times.append(radius["s"])
     med = {k: float(np.median(v)) for k, v in times.items()}
-    gflop = {}
-    for name in nets:
-        if name == "ours_compiled":
-            continue  # the same arithmetic as ours
-        gflop[name] = count_gflop(lambda: step(name))
+    gflop = {name: count_gflop(steps[name]) for name in ("ours", "ours_none", "g2v_std") if name in steps}
     rate = matmul_rates("cpu", repeats=3)["square_2048_float32"]
     row = {"n_residues": n, "window": w, "batch_pairs": b, "repeats": repeats,
            **{f"{k}_s": v for k, v in med.items()}, "g2v_radius_s": float(np.median(radius_times)),
            **{f"{k}_gflop": v for k, v in gflop.items()}, "matmul_gflop_per_s": rate,
-           **{f"{k}_floor_s": v / rate for k, v in gflop.items()}}
+           **{f"{k}_floor_s": v / rate for k, v in gflop.items()},
+           "memory_plans": plans}
     row["g2v_over_ours"] = med["g2v_std"] / med["ours"]
     row["g2v_without_radius_over_ours"] = (med["g2v_std"] - row["g2v_radius_s"]) / med["ours"]
-    if "ours_none" in med:
-        row["g2v_over_ours_none"] = med["g2v_std"] / med["ours_none"]
-    if "ours_compiled" in med:
-        row["g2v_over_ours_compiled"] = med["g2v_std"] / med["ours_compiled"]
+    for name in med:
+        if name.startswith("ours_"):
+            row[f"g2v_over_{name}"] = med["g2v_std"] / med[name]
+            row[f"{name}_over_ours"] = med[name] / med["ours"]
     # the largest ratio any step doing ours' FLOPs could reach against geom2vec's measured time
     row["g2v_over_ours_floor"] = med["g2v_std"] / row["ours_floor_s"]
     return row
+
+
+def _describe(row: dict) -> str:
+    ratios = "; ".join(f"{name.removeprefix('ours_')} {row[name + '_s'] * 1e3:.0f} ms "
+                       f"({row['g2v_over_' + name]:.2f}x)" for name in OURS if name != "ours" and name + "_s" in row)
+    return (f"N={row['n_residues']} w={row['window']} B={row['batch_pairs']}: ours {row['ours_s'] * 1e3:.0f} ms, "
+            f"geom2vec {row['g2v_std_s'] * 1e3:.0f} ms (of which radius graph {row['g2v_radius_s'] * 1e3:.0f} ms): "
+            f"{row['g2v_over_ours']:.2f}x, {row['g2v_without_radius_over_ours']:.2f}x without its radius graph; "
+            f"{ratios}; FLOPs ours {row['ours_gflop']:.2f} G, geom2vec {row['g2v_std_gflop']:.2f} G, at "
+            f"{row['matmul_gflop_per_s']:.0f} GFLOP/s ours cannot take less than {row['ours_floor_s'] * 1e3:.0f} ms "
+            f"(ratio at most {row['g2v_over_ours_floor']:.1f}x)")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="N:w:B,... (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variant")
+    parser.add_argument("--variants", default=",".join(OURS),
+                        help="our variants besides 'ours' (default %(default)s; each is skipped where it cannot run)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = sorted(set(variants) - set(OURS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {sorted(OURS)}")
     if args.worker:
         n, w, b = map(int, args.worker.split(":"))
-        print(TAG + json.dumps(worker(n, w, b, args.repeats, not args.no_compile)), flush=True)
+        print(TAG + json.dumps(worker(n, w, b, args.repeats, variants)), flush=True)
         return
     rows = []
     for config in args.configs.split(","):
-        done = subprocess.run([sys.executable, __file__, "--worker", config, "--repeats", str(args.repeats)]
-                              + (["--no-compile"] if args.no_compile else []),
-                              capture_output=True, text=True, cwd=HERE)
+        done = subprocess.run([sys.executable, __file__, "--worker", config, "--repeats", str(args.repeats),
+                               "--variants", ",".join(variants)], capture_output=True, text=True, cwd=HERE)
         lines = [line for line in done.stdout.splitlines() if line.startswith(TAG)]
         if done.returncode or not lines:
             print(f"{config}: failed\n{done.stderr[-2000:]}", flush=True)
@@ -225,16 +251,7 @@ def main(argv=None) -> None:
             continue
         row = json.loads(lines[-1][len(TAG):])
         rows.append(row)
-        extra = f", ours_none {row['ours_none_s'] * 1e3:.0f} ms ({row['g2v_over_ours_none']:.2f}x)" \
-            if "ours_none_s" in row else ""
-        print(f"N={row['n_residues']} w={row['window']} B={row['batch_pairs']}: ours {row['ours_s'] * 1e3:.0f} ms, "
-              f"geom2vec {row['g2v_std_s'] * 1e3:.0f} ms (of which radius graph {row['g2v_radius_s'] * 1e3:.0f} ms): "
-              f"{row['g2v_over_ours']:.2f}x, {row['g2v_without_radius_over_ours']:.2f}x without its radius graph"
-              f"{extra}" + (f", compiled {row['ours_compiled_s'] * 1e3:.0f} ms ({row['g2v_over_ours_compiled']:.2f}x)"
-                            if "ours_compiled_s" in row else "")
-              + f"; FLOPs ours {row['ours_gflop']:.2f} G, geom2vec {row['g2v_std_gflop']:.2f} G, at "
-              f"{row['matmul_gflop_per_s']:.0f} GFLOP/s ours cannot take less than {row['ours_floor_s'] * 1e3:.0f} ms "
-              f"(ratio at most {row['g2v_over_ours_floor']:.1f}x)", flush=True)
+        print(_describe(row), flush=True)
     out = HERE / "results" / "side_by_side.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": {"cpu": cpu_model(), "logical_cpus": os.cpu_count()},

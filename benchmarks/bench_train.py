@@ -5,20 +5,18 @@ What it measures
 One *training step* is what :class:`g2v_sklearn.VAMPNetEstimator` does for one
 mini-batch of ``B`` time-lagged pairs, done with the estimator's own code:
 
-* the network is ``VAMPNetEstimator(...)._build_network(series, n_components)``
-  on a ``TimeSeries("tokens", ...)`` carrying the :class:`MergeSpec` of
-  ``TokenMerger(window=w)`` (default operator ``"graphconv"``, cutoff 8 A), so
-  the estimator's defaults apply: ``d_model=64, n_heads=4, n_layers=2,
+* the estimator is ``VAMPNetEstimator(lagtime=B, batch_size=B, ...)`` on the
+  output of ``TokenMerger(window=w)`` (default operator ``"graphconv"``, cutoff
+  8 A), so its defaults apply: ``d_model=64, n_heads=4, n_layers=2,
   pooling="cls"``, two outputs. ``window=1`` still goes through the merging
   module, as the paper's w=1 does;
-* the batch is read with ``TimeSeries.frames`` (a copy of the 2B frames out of
-  the token arrays, as in training) and pushed through
-  ``VAMPNetEstimator._forward_pairs`` (both halves of the pairs in one pass,
-  autocast when ``precision="bfloat16"``);
-* loss ``g2v_sklearn.learners._vamp.vamp_loss`` (VAMP-2, the estimator's ``epsilon`` and
-  ``mode``), ``zero_grad``, ``backward``, the estimator's AdamW ``step``, and the
-  per-step bookkeeping of ``TorchLearner._train`` (finite-loss check,
-  ``loss.item()``).
+* ``est._training_context(X)`` sets up what ``fit`` sets up before its first
+  step (network, memory plan, optimizer, schedule), and every timed step is
+  ``est._train_step(ctx, batch)``, the step ``fit`` takes: the 2B frames read
+  once and pushed through the network in one pass (autocast when
+  ``precision="bfloat16"``), VAMP-2 loss, finite-loss check, ``backward``,
+  gradient clipping, the fused AdamW ``step``. The memory plan it made
+  (checkpointing only above the memory budget) is in the result.
 
 The token sets are shaped like the paper's four systems: ``N`` = 128, 214, 592
 and 2,645 residues, ``H = 64`` channels, features ``(2B, N, 4, 64)`` float32
@@ -291,11 +289,7 @@ def run_worker(args) -> None:
     import torch
 
     from g2v_sklearn import TokenMerger, VAMPNetEstimator
-    from g2v_sklearn.learners._learner import TimeSeries
-    from g2v_sklearn._validation import lagged_pairs
     from g2v_sklearn.nn._lobes import attention_backend
-    from g2v_sklearn._utils import local_torch_seed
-    from g2v_sklearn.learners._vamp import vamp_loss
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -306,21 +300,18 @@ def run_worker(args) -> None:
     n, w, b = args.n_residues, args.window, args.batch_size
 
     try:
-        # ---- set-up: the estimator's series, network, optimizer; 2B frames, B pairs
+        # ---- set-up: the estimator's own training context (fit's seams); 2B frames, B pairs
         tokens = make_tokens(n, 2 * b, args.seed)
         merger = TokenMerger(window=w).fit([tokens])
         merged = merger.transform([tokens])
-        series = TimeSeries("tokens", merged, spec=merger.spec_, timestep=None)
         est = VAMPNetEstimator(lagtime=b, batch_size=b, precision=args.precision,
                                device=str(device), progress=False, random_state=args.seed)
+        ctx = est._training_context(merged)
         rng = np.random.default_rng(args.seed)
-        with local_torch_seed(rng):
-            net = est._build_network(series, est.n_components).to(device)
-        optimizer = est._make_optimizer(net)
-        pairs = lagged_pairs(series.lengths, est.lagtime, "bench_train")  # (0, t), (0, t + B)
+        pairs = ctx.train  # (0, t), (0, t + B)
         assert len(pairs) == b
         neighbours = mean_neighbours(tokens.positions[0])
-        n_params = sum(p.numel() for p in net.parameters())
+        n_params = sum(p.numel() for p in ctx.net.parameters())
         q_dtype = torch.bfloat16 if args.precision == "bfloat16" else torch.float32
         probe = torch.zeros(1, 1, 8, H // est.n_heads, device=device, dtype=q_dtype)
         backend = attention_backend(probe)
@@ -334,17 +325,8 @@ def run_worker(args) -> None:
         state = {"score": None}
 
         def step() -> None:
-            net.train()
-            batch = pairs[rng.permutation(len(pairs))]
-            out_0, out_t = est._forward_pairs(net, series, batch, device)
-            loss = vamp_loss(out_0, out_t, method=est.score_method, epsilon=est.epsilon,
-                             mode=est.mode)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the loss became {loss.item()}")
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            state["score"] = -loss.item()
+            """One optimizer step, exactly as fit takes it (VAMPNetEstimator._train_step)."""
+            state["score"] = -est._train_step(ctx, pairs[rng.permutation(len(pairs))])
 
         # ---- baseline, warm-up, timed steps
         if cuda:
@@ -425,6 +407,7 @@ def run_worker(args) -> None:
         "saved_for_backward_mib_per_pair": sum(saved.values()) / 2**20 / b,
         "mean_neighbours": neighbours,
         "n_parameters": n_params,
+        "memory_plan": est.memory_plan_,
         "final_score": state["score"],
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),

@@ -222,34 +222,20 @@ def embedding(args, device, budget: Budget, report: dict) -> list:
 
 
 def _training_setup(n: int, w: int, b: int, precision: str, device, operator: str = "graphconv"):
-    import numpy as np
-
+    """The estimator and the context of its own training step (fit's seams) on B pairs of 2B frames."""
     from bench_train import make_tokens
     from g2v_sklearn import TokenMerger, VAMPNetEstimator
-    from g2v_sklearn.learners._learner import TimeSeries
-    from g2v_sklearn._validation import lagged_pairs
-    from g2v_sklearn._utils import local_torch_seed
 
     tokens = make_tokens(n, 2 * b, 0)
-    merger = TokenMerger(window=w, operator=operator).fit([tokens])
-    series = TimeSeries("tokens", merger.transform([tokens]), spec=merger.spec_)
+    merged = TokenMerger(window=w, operator=operator).fit_transform([tokens])
     est = VAMPNetEstimator(lagtime=b, batch_size=b, d_model=64, n_heads=8, n_layers=4, precision=precision,
                            device=str(device), progress=False, random_state=0)
-    with local_torch_seed(np.random.default_rng(0)):
-        net = est._build_network(series, 2).to(device)
-    est.memory_plan_ = est._plan_memory(net, series, device)
-    return est, net, series, est._make_optimizer(net), lagged_pairs([2 * b], b, "gpu_check"), tokens
+    return est, est._training_context(merged), tokens
 
 
-def _step(est, net, series, optimizer, pairs, device) -> None:
-    from g2v_sklearn.learners._vamp import vamp_loss
-
-    net.train()
-    out_0, out_t = est._forward_pairs(net, series, pairs, device)
-    loss = vamp_loss(out_0, out_t, method="VAMP2", epsilon=1e-6, mode="regularize")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+def _step(est, ctx) -> None:
+    """One optimizer step on all B pairs, as fit takes it."""
+    est._train_step(ctx, ctx.train)
 
 
 def _time_steps(step, device, repeats: int) -> float:
@@ -268,7 +254,7 @@ def _time_steps(step, device, repeats: int) -> float:
 
 def training(args, device, budget: Budget, report: dict) -> dict:
     sizes = (3, 20) if args.dry_run else (214, 2645)
-    batches = (2,) if args.dry_run else (32, 128)
+    batches = (4,) if args.dry_run else (32, 128)  # more pairs than the 2 components
     windows = (1, 2) if args.dry_run else (1, 2, 4, 8)
     precisions = ("float32", "bfloat16") if device.type == "cuda" or args.dry_run else ("float32",)
     rows = []
@@ -284,9 +270,8 @@ def training(args, device, budget: Budget, report: dict) -> dict:
                         continue
                     try:
                         _reset_peak(device)
-                        est, net, series, opt, pairs, _ = _training_setup(n, w, b, precision, device)
-                        seconds = _time_steps(lambda: _step(est, net, series, opt, pairs, device), device,
-                                              args.repeats)
+                        est, ctx, _ = _training_setup(n, w, b, precision, device)
+                        seconds = _time_steps(lambda: _step(est, ctx), device, args.repeats)
                         peak = _peak_gb(device)
                         row.update(step_s=seconds, step_s_per_1000_frames=seconds * 1000 / (2 * b),
                                    peak_gb=peak, peak_gb_per_1000_frames=None if peak is None
@@ -294,7 +279,7 @@ def training(args, device, budget: Budget, report: dict) -> dict:
                     except Exception as exc:  # noqa: BLE001
                         row.update(error=f"{type(exc).__name__}: {str(exc)[:300]}", oom=_is_oom(exc))
                     finally:
-                        est = net = opt = series = None
+                        est = ctx = None
                     rows.append(row)
                     write(args, report)
     # proof of the FlashAttention kernel: SDPA restricted to it must still run the step
@@ -306,14 +291,13 @@ def training(args, device, budget: Budget, report: dict) -> dict:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         try:
-            est, net, series, opt, pairs, _ = _training_setup(sizes[-1], windows[-1], batches[0], "bfloat16",
-                                                              device)
+            est, ctx, _ = _training_setup(sizes[-1], windows[-1], batches[0], "bfloat16", device)
             from g2v_sklearn.nn._lobes import attention_backend
 
             probe = torch.zeros(1, 8, 64, 8, device=device, dtype=torch.bfloat16)
             flash["attention_backend"] = attention_backend(probe)  # "flash_attn" bypasses SDPA
             with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                flash["step_s"] = _time_steps(lambda: _step(est, net, series, opt, pairs, device), device, 1)
+                flash["step_s"] = _time_steps(lambda: _step(est, ctx), device, 1)
             flash["ran_on_flash_attention"] = True
         except Exception as exc:  # noqa: BLE001
             flash.update(ran_on_flash_attention=False, error=f"{type(exc).__name__}: {str(exc)[:300]}")
@@ -335,14 +319,14 @@ def side_by_side(args, device, budget: Budget, report: dict) -> list:
     import sitecustomize  # noqa: F401 - the shims' radius_graph for torch-geometric
     from geom2vec.models.downstream import lobe as g2v_lobe
 
-    configs = [(3, 1, 2), (20, 4, 2)] if args.dry_run else [(214, 1, 16), (214, 8, 16), (2645, 8, 16)]
+    configs = [(3, 1, 4), (20, 4, 4)] if args.dry_run else [(214, 1, 16), (214, 8, 16), (2645, 8, 16)]
     for n, w, b in configs:
         row = {"n_residues": n, "window": w, "batch_pairs": b}
         if budget.left() < 30:
             rows.append({**row, "skipped": "time budget"})
             continue
         try:
-            est, net, series, opt, pairs, tokens = _training_setup(n, w, b, "float32", device)
+            est, ctx, tokens = _training_setup(n, w, b, "float32", device)
             torch.manual_seed(0)
             lobe = g2v_lobe.Lobe(output_channels=2, input_channels=64, hidden_channels=64, num_tokens=n,
                                  merger=w > 1, merger_window=w, equi_rep=False, num_mixer_layers=4, nhead=8,
@@ -361,7 +345,7 @@ def side_by_side(args, device, budget: Budget, report: dict) -> list:
                 loss.backward()
                 g2v_opt.step()
 
-            row["ours_s"] = _time_steps(lambda: _step(est, net, series, opt, pairs, device), device, args.repeats)
+            row["ours_s"] = _time_steps(lambda: _step(est, ctx), device, args.repeats)
             row["geom2vec_s"] = _time_steps(g2v_step, device, args.repeats)
             row["geom2vec_over_ours"] = row["geom2vec_s"] / row["ours_s"]
         except Exception as exc:  # noqa: BLE001

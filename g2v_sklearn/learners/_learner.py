@@ -213,7 +213,7 @@ class FitContext:
     total_steps: int = 1
     scheduled: bool = True
     threads: ThreadBudget | None = None
-    forward: object = None  # the network as training calls it (compiled or not)
+    forward: object = None  # the network as training calls it (compiled with compile=True)
     history: dict = field(default_factory=_new_history)
     epoch: int = -1  # the epoch running, or the last one run (0-based)
     step: int = 0
@@ -569,7 +569,7 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
             net=net, series=series, train=train, val=val, weights=weights, device=device, rng=rng,
             optimizer=self._make_optimizer(net), max_epochs=epochs, callbacks=callbacks, run=run,
             total_steps=steps_per_epoch * epochs, scheduled=scheduled, threads=threads,
-            extra={} if extra is None else extra,
+            forward=self._training_forward(net), extra={} if extra is None else extra,
         )
 
     def _learning_rate(self, ctx: FitContext) -> float:
@@ -750,7 +750,6 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
         Returns ``ctx.history``. Raises _TrainingCollapsed when no epoch gave
         outputs that vary.
         """
-        ctx.forward = self._training_forward(ctx.net)
         for callback in ctx.callbacks:
             callback.on_fit_begin(self, ctx)
         bar = tqdm(total=ctx.max_epochs, desc=type(self).__name__, disable=not self.progress, leave=False)

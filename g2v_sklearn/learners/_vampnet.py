@@ -321,10 +321,8 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         runs, failures = [], []
         with ThreadBudget(device=device) as threads:
             for run in range(self.n_init):
-                net = self._init_network(series, train, device, rng)
-                self.memory_plan_ = self._plan_memory(net, series, device)
-                ctx = self._new_context(net, series, train, val, weights, device, rng, run=run,
-                                        threads=threads)
+                ctx = self._start_run(series, train, val, weights, device, rng, run=run, threads=threads)
+                net = ctx.net
                 try:
                     history = self._fit_loop(ctx)
                 except _TrainingCollapsed as exc:
@@ -341,6 +339,27 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         self.timestep_ = series.timestep
         self._fit_decomposition(series, pairs, weights)  # all of X, validation included
         return self
+
+    def _start_run(self, series, train, val, weights, device, rng, *, run=0, threads=None):
+        """One training run's :class:`FitContext`: a fresh network (its memory plan in
+        ``memory_plan_``), its optimizer and schedule, ready for :meth:`_train_step`."""
+        net = self._init_network(series, train, device, rng)
+        self.memory_plan_ = self._plan_memory(net, series, device)
+        return self._new_context(net, series, train, val, weights, device, rng, run=run, threads=threads)
+
+    def _training_context(self, X, sample_weight=None):
+        """What :meth:`fit` holds before its first step, for code that steps training itself.
+
+        Benchmarks and tests time or probe the estimator's own training step
+        with it: ``ctx = est._training_context(X)``, then
+        ``est._train_step(ctx, ctx.train[:batch_size])`` (one optimizer step
+        on those time-lagged pairs, exactly as ``fit`` takes it: forward
+        pass, loss, backward pass, clipping, the optimizer, the schedule).
+        """
+        series, weights, pairs, rng, device = self._setup(X, sample_weight)
+        self._check_pairs(pairs)
+        train, val = self._split(series, pairs, rng)
+        return self._start_run(series, train, val, weights, device, rng)
 
     def partial_fit(self, X, y=None, sample_weight=None):
         """One epoch over all time-lagged pairs of ``X``, from the current weights.

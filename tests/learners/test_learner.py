@@ -324,3 +324,23 @@ def test_spib_trains_on_the_same_seams(tmp_path):
     assert [r["run"] for r in rows] == est.history_["round"]  # context.run is the training round
 
 
+
+
+def test_the_training_context_steps_exactly_as_fit_does(rng):
+    """Benchmarks time ``_train_step`` on ``_training_context``: that must be fit's own step."""
+    tokens = TokenTrajectory(rng.normal(size=(40, 5, 4, 8)).astype(np.float32),
+                             (np.arange(5)[None, :, None] * 3.8 + rng.normal(size=(40, 5, 3))).astype(np.float32),
+                             residue_names=["ALA"] * 5, chain_ids=["A"] * 5, residue_ids=range(1, 6))
+    merged = TokenMerger(window=2).fit_transform([tokens])
+    kw = dict(lagtime=3, d_model=16, n_heads=2, n_layers=1, batch_size=64, max_epochs=1, patience=None,
+              progress=False, random_state=4)
+    fitted = VAMPNetEstimator(**kw).fit(merged)  # one epoch = one step: 37 pairs, batches of 64
+    est = VAMPNetEstimator(**kw)
+    ctx = est._training_context(merged)
+    assert len(ctx.train) == 37 and ctx.optimizer.param_groups[0]["lr"] == est.lr
+    before = {name: tensor.clone() for name, tensor in ctx.net.state_dict().items()}
+    loss = est._train_step(ctx, ctx.train)
+    assert np.isfinite(loss) and ctx.step == 1
+    assert any(not torch.equal(before[name], t) for name, t in ctx.net.state_dict().items())  # it stepped
+    for name, tensor in fitted.module_.state_dict().items():
+        torch.testing.assert_close(ctx.net.state_dict()[name], tensor, rtol=1e-5, atol=1e-6)
