@@ -34,12 +34,13 @@ def dihedral_msm_timescale(dihedral_features):
     return reference[-1].timescales(1)[0], float(np.ravel(stats.R)[0])
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1, 2])  # seeds 3 and 4 pass too (checked), at ~9 s each
 def test_alanine_dipeptide_vampnet_msm_matches_dihedral_msm(
         visnet_checkpoint, ala2_trajs, ala2_tokens, token_cache, dihedral_msm_timescale, seed):
     pipe = Pipeline([
         ("embed", GeomEmbedder(visnet_checkpoint, memory=token_cache, progress=False)),
-        ("merge", TokenMerger(window=1)),
+        # three residues: no graph convolution over a three-node graph (as examples/alanine_dipeptide.py)
+        ("merge", TokenMerger(window=1, operator="none")),
         ("vamp", VAMPNetEstimator(lagtime=LAG, n_components=2, d_model=32, n_heads=2, n_layers=1,
                                   batch_size=1000, lr=1e-3, max_epochs=5, validation_fraction=0,
                                   progress=False, random_state=seed)),

@@ -6,7 +6,6 @@ import copy
 import math
 import pickle
 
-import mdtraj as md
 import numpy as np
 import pytest
 import torch
@@ -306,13 +305,21 @@ def test_adenylate_kinase_pipeline_to_msm_and_window_search(visnet_checkpoint, a
 LAG = 5  # frames of 20 ps
 
 
-# Seeds 1 and 2 pass too (checked in a full run), at about 90 s each: more than the suite's budget.
-@pytest.mark.parametrize("seed", [0])
+@pytest.fixture(scope="module")
+def dihedral_reference(dihedral_features):
+    """k-means(100) on (cos, sin) of (phi, psi) and an MSM on it: its discrete trajectories and model."""
+    dtrajs = KMeansDiscretizer(100, random_state=0).fit_transform(dihedral_features)
+    return dtrajs, MSMEstimator(lagtime=LAG).fit(dtrajs)
+
+
+# Seeds 3 and 4 pass too (checked), at about 17 s each on a 2-core AVX-512 EPYC.
+@pytest.mark.parametrize("seed", [0, 1, 2])
 def test_alanine_dipeptide_states_match_the_dihedral_msm_pcca_sets(
-        visnet_checkpoint, ala2_trajs, ala2_tokens, token_cache, seed):
+        visnet_checkpoint, ala2_trajs, ala2_tokens, token_cache, dihedral_reference, seed):
     pipe = Pipeline([
         ("embed", GeomEmbedder(visnet_checkpoint, memory=token_cache, progress=False)),
-        ("merge", TokenMerger(window=1)),
+        # three residues: no graph convolution over a three-node graph (as examples/alanine_dipeptide.py)
+        ("merge", TokenMerger(window=1, operator="none")),
         ("spib", SPIBEstimator(lagtime=LAG, transform_output="states", d_model=32, n_heads=2, n_layers=1,
                                batch_size=250, max_epochs=25, patience=3, validation_fraction=0,
                                progress=False, random_state=seed)),
@@ -322,13 +329,7 @@ def test_alanine_dipeptide_states_match_the_dihedral_msm_pcca_sets(
     found = np.concatenate(spib.labels_)
     n_sets = spib.n_states_
     # reference: an MSM on (cos, sin) of (phi, psi), its PCCA+ sets as frame labels
-    feats = []
-    for t in ala2_trajs:
-        phi, psi = md.compute_phi(t)[1][:, 0], md.compute_psi(t)[1][:, 0]
-        feats.append(np.stack([np.cos(phi), np.sin(phi), np.cos(psi), np.sin(psi)], 1))
-    clusters = KMeansDiscretizer(100, random_state=0).fit(feats)
-    dtrajs = clusters.transform(feats)
-    reference = MSMEstimator(lagtime=LAG).fit(dtrajs)
+    dtrajs, reference = dihedral_reference
     ours, theirs = pipe["msm"].timescales_[0], reference.timescales_[0]
     print(f"SPIB: {n_sets} states after {spib.n_refinements_} rounds ({len(spib.history_['train'])} epochs), "
           f"populations {np.bincount(found) / len(found)}; slowest implied timescale {ours * 20:.0f} ps, "
