@@ -60,7 +60,7 @@ from _common import cpu_model
 HERE = Path(__file__).resolve().parent
 ANCHORS = Path(os.environ.get("G2V_SHARED", HERE.parent.parent / "shared")) / "anchors"
 TAG = "SIDE_BY_SIDE "
-DEFAULT_CONFIGS = "3:1:256,214:1:16,214:8:16,2645:1:2,2645:8:4"
+DEFAULT_CONFIGS = "3:1:256,214:1:16,214:8:16,2645:1:3,2645:8:4"  # B > 2: more pairs than components
 
 
 def count_gflop(fn) -> float:
