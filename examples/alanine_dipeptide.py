@@ -194,7 +194,7 @@ def main(argv=None) -> dict:
     ck_axes = plotting.plot_ck_test(msm.ck_test(dtrajs, n_sets=2), timestep=dt / 1000, unit="ns")
     figures["ck_test.png"] = np.asarray(ck_axes).ravel()[0].figure
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     zz = np.concatenate(z)
     # the learned coordinates have long sparse tails: histogram the central 99.8 % of each
     view = [np.percentile(zz[:, i], [0.1, 99.9]).tolist() for i in range(2)]
@@ -203,6 +203,15 @@ def main(argv=None) -> dict:
     aa = np.concatenate(angles)
     plotting.plot_free_energy(aa[:, 0], aa[:, 1], ax=axes[1])
     axes[1].set(xlabel="phi (degrees)", ylabel="psi (degrees)", title="Ramachandran plane")
+    # what coordinate 1 is: a slow coordinate of a rare two-state process is nearly an indicator
+    # of the rare state, so its free-energy surface is two narrow wells; on the Ramachandran
+    # plane its values show which region it singles out
+    low, high = view[0]
+    points = axes[2].scatter(aa[:, 0], aa[:, 1], c=np.clip(zz[:, 0], low, high), s=2, cmap="coolwarm",
+                             rasterized=True)
+    fig.colorbar(points, ax=axes[2], label="learned coordinate 1")
+    axes[2].set(xlabel="phi (degrees)", ylabel="psi (degrees)", xlim=(-180, 180), ylim=(-180, 180),
+                title="(phi, psi) coloured by learned coordinate 1")
     figures["free_energy.png"] = fig
 
     figures["training.png"] = plotting.plot_history(best["vamp"]).figure
