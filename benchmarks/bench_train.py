@@ -15,8 +15,10 @@ mini-batch of ``B`` time-lagged pairs, done with the estimator's own code:
   ``est._train_step(ctx, batch)``, the step ``fit`` takes: the 2B frames read
   once and pushed through the network in one pass (autocast when
   ``precision="bfloat16"``), VAMP-2 loss, finite-loss check, ``backward``,
-  gradient clipping, the fused AdamW ``step``. The memory plan it made
-  (checkpointing only above the memory budget) is in the result.
+  gradient clipping, the fused AdamW ``step``. The estimator's
+  ``memory_budget`` is infinite by default here (``--memory-budget``), so
+  that no activation is recomputed, as in the paper's figures; the memory
+  plan is in the result.
 
 The token sets are shaped like the paper's four systems: ``N`` = 128, 214, 592
 and 2,645 residues, ``H = 64`` channels, features ``(2B, N, 4, 64)`` float32
@@ -70,7 +72,8 @@ point gets ``ok`` = yes/no.
 feasible on a small machine) and 256 on CUDA (the estimator's default
 ``batch_size``). A configuration that runs out of memory (a clean
 ``MemoryError``/allocator error, a CUDA OOM, or the worker killed) is retried
-with ``B`` halved, down to 1; the ``B`` that fitted is reported. On CPU the
+with ``B`` halved, down to 3 (the estimator needs more pairs than its two
+outputs); the ``B`` that fitted is reported. On CPU the
 worker caps its address space (``RLIMIT_AS``) at its size after start-up plus
 ``--mem-limit-gb`` (default: 80% of the memory available when the run
 starts), so running out of memory is a clean error and not the kernel's OOM
@@ -304,8 +307,8 @@ def run_worker(args) -> None:
         tokens = make_tokens(n, 2 * b, args.seed)
         merger = TokenMerger(window=w).fit([tokens])
         merged = merger.transform([tokens])
-        est = VAMPNetEstimator(lagtime=b, batch_size=b, precision=args.precision,
-                               device=str(device), progress=False, random_state=args.seed)
+        est = VAMPNetEstimator(lagtime=b, batch_size=b, precision=args.precision, device=str(device),
+                               memory_budget=args.memory_budget, progress=False, random_state=args.seed)
         ctx = est._training_context(merged)
         rng = np.random.default_rng(args.seed)
         pairs = ctx.train  # (0, t), (0, t + B)
@@ -430,6 +433,9 @@ def mem_available_gb() -> float | None:
     return None
 
 
+MIN_PAIRS = 3  # the estimator needs more time-lagged pairs than its 2 outputs
+
+
 def spawn(config: dict, args) -> dict:
     """Run one configuration in fresh interpreters, halving B on out-of-memory; the result."""
     b = config["batch_size"]
@@ -441,7 +447,7 @@ def spawn(config: dict, args) -> dict:
             "--device", config["device"], "--precision", config["precision"],
             "--batch-size", str(b), "--steps", str(args.steps), "--seed", str(args.seed),
         ]
-        command += ["--threads", str(args.threads)]
+        command += ["--threads", str(args.threads), "--memory-budget", str(args.memory_budget)]
         if config["device"] == "cpu" and args.mem_limit_gb:
             command += ["--mem-limit-gb", str(args.mem_limit_gb)]
         proc = subprocess.run(command, capture_output=True, text=True, env=worker_env())
@@ -454,7 +460,7 @@ def spawn(config: dict, args) -> dict:
         if proc.returncode == OOM_EXIT or killed:
             why = "out of memory" if proc.returncode == OOM_EXIT else "killed (likely OOM)"
             failures.append({"batch_pairs": b, "why": why})
-            if b == 1:
+            if b // 2 < MIN_PAIRS:
                 return {**config, "batch_pairs": None, "failed": why, "oom_retries": failures}
             b //= 2
             print(f"    {why}; retrying with B={b}", file=sys.stderr, flush=True)
@@ -638,6 +644,9 @@ def parse_args(argv=None):
                         help="CPU workers' address-space allowance beyond start-up, GB (default: "
                              "80%% of MemAvailable; 0 disables the cap)")
     parser.add_argument("--seed", type=int, default=0, help="data and weight seed (default 0)")
+    parser.add_argument("--memory-budget", default="inf",
+                        help="the estimator's memory_budget: 'inf' (default) never recomputes activations, "
+                             "as the paper's figures do not; 'auto' or bytes as the estimator takes it")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="JSON results file (default: %(default)s)")
     # worker-only
@@ -646,8 +655,11 @@ def parse_args(argv=None):
     parser.add_argument("--window", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="float32", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.steps < 1 or (args.batch_size is not None and args.batch_size < 1) or args.threads < 0:
-        parser.error("--steps and --batch-size must be >= 1, --threads >= 0.")
+    if args.memory_budget != "auto":
+        args.memory_budget = float(args.memory_budget)
+    if args.steps < 1 or (args.batch_size is not None and args.batch_size < MIN_PAIRS) or args.threads < 0:
+        parser.error(f"--steps must be >= 1, --batch-size >= {MIN_PAIRS} (more pairs than the network's 2 "
+                     f"outputs), --threads >= 0.")
     if args.worker:
         if args.n_residues is None or args.window is None or args.batch_size is None:
             parser.error("--worker needs --n-residues, --window and --batch-size.")

@@ -168,14 +168,10 @@ class ThreadBudget:
         with _LOCK:
             _ACTIVE += 1
             _GENERATION += 1
-            share = free / _ACTIVE
-            self._generation = _GENERATION
         self._free = free
-        self._saved = torch.get_num_threads()
-        self.threads = max(1, min(self._saved, int(share)))
+        self._saved = self.threads = torch.get_num_threads()
         self._measured = False
-        if self.threads != self._saved:
-            torch.set_num_threads(self.threads)
+        self._resize()
         self._last = _Sample(self._cores)
         return self
 
@@ -202,12 +198,12 @@ class ThreadBudget:
 
     def _resize(self) -> None:
         """Torch threads: the free cores shared among the fits running in this process now."""
-        with _LOCK:
-            share = self._free / max(_ACTIVE, 1)
-            self._generation = _GENERATION
         # a core counts as free when less than a third of it is taken: a shell, a
         # monitor or an editor must not halve the team, a busy loop must
-        threads = max(1, min(self._saved, int(share + 1.0 / 3.0)))
+        whole = int(self._free + 1.0 / 3.0)
+        with _LOCK:
+            threads = max(1, min(self._saved, whole // max(_ACTIVE, 1)))
+            self._generation = _GENERATION
         if threads != self.threads:
             torch.set_num_threads(threads)
             self.threads = threads
@@ -219,5 +215,6 @@ class ThreadBudget:
         with _LOCK:
             _ACTIVE -= 1
             _GENERATION += 1
+        self._last = None  # refresh() after the fit changes nothing
         if self._saved is not None:
             torch.set_num_threads(self._saved)

@@ -39,7 +39,7 @@ def test_alanine_dipeptide_vampnet_msm_matches_dihedral_msm(
         visnet_checkpoint, ala2_trajs, ala2_tokens, token_cache, dihedral_msm_timescale, seed):
     pipe = Pipeline([
         ("embed", GeomEmbedder(visnet_checkpoint, memory=token_cache, progress=False)),
-        # three residues: no graph convolution over a three-node graph (as examples/alanine_dipeptide.py)
+        # three residues: no graph convolution over a three-node graph (as in the example's VAMPNet pipeline)
         ("merge", TokenMerger(window=1, operator="none")),
         ("vamp", VAMPNetEstimator(lagtime=LAG, n_components=2, d_model=32, n_heads=2, n_layers=1,
                                   batch_size=1000, lr=1e-3, max_epochs=5, validation_fraction=0,

@@ -38,6 +38,7 @@ def test_a_fit_that_begins_or_ends_beside_another_makes_it_share_again(monkeypat
     before = torch.get_num_threads()
     monkeypatch.setattr(_threads, "_cores", lambda: [0, 1])
     monkeypatch.setattr(_threads, "_others_running", lambda: 0)
+    monkeypatch.setattr(_threads, "_busy_jiffies", lambda cores: None)  # this machine's load is not tested
     try:
         torch.set_num_threads(2)
         with _threads.ThreadBudget() as first:
@@ -47,6 +48,22 @@ def test_a_fit_that_begins_or_ends_beside_another_makes_it_share_again(monkeypat
                 assert first.threads == 1
             first.refresh()
             assert first.threads == 2
+        first.refresh()  # after the fit: nothing changes
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_cores_are_shared_whole_among_many_fits(monkeypatch):
+    """Eight free cores and three fits: two threads each (six), not three each (nine)."""
+    before = torch.get_num_threads()
+    monkeypatch.setattr(_threads, "_cores", lambda: list(range(8)))
+    monkeypatch.setattr(_threads, "_others_running", lambda: 0)
+    try:
+        torch.set_num_threads(8)
+        with _threads.ThreadBudget() as a, _threads.ThreadBudget() as b, _threads.ThreadBudget() as c:
+            a.refresh(), b.refresh()
+            assert (a.threads, b.threads, c.threads) == (2, 2, 2)
     finally:
         torch.set_num_threads(before)
 
@@ -54,17 +71,22 @@ def test_a_fit_that_begins_or_ends_beside_another_makes_it_share_again(monkeypat
 # what the fits below saw; module-level, because GridSearchCV deep-copies callbacks
 _BOTH_RUNNING = threading.Barrier(2, timeout=60)
 _SEEN: list = []
+_STARTED: list = []
 
 
 class _RecordThreads(Callback):
     def on_fit_begin(self, learner, context):
+        with _threads._LOCK:
+            context.extra["fit"] = len(_STARTED)
+            _STARTED.append(context.extra["fit"])
         _BOTH_RUNNING.wait()  # both fits are inside their budgets from here on
 
     def on_batch_end(self, learner, context):
         # torch's threads now, and the fits in their budgets when the step last shared (valid
         # while no fit began or ended since: a fit that ends first leaves the other alone)
-        current = context.threads._generation == _threads._GENERATION
-        _SEEN.append((id(context), torch.get_num_threads(), _threads._ACTIVE, current))
+        with _threads._LOCK:
+            current = context.threads._generation == _threads._GENERATION
+            _SEEN.append((context.extra["fit"], torch.get_num_threads(), _threads._ACTIVE, current))
 
 
 def test_concurrent_fits_on_dask_threads_share_the_cores(monkeypatch):
@@ -84,11 +106,17 @@ def test_concurrent_fits_on_dask_threads_share_the_cores(monkeypatch):
     est = VAMPNetEstimator(lagtime=5, hidden_layer_sizes=(16,), batch_size=32, max_epochs=2, patience=None,
                            progress=False, random_state=0, callbacks=[_RecordThreads()])
     _SEEN.clear()
+    _STARTED.clear()
     _BOTH_RUNNING.reset()
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                                  dashboard_address=None) as cluster, \
-            distributed.Client(cluster), joblib.parallel_config(backend="dask"):
-        GridSearchCV(est, {"lr": [1e-3, 2e-3]}, cv=2, n_jobs=2, refit=False, error_score="raise").fit(trajs)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the count Dask's threads start from
+    try:
+        with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                      dashboard_address=None) as cluster, \
+                distributed.Client(cluster), joblib.parallel_config(backend="dask"):
+            GridSearchCV(est, {"lr": [1e-3, 2e-3]}, cv=2, n_jobs=2, refit=False, error_score="raise").fit(trajs)
+    finally:
+        torch.set_num_threads(before)
     fits = {fit for fit, *_ in _SEEN}
     assert len(fits) == 4  # 2 candidates x 2 folds
     for fit in fits:

@@ -231,6 +231,10 @@ class FitContext:
     lr_factor: float = 1.0  # halved at every roll-back after a collapse
     extra: dict = field(default_factory=dict)  # learner- and callback-specific state
 
+    def __post_init__(self) -> None:
+        if self.forward is None:
+            self.forward = self.net
+
 
 def _best_finite(scores, default: float) -> float:
     """The largest finite score (an epoch cut short by a non-finite loss has NaN), or ``default``."""

@@ -315,9 +315,7 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         -------
         self : VAMPNetEstimator
         """
-        series, weights, pairs, rng, device = self._setup(X, sample_weight)
-        self._check_pairs(pairs)
-        train, val = self._split(series, pairs, rng)
+        series, weights, pairs, rng, device, train, val = self._prepare(X, sample_weight)
         runs, failures = [], []
         with ThreadBudget(device=device) as threads:
             for run in range(self.n_init):
@@ -356,10 +354,15 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         on those time-lagged pairs, exactly as ``fit`` takes it: forward
         pass, loss, backward pass, clipping, the optimizer, the schedule).
         """
+        series, weights, pairs, rng, device, train, val = self._prepare(X, sample_weight)
+        return self._start_run(series, train, val, weights, device, rng)
+
+    def _prepare(self, X, sample_weight):
+        """Validated data, its time-lagged pairs, and the training/validation split."""
         series, weights, pairs, rng, device = self._setup(X, sample_weight)
         self._check_pairs(pairs)
         train, val = self._split(series, pairs, rng)
-        return self._start_run(series, train, val, weights, device, rng)
+        return series, weights, pairs, rng, device, train, val
 
     def partial_fit(self, X, y=None, sample_weight=None):
         """One epoch over all time-lagged pairs of ``X``, from the current weights.

@@ -180,6 +180,11 @@ class _NoConv(nn.Module):
 FRAGMENT_CONVS = {"graphconv": GraphConv, "rggc": ResGatedGraphConv, "none": _NoConv}
 """Registry of fragment-graph convolutions by name (``TokenMerger(operator=...)``)."""
 
+def _as_tokens(s: Tensor, v: Tensor) -> Tensor:
+    """Scalars (B, F, C) and vectors (B, F, 3, C) as tokens (B, F, 4, C): the scalar row first."""
+    return torch.cat([s.unsqueeze(2), v], dim=2)
+
+
 _DENSE_GRAPH_MAX_RESIDUES = 32  # up to here the residue graph is a dense adjacency (measured faster)
 
 
@@ -242,8 +247,7 @@ class TokenMergerModule(nn.Module):
 
     def forward(self, features: Tensor, positions: Tensor) -> Tensor:
         """Fragment tokens (B, F, 4, C): the scalar row, then the x, y, z rows."""
-        s, v = self.fragments(features, positions)
-        return torch.cat([s.unsqueeze(2), v], dim=2)
+        return _as_tokens(*self.fragments(features, positions))
 
     def fragments(self, features: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         """Fragment scalars (B, F, C) and vectors (B, F, 3, C), as two tensors (what the
@@ -278,8 +282,7 @@ class TokenMergerModule(nn.Module):
         followed by padding up to ``n_fragments * window``: whatever is
         beyond the last residue is masked out, never mixed in.
         """
-        s_frag, v_frag = self._merge_parts(s, v)
-        return torch.cat([s_frag.unsqueeze(2), v_frag], dim=2)
+        return _as_tokens(*self._merge_parts(s, v))
 
     def _merge_parts(self, s: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         spec = self.spec

@@ -324,8 +324,6 @@ def test_spib_trains_on_the_same_seams(tmp_path):
     assert [r["run"] for r in rows] == est.history_["round"]  # context.run is the training round
 
 
-
-
 def test_the_training_context_steps_exactly_as_fit_does(rng):
     """Benchmarks time ``_train_step`` on ``_training_context``: that must be fit's own step."""
     tokens = TokenTrajectory(rng.normal(size=(40, 5, 4, 8)).astype(np.float32),

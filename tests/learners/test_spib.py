@@ -318,7 +318,7 @@ def test_alanine_dipeptide_states_match_the_dihedral_msm_pcca_sets(
         visnet_checkpoint, ala2_trajs, ala2_tokens, token_cache, dihedral_reference, seed):
     pipe = Pipeline([
         ("embed", GeomEmbedder(visnet_checkpoint, memory=token_cache, progress=False)),
-        # three residues: no graph convolution over a three-node graph (as examples/alanine_dipeptide.py)
+        # three residues: no graph convolution over a three-node graph (as in the example's VAMPNet pipeline)
         ("merge", TokenMerger(window=1, operator="none")),
         ("spib", SPIBEstimator(lagtime=LAG, transform_output="states", d_model=32, n_heads=2, n_layers=1,
                                batch_size=250, max_epochs=25, patience=3, validation_fraction=0,
