@@ -655,8 +655,8 @@ def parse_args(argv=None):
     parser.add_argument("--window", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="float32", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.memory_budget != "auto":
-        args.memory_budget = float(args.memory_budget)
+    if args.memory_budget != "auto":  # 'inf': a budget no batch reaches (the estimator takes finite floats)
+        args.memory_budget = min(float(args.memory_budget), 1e30)
     if args.steps < 1 or (args.batch_size is not None and args.batch_size < MIN_PAIRS) or args.threads < 0:
         parser.error(f"--steps must be >= 1, --batch-size >= {MIN_PAIRS} (more pairs than the network's 2 "
                      f"outputs), --threads >= 0.")
