@@ -58,41 +58,26 @@ VARIANTS = ("invariant", "equivariant", "g2v_equi")
 
 
 def build(n: int, w: int, b: int, variants):
-    import numpy as np
     import torch
 
     sys.path[:0] = [str(ANCHORS / "shims"), str(ANCHORS)]
     import sitecustomize  # noqa: F401 - points torch_geometric's radius_graph at the shim
     from geom2vec.models.downstream import lobe as g2v_lobe
 
-    from bench_train import make_tokens
-    from g2v_sklearn import TokenMerger, VAMPNetEstimator
-    from g2v_sklearn.learners._vamp import vamp_loss
+    from bench_train import ANCHOR_NETWORK, estimator_context, geom2vec_step, make_tokens
 
     torch.set_num_threads(2)
     tokens = make_tokens(n, 2 * b, 0)
-    merged = TokenMerger(window=w).fit_transform([tokens])
-    feat, pos = torch.as_tensor(np.asarray(tokens.features)), torch.as_tensor(np.asarray(tokens.positions))
     steps = {}
     for name in variants:
         torch.manual_seed(0)
         if name == "g2v_equi":
-            net = g2v_lobe.Lobe(output_channels=2, input_channels=64, hidden_channels=64, num_tokens=n,
-                                merger=w > 1, merger_window=w, equi_rep=True, num_mixer_layers=4, nhead=8,
-                                dropout=0.0)
-            optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
-
-            def step(net=net, optimizer=optimizer):
-                net.train()
-                out = net((feat, pos))
-                loss = vamp_loss(out[:b], out[b:], method="VAMP2", epsilon=1e-6, mode="regularize")
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+            lobe = g2v_lobe.Lobe(output_channels=2, input_channels=64, hidden_channels=64, num_tokens=n,
+                                 merger=w > 1, merger_window=w, equi_rep=True, num_mixer_layers=4, nhead=8,
+                                 dropout=0.0)
+            step = geom2vec_step(lobe, tokens, b)
         else:  # ours: the estimator's own training step (fit's seams)
-            est = VAMPNetEstimator(lagtime=b, batch_size=b, d_model=64, n_heads=8, n_layers=4, mixer=name,
-                                   lr=1e-4, progress=False, random_state=0)
-            ctx = est._training_context(merged)
+            est, ctx = estimator_context(tokens, w, b, mixer=name, lr=1e-4, **ANCHOR_NETWORK)
 
             def step(est=est, ctx=ctx):
                 est._train_step(ctx, ctx.train)

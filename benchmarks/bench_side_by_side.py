@@ -132,10 +132,8 @@ def worker(n: int, w: int, b: int, repeats: int, variants: list[str]) -> dict:
     from geom2vec.models.downstream import lobe as g2v_lobe
 
     from _common import matmul_rates
-    from bench_train import make_tokens
-    from g2v_sklearn import TokenMerger, VAMPNetEstimator
+    from bench_train import ANCHOR_NETWORK, estimator_context, geom2vec_step, make_tokens
     from g2v_sklearn._utils import supports_bfloat16
-    from g2v_sklearn.learners._vamp import vamp_loss
 
     torch.set_num_threads(2)
     tokens = make_tokens(n, 2 * b, 0)
@@ -144,23 +142,19 @@ def worker(n: int, w: int, b: int, repeats: int, variants: list[str]) -> dict:
     if not supports_bfloat16(torch.device("cpu")):
         variants = [v for v in variants if v != "ours_bf16"]  # emulated bfloat16 is slower than float32
     # ours: the estimator's own training step (fit's seams), on B pairs of the 2B frames
-    estimators, contexts, steps = {}, {}, {}
+    plans, steps = {}, {}
     for name in ["ours"] + [v for v in variants if v != "ours"]:
         operator, extra = OURS[name]
         if extra.get("memory_budget") == "half":
-            extra = {"memory_budget": 0.5 * estimators["ours"].memory_plan_["batch_activation_bytes"]}
-        merged = TokenMerger(window=w, operator=operator).fit_transform([tokens])
-        est = VAMPNetEstimator(lagtime=b, batch_size=b, d_model=64, n_heads=8, n_layers=4, dropout=0.0, lr=1e-4,
-                               progress=False, random_state=0, **extra)
-        ctx = est._training_context(merged)
-        estimators[name], contexts[name] = est, ctx
+            extra = {"memory_budget": 0.5 * plans["ours"]["batch_activation_bytes"]}
+        est, ctx = estimator_context(tokens, w, b, operator=operator, dropout=0.0, lr=1e-4, **ANCHOR_NETWORK,
+                                     **extra)
+        plans[name] = est.memory_plan_
         steps[name] = (lambda est, ctx: lambda: est._train_step(ctx, ctx.train))(est, ctx)
-    plans = {name: est.memory_plan_ for name, est in estimators.items()}
     # geom2vec's Lobe, stepped as its own training code steps it
     torch.manual_seed(0)
     g2v = g2v_lobe.Lobe(output_channels=2, input_channels=64, hidden_channels=64, num_tokens=n, merger=w > 1,
                         merger_window=w, equi_rep=False, num_mixer_layers=4, nhead=8, dropout=0.0)
-    g2v_opt = torch.optim.AdamW(g2v.parameters(), lr=1e-4)
     radius = {"s": 0.0}
     original = g2v_lobe.radius_graph
 
@@ -171,17 +165,7 @@ def worker(n: int, w: int, b: int, repeats: int, variants: list[str]) -> dict:
         return out
 
     g2v_lobe.radius_graph = timed_radius
-    feat, pos = torch.as_tensor(np.asarray(tokens.features)), torch.as_tensor(np.asarray(tokens.positions))
-
-    def g2v_step():
-        g2v.train()
-        out = g2v((feat, pos))
-        loss = vamp_loss(out[:b], out[b:], method="VAMP2", epsilon=1e-6, mode="regularize")
-        g2v_opt.zero_grad()
-        loss.backward()
-        g2v_opt.step()
-
-    steps["g2v_std"] = g2v_step
+    steps["g2v_std"] = geom2vec_step(g2v, tokens, b)
     times = {k: [] for k in steps}
     radius_times = []
     for name, step in steps.items():

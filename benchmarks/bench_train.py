@@ -214,6 +214,45 @@ def make_tokens(n_residues: int, n_frames: int, seed: int):
                            chain_ids=["A"] * n_residues, residue_ids=range(1, n_residues + 1))
 
 
+#: The network of ../shared/anchors/side_by_side.py, pinned for every comparison with geom2vec's
+#: Lobe (hidden 64 is the tokens' width, as geom2vec's hidden_channels).
+ANCHOR_NETWORK = dict(d_model=64, n_heads=8, n_layers=4)
+
+
+def estimator_context(tokens, w: int, b: int, *, operator: str = "graphconv", **params):
+    """``(est, ctx)``: ``VAMPNetEstimator(lagtime=B, batch_size=B, **params)`` on ``tokens``' 2B
+    frames after ``TokenMerger(window=w, operator=operator)``, and the context of its own
+    training step (fit's seams): ``est._train_step(ctx, ctx.train)`` is one step on all B pairs."""
+    from g2v_sklearn import TokenMerger, VAMPNetEstimator
+
+    merged = TokenMerger(window=w, operator=operator).fit_transform([tokens])
+    est = VAMPNetEstimator(lagtime=b, batch_size=b, **{"progress": False, "random_state": 0, **params})
+    return est, est._training_context(merged)
+
+
+def geom2vec_step(lobe, tokens, b: int, device="cpu"):
+    """One training step of geom2vec's ``Lobe`` as its own code takes it, on ``tokens``' 2B frames:
+    forward, VAMP-2 of the first B frames against the last B, backward, ``torch.optim.AdamW``."""
+    import numpy as np
+    import torch
+
+    from g2v_sklearn.learners._vamp import vamp_loss
+
+    features = torch.as_tensor(np.asarray(tokens.features), device=device)
+    positions = torch.as_tensor(np.asarray(tokens.positions), device=device)
+    optimizer = torch.optim.AdamW(lobe.parameters(), lr=1e-4)
+
+    def step():
+        lobe.train()
+        out = lobe((features, positions))
+        loss = vamp_loss(out[:b], out[b:], method="VAMP2", epsilon=1e-6, mode="regularize")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
 def mean_neighbours(positions) -> float:
     """Mean number of residues within CUTOFF of a residue (self excluded), one frame."""
     import torch
@@ -291,7 +330,6 @@ def run_worker(args) -> None:
     import numpy as np
     import torch
 
-    from g2v_sklearn import TokenMerger, VAMPNetEstimator
     from g2v_sklearn.nn._lobes import attention_backend
 
     if args.threads:
@@ -305,11 +343,9 @@ def run_worker(args) -> None:
     try:
         # ---- set-up: the estimator's own training context (fit's seams); 2B frames, B pairs
         tokens = make_tokens(n, 2 * b, args.seed)
-        merger = TokenMerger(window=w).fit([tokens])
-        merged = merger.transform([tokens])
-        est = VAMPNetEstimator(lagtime=b, batch_size=b, precision=args.precision, device=str(device),
-                               memory_budget=args.memory_budget, progress=False, random_state=args.seed)
-        ctx = est._training_context(merged)
+        est, ctx = estimator_context(tokens, w, b, precision=args.precision, device=str(device),
+                                     memory_budget=args.memory_budget, random_state=args.seed)
+        spec = ctx.series.spec
         rng = np.random.default_rng(args.seed)
         pairs = ctx.train  # (0, t), (0, t + B)
         assert len(pairs) == b
@@ -387,8 +423,8 @@ def run_worker(args) -> None:
     result = {
         "n_residues": n,
         "window": w,
-        "n_fragments": merger.spec_.n_fragments,
-        "operator": merger.spec_.operator,
+        "n_fragments": spec.n_fragments,
+        "operator": spec.operator,
         "device": device.type,
         "device_name": torch.cuda.get_device_name(device) if cuda else None,
         "precision": args.precision,

@@ -223,14 +223,12 @@ def embedding(args, device, budget: Budget, report: dict) -> list:
 
 def _training_setup(n: int, w: int, b: int, precision: str, device, operator: str = "graphconv"):
     """The estimator and the context of its own training step (fit's seams) on B pairs of 2B frames."""
-    from bench_train import make_tokens
-    from g2v_sklearn import TokenMerger, VAMPNetEstimator
+    from bench_train import ANCHOR_NETWORK, estimator_context, make_tokens
 
     tokens = make_tokens(n, 2 * b, 0)
-    merged = TokenMerger(window=w, operator=operator).fit_transform([tokens])
-    est = VAMPNetEstimator(lagtime=b, batch_size=b, d_model=64, n_heads=8, n_layers=4, precision=precision,
-                           device=str(device), progress=False, random_state=0)
-    return est, est._training_context(merged), tokens
+    est, ctx = estimator_context(tokens, w, b, operator=operator, precision=precision, device=str(device),
+                                 **ANCHOR_NETWORK)
+    return est, ctx, tokens
 
 
 def _step(est, ctx) -> None:
@@ -306,7 +304,6 @@ def training(args, device, budget: Budget, report: dict) -> dict:
 
 
 def side_by_side(args, device, budget: Budget, report: dict) -> list:
-    import numpy as np
     import torch
 
     anchors = Path(args.anchors)
@@ -331,20 +328,9 @@ def side_by_side(args, device, budget: Budget, report: dict) -> list:
             lobe = g2v_lobe.Lobe(output_channels=2, input_channels=64, hidden_channels=64, num_tokens=n,
                                  merger=w > 1, merger_window=w, equi_rep=False, num_mixer_layers=4, nhead=8,
                                  dropout=0.0, device=device)
-            g2v_opt = torch.optim.AdamW(lobe.parameters(), lr=1e-4)
-            feat = torch.as_tensor(np.asarray(tokens.features), device=device)
-            pos = torch.as_tensor(np.asarray(tokens.positions), device=device)
+            from bench_train import geom2vec_step
 
-            def g2v_step():
-                from g2v_sklearn.learners._vamp import vamp_loss
-
-                lobe.train()
-                out = lobe((feat, pos))
-                loss = vamp_loss(out[:b], out[b:], method="VAMP2", epsilon=1e-6, mode="regularize")
-                g2v_opt.zero_grad()
-                loss.backward()
-                g2v_opt.step()
-
+            g2v_step = geom2vec_step(lobe, tokens, b, device)
             row["ours_s"] = _time_steps(lambda: _step(est, ctx), device, args.repeats)
             row["geom2vec_s"] = _time_steps(g2v_step, device, args.repeats)
             row["geom2vec_over_ours"] = row["geom2vec_s"] / row["ours_s"]

@@ -180,6 +180,7 @@ class _NoConv(nn.Module):
 FRAGMENT_CONVS = {"graphconv": GraphConv, "rggc": ResGatedGraphConv, "none": _NoConv}
 """Registry of fragment-graph convolutions by name (``TokenMerger(operator=...)``)."""
 
+
 def _as_tokens(s: Tensor, v: Tensor) -> Tensor:
     """Scalars (B, F, C) and vectors (B, F, 3, C) as tokens (B, F, 4, C): the scalar row first."""
     return torch.cat([s.unsqueeze(2), v], dim=2)
