@@ -29,12 +29,14 @@ from .._utils import (
     weights_sha256,
 )
 from ..nn._backbone import (
+    ARCHITECTURES,
     BackboneConfig,
     DenoisingHead,
     build_backbone,
     file_sha256,
     load_checkpoint,
 )
+from ..nn._neighbors import radius_graph
 from ..nn._padded_visnet import padded_forward, supports_padded
 from ..tokens._tokens import (
     RamTokenWriter,
@@ -60,6 +62,15 @@ __all__ = ["GeomEmbedder"]
 
 # Atoms per forward pass with batch_size="auto" (see the benchmark in benchmarks/).
 ATOMS_PER_BATCH = 2048
+
+#: With ``compile="auto"``, a trajectory is embedded through ``torch.compile`` on a CPU
+#: when its neighbour pairs summed over its frames reach this many. Compiling costs
+#: 27-40 s once per process (dynamic shapes: one compilation for every batch shape) and
+#: saved 0.6-2.8 microseconds per pair on a 2-core AVX-512 EPYC, so it repays itself
+#: from about 1e7 to 7e7 pairs, depending on the backbone and the neighbour cap
+#: (docs/benchmarks.md, "compile='auto'"); 5e7 is about 290 frames of adenylate
+#: kinase's 1,656 heavy atoms with every neighbour within 7.5 Angstrom.
+COMPILE_EDGE_FRAMES = 5e7
 
 def pass_bytes_per_frame(n_atoms: int, hidden: int, max_num_neighbors: int | None) -> float:
     """Memory one frame adds to a forward pass of the padded ViSNet, in bytes (an estimate).
@@ -107,21 +118,22 @@ class _Engine:
         self.chunk_size = reader.chunk_size
         self.dtype = dtype
         self.device = device
-        self.compile = compile
+        self.compile = compile  # True, False or "auto"
+        self.compiling = compile is True  # decided per trajectory by worth_compiling
         self.progress = progress
         self.provenance = provenance
 
     # -- embedding ---------------------------------------------------------------------
     def forward(self, z: torch.Tensor, pos: torch.Tensor, batch: torch.Tensor):
-        """Atom scalars and vectors: ViSNet on a padded neighbour table when it applies.
+        """Atom scalars and vectors: the backbone on a padded neighbour table when it applies.
 
-        With ``compile``, the forward pass goes through ``torch.compile``; if
-        compilation fails (no C++ compiler, an unsupported platform), a warning
-        says so and this engine goes on without it.
+        While :attr:`compiling`, the forward pass goes through ``torch.compile``;
+        if compilation fails (no C++ compiler, an unsupported platform), a
+        warning says so and this engine goes on without it.
         """
         if not supports_padded(self.module):
             return self.module(z, pos, batch)
-        if self.compile:
+        if self.compiling:
             try:
                 return padded_forward(self.module, z, pos, batch, compile=True)
             except Exception as exc:  # noqa: BLE001 - any compiler failure falls back
@@ -129,8 +141,27 @@ class _Engine:
                     f"torch.compile failed ({type(exc).__name__}: {exc}); GeomEmbedder embeds "
                     f"without compilation.", RuntimeWarning, stacklevel=2,
                 )
-                self.compile = False
+                self.compile = self.compiling = False
         return padded_forward(self.module, z, pos, batch)
+
+    def worth_compiling(self, frame: np.ndarray, n_frames: int) -> bool:
+        """Whether to compile for a trajectory of ``n_frames`` frames like ``frame`` (Angstrom).
+
+        ``compile=True`` or ``False`` decide alone. ``"auto"`` compiles on a
+        CPU when the trajectory's neighbour pairs (those of ``frame``, self
+        pairs included, times ``n_frames``) reach :data:`COMPILE_EDGE_FRAMES`:
+        the work above which compiling has repaid its cost in the measurements
+        of ``docs/benchmarks.md``. It does not compile on other devices, where
+        that trade was not measured.
+        """
+        if self.compile != "auto":
+            return bool(self.compile)
+        if torch.device(self.device).type != "cpu" or not supports_padded(self.module):
+            return False
+        distance = self.module.distance
+        edges = radius_graph(torch.from_numpy(np.ascontiguousarray(frame)), distance.cutoff,
+                             loop=True, max_num_neighbors=distance.max_num_neighbors).size(1)
+        return edges * n_frames >= COMPILE_EDGE_FRAMES
 
     def embed_batch(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Tokens (b, n_residues, 4, H) and residue positions (b, n_residues, 3) of a batch."""
@@ -189,10 +220,14 @@ class _Engine:
             done = writer.n_written  # frames an interrupted run committed (whole chunks)
             timestep = (writer.resumed_info or {}).get("timestep")
             bar.update(done)
+            decided = False
             for chunk in reader.chunks(source, done):
                 if timestep is None and chunk.n_frames > 1:
                     timestep = float(chunk.timestep)
                 xyz = reader.coordinates(chunk, source, done)
+                if not decided and len(xyz):
+                    self.compiling = self.worth_compiling(xyz[0], n_frames - done)
+                    decided = True
                 for start in range(0, len(xyz), self.batch_size):
                     tokens, positions = self.embed_batch(xyz[start:start + self.batch_size])
                     writer.write(tokens, positions)
@@ -220,7 +255,8 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
     """Embed MD frames into equivariant residue tokens with a frozen pretrained GNN.
 
     Each frame's selected atoms (by default the heavy atoms of everything
-    but water and ions) go through a pretrained ViSNet; the per-atom scalar
+    but water and ions) go through a pretrained equivariant network (ViSNet,
+    TorchMD-Net's equivariant transformer or TensorNet); the per-atom scalar
     and vector features are pooled per residue into tokens of shape
     (n_residues, 4, H): row 0 the scalars, rows 1-3 the x, y and z
     components of the vector channels, which turn with the molecule.
@@ -228,9 +264,17 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
     Parameters
     ----------
     checkpoint : str or path-like, default=None
-        A geom2vec-format ViSNet checkpoint (e.g.
-        ``visnet_l6_h64_rbf64_r75.pth``), read with ``weights_only=True`` and
-        strict key checking.
+        A geom2vec-format checkpoint (``visnet_l6_h64_rbf64_r75.pth``,
+        ``et_l6_h64_rbf64_r75.pth`` or ``tensornet_l3_h64_rbf32_r5.pth``),
+        read with ``weights_only=True`` and strict key checking. Its
+        architecture is read from its keys, not from its name.
+    architecture : {"visnet", "et", "tensornet"}, default=None
+        The backbone: ViSNet, TorchMD-Net's equivariant transformer, or
+        TensorNet. ``None`` reads it from the checkpoint (ViSNet without
+        one); an explicit value the checkpoint contradicts is an error.
+        TensorNet's features are 3 x 3 tensors per channel: its tokens hold
+        its scalar output and the axial vector of the tensors' antisymmetric
+        part, as geom2vec's do (see ``docs/guide.md``).
     topology : str, path-like, mdtraj.Topology or mdtraj.Trajectory, default=None
         Topology for trajectories given as file paths.
     selection : str, default=None
@@ -257,7 +301,8 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
         Highest spherical-harmonic degree (``None``: 1).
     max_num_neighbors : int, default=None
         Keep only this many nearest neighbours per atom; ``None`` keeps every
-        atom within the cutoff.
+        atom within the cutoff. (geom2vec builds its networks with a cap of
+        32 in torch-cluster's search order, which is not the nearest 32.)
     pooling : {"sum", "mean"}, default="sum"
         How atom features are pooled per residue.
     residue_position : {"centroid", "ca"}, default="centroid"
@@ -281,12 +326,15 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
         warning where it does not.
     device : str or torch.device, default="auto"
         ``"auto"`` is CUDA when available, else CPU.
-    compile : bool, default=False
+    compile : bool or "auto", default="auto"
         Run the backbone through ``torch.compile`` (needs a C++ compiler on
-        CPU). The first batch of each new shape pays the compilation (tens of
-        seconds); afterwards frames embed faster, see ``docs/benchmarks.md``.
-        If compilation fails, a warning says so and embedding goes on
-        without it.
+        CPU). Compiling costs tens of seconds once per process; afterwards
+        frames embed faster (1.0-1.8x on a CPU, see ``docs/benchmarks.md``).
+        ``"auto"`` compiles a trajectory on a CPU when it is large enough to
+        repay that (:data:`COMPILE_EDGE_FRAMES` neighbour pairs over its
+        frames: about 290 frames of a 1,656-atom protein), and never on a GPU,
+        where the trade was not measured (pass ``True`` there). If
+        compilation fails, a warning says so and embedding goes on without it.
     store_dir : str or path-like, default=None
         Write tokens into memory-mapped files under this directory instead
         of RAM (one sub-directory per trajectory, named by a hash of its
@@ -316,7 +364,8 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
     Attributes
     ----------
     module_ : torch.nn.Module
-        The backbone (torch-geometric ViSNetBlock), in eval mode.
+        The backbone (torch-geometric's ViSNetBlock, or this package's
+        EquivariantTransformer or TensorNet), in eval mode.
     config_ : dict
         Its architecture.
     checkpoint_sha256_ : str or None
@@ -385,6 +434,7 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
 
     _parameter_constraints: dict = {
         "checkpoint": [str, os.PathLike, None],
+        "architecture": [StrOptions(set(ARCHITECTURES)), None],
         "topology": [str, os.PathLike, md.Topology, md.Trajectory, None],
         "selection": [str, None],
         "atomic_numbers": ["array-like", None],
@@ -402,7 +452,7 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
         "chunk_size": [Interval(Integral, 1, None, closed="left")],
         "dtype": [StrOptions({"float32", "bfloat16"})],
         "device": [str, torch.device],
-        "compile": ["boolean"],
+        "compile": ["boolean", StrOptions({"auto"})],
         "store_dir": [str, os.PathLike, None],
         "memory": [str, os.PathLike, None],
         "n_jobs": [Integral, None],
@@ -417,6 +467,7 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
         self,
         checkpoint=None,
         *,
+        architecture=None,
         topology=None,
         selection=None,
         atomic_numbers=None,
@@ -434,7 +485,7 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
         chunk_size=1000,
         dtype="float32",
         device="auto",
-        compile=False,
+        compile="auto",
         store_dir=None,
         memory=None,
         n_jobs=None,
@@ -445,6 +496,7 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
         random_state=None,
     ):
         self.checkpoint = checkpoint
+        self.architecture = architecture
         self.topology = topology
         self.selection = selection
         self.atomic_numbers = atomic_numbers
@@ -471,6 +523,15 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
         self.pretrain_lr = pretrain_lr
         self.progress = progress
         self.random_state = random_state
+
+    #: Parameters added since 0.1.0.dev0, with the value that reproduces the embedders
+    #: made before: a pickle made without them unpickles with them.
+    _ADDED_PARAMETERS = {"architecture": None}
+
+    def __setstate__(self, state):
+        for name, value in self._ADDED_PARAMETERS.items():
+            state.setdefault(name, value)
+        super().__setstate__(state)
 
     # -- scikit-learn plumbing ---------------------------------------------------------
     def __sklearn_tags__(self):
@@ -529,7 +590,7 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
         self.residue_names_ = list(self.layout_.residue_names)
         self.n_residues_ = self.layout_.n_residues
         self.topology_signature_ = topology_signature(topology, atom_indices, numbers)
-        self.config_ = {k: v for k, v in vars(config).items()}
+        self.config_ = config.as_dict()
         self.pretrain_history_ = []
         if self.pretrain == "denoise":
             self.pretrain_history_ = self._pretrain(module, head_state, config, sources)
@@ -539,6 +600,7 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
 
     def _make_backbone(self):
         explicit = {
+            "architecture": self.architecture,
             "hidden_channels": self.hidden_channels,
             "num_layers": self.num_layers,
             "num_rbf": self.num_rbf,
@@ -563,6 +625,9 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
                 "an untrained backbone, for ablations only.)"
             )
         self.checkpoint_sha256_ = None
+        if self.architecture not in (None, "visnet") and self.lmax not in (None, 1):
+            raise ValueError(f"lmax={self.lmax} applies to ViSNet only, not to "
+                             f"architecture={self.architecture!r}.")
         config = BackboneConfig(**{k: v for k, v in explicit.items() if v is not None})
         with local_torch_seed(check_generator(self.random_state)):
             module = build_backbone(config)

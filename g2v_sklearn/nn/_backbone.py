@@ -1,14 +1,22 @@
-"""The frozen geometric backbone: building ViSNet and reading geom2vec checkpoints.
+"""The frozen geometric backbone: building it and reading geom2vec checkpoints.
 
-torch-geometric's :class:`~torch_geometric.nn.models.ViSNet` is used as is,
-except that its neighbour search (``representation_model.distance``, which
-needs pyg-lib or torch-cluster) is replaced by :class:`RadiusDistance`.
+Three architectures, those of geom2vec's pretrained files:
 
-The architecture is read from the checkpoint whenever the user leaves a
-parameter at ``None``: the hidden size from the embedding table, the number
-of layers from the message-passing blocks, the number of radial basis
-functions from their means, and the cutoff from the first mean, which
-ViSNet's exponential-normal smearing sets to ``exp(-cutoff)``.
+* ``"visnet"``: torch-geometric's :class:`~torch_geometric.nn.models.ViSNet`
+  block, used as is except that its neighbour search
+  (``representation_model.distance``, which needs pyg-lib or torch-cluster)
+  is replaced by :class:`RadiusDistance`;
+* ``"et"`` and ``"tensornet"``: TorchMD-Net's equivariant transformer and
+  TensorNet, written in :mod:`._torchmd` (why not torchmd-net itself: see there).
+
+Which one a file holds is read from its keys (``vis_mp_layers``,
+``attention_layers``, ``tensor_embedding``); geom2vec's file-name prefix
+(``visnet_``, ``et_``, ``tensornet_``) is only a cross-check. The rest of the
+architecture is read from the checkpoint whenever the user leaves a parameter
+at ``None``: the hidden size and the largest atomic number from the embedding
+table, the number of layers from the layer blocks, the number of radial basis
+functions from their means, and the cutoff from the first mean, which the
+exponential-normal basis of all three sets to ``exp(-cutoff)``.
 """
 
 from __future__ import annotations
@@ -24,8 +32,10 @@ from torch import Tensor, nn
 from torch_geometric.nn.models.visnet import EquivariantScalar, ViSNetBlock
 
 from ._neighbors import RadiusDistance
+from ._torchmd import EquivariantTransformer, TensorNet
 
 __all__ = [
+    "ARCHITECTURES",
     "BackboneConfig",
     "DenoisingHead",
     "build_backbone",
@@ -34,19 +44,31 @@ __all__ = [
 ]
 
 _PREFIX = "representation_model."
-_HEAD_PREFIX = "vec_out."
+#: The architectures, by the name ``GeomEmbedder(architecture=...)`` takes.
+ARCHITECTURES = ("visnet", "et", "tensornet")
+# What identifies each in a file: its layer blocks, its embedding table, its denoising head
+_LAYERS = {"visnet": "vis_mp_layers", "et": "attention_layers", "tensornet": "layers"}
+_EMBEDDING = {"visnet": "embedding.weight", "et": "embedding.weight",
+              "tensornet": "tensor_embedding.emb.weight"}
+_HEAD_PREFIX = {"visnet": "vec_out.", "et": "output_model_noise.", "tensornet": "output_model_noise."}
+# geom2vec's file-name prefixes (its factory's own table)
+_FILE_PREFIX = {"visnet": "visnet", "vis": "visnet", "et": "et", "torchmdet": "et",
+                "tensornet": "tensornet", "tn": "tensornet"}
+_LONG_NAME = {"visnet": "ViSNet", "et": "equivariant transformer (ET)", "tensornet": "TensorNet"}
 # Entries of a geom2vec checkpoint that belong to its pretraining, not to the backbone.
-_SET_ASIDE = ("vec_out.", "output_model", "output_model_noise.", "pos_normalizer.", "prior_model.")
+_SET_ASIDE = ("vec_out.", "output_model.", "output_model_noise.", "pos_normalizer.", "prior_model.")
 _SET_ASIDE_KEYS = ("mean", "std")
 _NAME_PATTERN = re.compile(r"_l(?P<layers>\d+)_h(?P<hidden>\d+)_rbf(?P<rbf>\d+)_r(?P<cutoff>\d+)")
 
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    """Architecture of a ViSNet backbone.
+    """Architecture of a backbone.
 
     Parameters
     ----------
+    architecture : {"visnet", "et", "tensornet"}
+        ViSNet, TorchMD-Net's equivariant transformer, or TensorNet.
     hidden_channels : int
         Width of the scalar and vector channels, ``H``.
     num_layers : int
@@ -56,15 +78,20 @@ class BackboneConfig:
     cutoff : float
         Interaction cutoff, in Angstrom.
     lmax : int
-        Highest degree of the spherical harmonics (1 or 2). Tokens always use
-        the degree-1 (vector) part.
+        ViSNet's highest degree of the spherical harmonics (1 or 2). Tokens
+        always use the degree-1 (vector) part.
     max_num_neighbors : int or None
         Cap on neighbours per atom, ``None`` for every atom within the cutoff.
     max_z : int
         Size of the atomic-number embedding; elements with ``Z >= max_z``
         have no embedding.
+    vecnorm_type, trainable_vecnorm
+        ViSNet's vector norm.
+    num_heads : int
+        Attention heads (ViSNet, ET). Shapes do not show it; geom2vec uses 8.
     """
 
+    architecture: str = "visnet"
     hidden_channels: int = 64
     num_layers: int = 6
     num_rbf: int = 64
@@ -76,9 +103,19 @@ class BackboneConfig:
     trainable_vecnorm: bool = True
     num_heads: int = 8
 
+    def as_dict(self) -> dict:
+        """The fields that describe this architecture (ViSNet's own only for ViSNet)."""
+        fields = asdict(self)
+        if self.architecture != "visnet":
+            for name in ("lmax", "vecnorm_type", "trainable_vecnorm"):
+                fields.pop(name)
+        if self.architecture == "tensornet":
+            fields.pop("num_heads")
+        return fields
 
-def build_backbone(config: BackboneConfig) -> ViSNetBlock:
-    """Build torch-geometric's ViSNet representation block with our neighbour search.
+
+def build_backbone(config: BackboneConfig) -> nn.Module:
+    """Build a backbone with our neighbour search.
 
     Parameters
     ----------
@@ -87,11 +124,23 @@ def build_backbone(config: BackboneConfig) -> ViSNetBlock:
 
     Returns
     -------
-    block : torch_geometric.nn.models.visnet.ViSNetBlock
+    block : ViSNetBlock, EquivariantTransformer or TensorNet
         Randomly initialised; ``block(z, pos, batch)`` returns per-atom
         scalars of shape (n_atoms, H) and vectors of shape (n_atoms, 3, H)
-        (8 rows when ``lmax=2``).
+        (8 rows for ViSNet with ``lmax=2``).
     """
+    if config.architecture == "et":
+        return EquivariantTransformer(
+            hidden_channels=config.hidden_channels, num_layers=config.num_layers,
+            num_rbf=config.num_rbf, cutoff=config.cutoff, num_heads=config.num_heads,
+            max_z=config.max_z, max_num_neighbors=config.max_num_neighbors)
+    if config.architecture == "tensornet":
+        return TensorNet(
+            hidden_channels=config.hidden_channels, num_layers=config.num_layers,
+            num_rbf=config.num_rbf, cutoff=config.cutoff, max_z=config.max_z,
+            max_num_neighbors=config.max_num_neighbors)
+    if config.architecture != "visnet":
+        raise ValueError(f"Unknown architecture {config.architecture!r}; expected one of {ARCHITECTURES}.")
     block = ViSNetBlock(
         lmax=config.lmax,
         vecnorm_type=config.vecnorm_type,
@@ -114,8 +163,9 @@ def build_backbone(config: BackboneConfig) -> ViSNetBlock:
 class DenoisingHead(nn.Module):
     """Equivariant head that predicts per-atom coordinate noise.
 
-    Two gated equivariant blocks, as in geom2vec's ``vec_out`` head, so the
-    head of a geom2vec checkpoint loads into it.
+    Two gated equivariant blocks, as in geom2vec's heads (``vec_out`` for
+    ViSNet, ``output_model_noise`` for ET and TensorNet, the same structure),
+    so the head of a geom2vec checkpoint loads into it.
 
     Parameters
     ----------
@@ -187,58 +237,90 @@ def _read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     return state
 
 
+def detect_architecture(state: dict[str, Tensor], path: str | os.PathLike) -> str:
+    """Which of :data:`ARCHITECTURES` a geom2vec-format state_dict holds, from its keys."""
+    keys = [k[len(_PREFIX):] for k in state if k.startswith(_PREFIX)]
+    if not keys:
+        raise ValueError(
+            f"Checkpoint {os.fspath(path)!r} holds no geom2vec backbone: none of its keys starts "
+            f"with {_PREFIX!r}. Expected one of geom2vec's pretrained files "
+            f"(visnet_*.pth, et_*.pth, tensornet_*.pth)."
+        )
+    for name, marker in (("visnet", "vis_mp_layers."), ("et", "attention_layers."),
+                         ("tensornet", "tensor_embedding.")):
+        if any(k.startswith(marker) for k in keys):
+            return name
+    blocks = sorted({k.split(".")[0] for k in keys})
+    raise ValueError(
+        f"Checkpoint {os.fspath(path)!r} holds a backbone of an unknown architecture (its "
+        f"'{_PREFIX}*' entries are {_shorten(blocks)}). GeomEmbedder reads geom2vec's ViSNet "
+        f"('vis_mp_layers'), equivariant transformer ('attention_layers') and TensorNet "
+        f"('tensor_embedding', 'layers') files."
+    )
+
+
 def _infer_config(state: dict[str, Tensor], path: str | os.PathLike) -> dict:
     """Architecture read from the weights (and the geom2vec file name as a check)."""
+    architecture = detect_architecture(state, path)
     try:
-        hidden = state[_PREFIX + "embedding.weight"].shape[1]
-        max_z = state[_PREFIX + "embedding.weight"].shape[0]
+        table = state[_PREFIX + _EMBEDDING[architecture]]
         means = state[_PREFIX + "distance_expansion.means"]
     except KeyError as exc:
         raise ValueError(
-            f"Checkpoint {os.fspath(path)!r} does not hold a ViSNet backbone: key {exc.args[0]!r} "
-            f"is missing. Expected geom2vec's 'visnet_*.pth' files, whose backbone keys start "
-            f"with {_PREFIX!r}."
+            f"Checkpoint {os.fspath(path)!r} does not hold a complete "
+            f"{_LONG_NAME[architecture]} backbone: key {exc.args[0]!r} is missing."
         ) from None
     layers = {
         int(m.group(1))
         for key in state
-        if (m := re.match(re.escape(_PREFIX) + r"vis_mp_layers\.(\d+)\.", key))
+        if (m := re.match(re.escape(_PREFIX + _LAYERS[architecture]) + r"\.(\d+)\.", key))
     }
-    if not layers:
-        raise ValueError(
-            f"Checkpoint {os.fspath(path)!r} does not hold a ViSNet backbone: it has no "
-            f"'{_PREFIX}vis_mp_layers.*' keys (is it another architecture, such as geom2vec's "
-            f"equivariant transformer or TensorNet?)."
-        )
     inferred = {
-        "hidden_channels": int(hidden),
-        "max_z": int(max_z),
+        "architecture": architecture,
+        "hidden_channels": int(table.shape[1]),
+        "max_z": int(table.shape[0]),
         "num_rbf": int(means.numel()),
         "num_layers": len(layers),
-        # ExpNormalSmearing starts its means at exp(-cutoff).
+        # the exponential-normal basis starts its means at exp(-cutoff)
         "cutoff": round(-math.log(float(means[0])), 4),
-        "trainable_vecnorm": (_PREFIX + "vec_out_norm.weight") in state,
     }
-    match = _NAME_PATTERN.search(os.path.basename(os.fspath(path)))
+    if architecture == "visnet":
+        inferred["trainable_vecnorm"] = (_PREFIX + "vec_out_norm.weight") in state
+    name = os.path.basename(os.fspath(path))
+    named = _FILE_PREFIX.get(name.lower().split("_")[0].split(".")[0])
+    if named is not None and named != architecture:
+        raise ValueError(
+            f"Checkpoint {os.fspath(path)!r} is named as a {_LONG_NAME[named]} file, but its "
+            f"weights are those of a {_LONG_NAME[architecture]}. Check that it is the file you "
+            f"meant; a file named without geom2vec's prefix is read from its weights alone."
+        )
+    match = _NAME_PATTERN.search(name)
     if match is not None:
         from_name = {
             "num_layers": int(match["layers"]),
             "hidden_channels": int(match["hidden"]),
             "num_rbf": int(match["rbf"]),
-            "cutoff": int(match["cutoff"]) / 10,
+            # geom2vec's rule: r75 is 7.5 Angstrom, r5 is 5
+            "cutoff": int(match["cutoff"]) / 10 if int(match["cutoff"]) > 10 else float(match["cutoff"]),
         }
-        for name, value in from_name.items():
-            if not math.isclose(inferred[name], value, rel_tol=1e-3):
+        for key, value in from_name.items():
+            if not math.isclose(inferred[key], value, rel_tol=1e-3):
                 raise ValueError(
-                    f"Checkpoint {os.fspath(path)!r} is named for {name}={value}, but its "
-                    f"weights have {name}={inferred[name]}."
+                    f"Checkpoint {os.fspath(path)!r} is named for {key}={value}, but its "
+                    f"weights have {key}={inferred[key]}."
                 )
     return inferred
 
 
+def _conflicts(name: str, inferred, value) -> bool:
+    if isinstance(inferred, str) or isinstance(value, str):
+        return inferred != value
+    return not math.isclose(float(inferred), float(value), rel_tol=1e-3)
+
+
 def load_checkpoint(
     path: str | os.PathLike, overrides: dict | None = None
-) -> tuple[ViSNetBlock, BackboneConfig, dict[str, Tensor]]:
+) -> tuple[nn.Module, BackboneConfig, dict[str, Tensor]]:
     """Build a backbone from a geom2vec-format checkpoint, strictly.
 
     Parameters
@@ -252,35 +334,43 @@ def load_checkpoint(
 
     Returns
     -------
-    block : ViSNetBlock
+    block : ViSNetBlock, EquivariantTransformer or TensorNet
         The backbone with the checkpoint's weights.
     config : BackboneConfig
         Its architecture.
     head_state : dict
-        The denoising head's weights (``vec_out.*``, prefix removed), empty
-        when the file has none.
+        The denoising head's weights (``vec_out.*`` or ``output_model_noise.*``,
+        prefix removed), empty when the file has none.
 
     Raises
     ------
     FileNotFoundError
         If the file does not exist.
     ValueError
-        If the file is not a weights-only state_dict, does not hold a ViSNet
-        backbone, disagrees with an explicit parameter, or its backbone keys
-        or shapes do not match the architecture one to one.
+        If the file is not a weights-only state_dict, holds no backbone of a
+        known architecture, disagrees with an explicit parameter or its own
+        name, or its backbone keys or shapes do not match the architecture
+        one to one.
     """
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     state = _read_state_dict(path)
     inferred = _infer_config(state, path)
     for name, value in overrides.items():
-        if name in inferred and not math.isclose(float(inferred[name]), float(value), rel_tol=1e-3):
+        if name in inferred and _conflicts(name, inferred[name], value):
             raise ValueError(
                 f"The checkpoint {os.fspath(path)!r} has {name}={inferred[name]}, which "
                 f"conflicts with the explicit parameter {name}={value}. Leave {name}=None "
                 f"to read it from the checkpoint."
             )
+    architecture = inferred["architecture"]
+    if architecture != "visnet" and overrides.get("lmax", 1) != 1:
+        raise ValueError(
+            f"lmax={overrides['lmax']} applies to ViSNet only; the checkpoint "
+            f"{os.fspath(path)!r} holds a {_LONG_NAME[architecture]}."
+        )
     config = BackboneConfig(**{**inferred, **overrides})
     block = build_backbone(config)
+    head_prefix = _HEAD_PREFIX[architecture]
 
     backbone_state = {k[len(_PREFIX):]: v for k, v in state.items() if k.startswith(_PREFIX)}
     others = [
@@ -305,12 +395,12 @@ def load_checkpoint(
         if mismatched:
             problems.append(f"shape mismatches {_shorten(mismatched)}")
         raise ValueError(
-            f"Checkpoint {os.fspath(path)!r} does not fit the ViSNet backbone "
-            f"{asdict(config)}: " + "; ".join(problems) + "."
+            f"Checkpoint {os.fspath(path)!r} does not fit the {_LONG_NAME[architecture]} backbone "
+            f"{config.as_dict()}: " + "; ".join(problems) + "."
         )
     block.load_state_dict(backbone_state, strict=True)
     head_state = {
-        k[len(_HEAD_PREFIX):]: v for k, v in state.items() if k.startswith(_HEAD_PREFIX)
+        k[len(head_prefix):]: v for k, v in state.items() if k.startswith(head_prefix)
     }
     return block, config, head_state
 

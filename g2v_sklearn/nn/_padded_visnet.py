@@ -53,8 +53,14 @@ __all__ = ["neighbor_table", "padded_forward", "supports_padded", "table_forward
 EDGES_PER_CHUNK = 8192
 
 
-def supports_padded(block: ViSNetBlock) -> bool:
-    """Whether :func:`padded_forward` computes ``block``'s function (lmax 1, no vertex terms)."""
+def supports_padded(block) -> bool:
+    """Whether :func:`padded_forward` computes ``block``'s function.
+
+    True for the backbones of :mod:`._torchmd` (they have a ``table_forward``)
+    and for ViSNet blocks with lmax 1 and no vertex terms.
+    """
+    if not isinstance(block, ViSNetBlock):
+        return callable(getattr(block, "table_forward", None))
     return block.lmax == 1 and not any(
         isinstance(layer, ViS_MP_Vertex) for layer in block.vis_mp_layers
     )
@@ -217,7 +223,7 @@ def padded_forward(block: ViSNetBlock, z: Tensor, pos: Tensor, batch: Tensor, *,
 
     Parameters
     ----------
-    block : ViSNetBlock
+    block : ViSNetBlock, EquivariantTransformer or TensorNet
         A block for which :func:`supports_padded` holds. Its ``distance``
         module supplies the cutoff, the neighbour cap and self-loops.
     z : Tensor of shape (n_atoms,)
@@ -227,9 +233,9 @@ def padded_forward(block: ViSNetBlock, z: Tensor, pos: Tensor, batch: Tensor, *,
     batch : Tensor of shape (n_atoms,)
         Sorted graph index of each atom.
     compile : bool, default=False
-        Run the part after the neighbour search (:func:`table_forward`)
-        through ``torch.compile``, compiled once per process and recompiled
-        for new shapes. Compilation errors propagate.
+        Run the part after the neighbour search (the table forward pass)
+        through ``torch.compile``, compiled once per process with dynamic
+        shapes. Compilation errors propagate.
     edges_per_chunk : int or None, default=EDGES_PER_CHUNK
         Edges per block of the eager per-edge pass (None: all at once). The
         compiled pass always runs whole: the compiler fuses the per-edge
@@ -246,16 +252,24 @@ def padded_forward(block: ViSNetBlock, z: Tensor, pos: Tensor, batch: Tensor, *,
     edge_index = radius_graph(pos, distance.cutoff, batch, loop=True,
                               max_num_neighbors=distance.max_num_neighbors)
     neighbors, valid = neighbor_table(edge_index, pos.size(0))
+    # ViSNet's pass is a function of the torch-geometric block; the other backbones own one
+    forward = table_forward if isinstance(block, ViSNetBlock) else type(block).table_forward
     if compile:
-        return _compiled_table_forward()(block, z, pos, neighbors, valid)
+        return _compiled(forward)(block, z, pos, neighbors, valid)
     width = max(1, neighbors.size(1))
     rows = None if edges_per_chunk is None else max(1, edges_per_chunk // width)
-    return table_forward(block, z, pos, neighbors, valid, rows_per_chunk=rows)
+    return forward(block, z, pos, neighbors, valid, rows_per_chunk=rows)
 
 
 @functools.cache
-def _compiled_table_forward():
-    return torch.compile(table_forward, dynamic=None)
+def _compiled(forward):
+    """``torch.compile(forward)``, made once per process and function.
+
+    With dynamic shapes from the start: the neighbour table's width changes
+    from batch to batch, and torch's default (static, then dynamic at the first
+    new shape) would compile twice; one dynamic graph ran as fast (ADK, 2 cores).
+    """
+    return torch.compile(forward, dynamic=True)
 
 
 def table_forward(block: ViSNetBlock, z: Tensor, pos: Tensor, neighbors: Tensor,

@@ -156,12 +156,17 @@ def test_missing_paths(visnet_checkpoint, ala2_files, tmp_path):
         GeomEmbedder(visnet_checkpoint).fit([ala2_files[1][0]])
 
 
-def test_checkpoint_of_another_architecture(small_ala2, visnet_checkpoint):
+def test_an_architecture_the_checkpoint_contradicts(small_ala2, visnet_checkpoint):
     et = os.path.join(os.path.dirname(visnet_checkpoint), "et_l6_h64_rbf64_r75.pth")
     if not os.path.exists(et):
         pytest.skip(f"needs {et}")
-    with pytest.raises(ValueError, match="does not fit the ViSNet backbone|does not hold a ViSNet"):
-        GeomEmbedder(et).fit([small_ala2])
+    with pytest.raises(ValueError, match="has architecture=et, which conflicts with the explicit "
+                                         "parameter architecture=visnet"):
+        GeomEmbedder(et, architecture="visnet").fit([small_ala2])
+    with pytest.raises(ValueError, match="lmax=2 applies to ViSNet only"):
+        GeomEmbedder(et, lmax=2).fit([small_ala2])
+    with pytest.raises(ValueError, match="lmax=2 applies to ViSNet only"):
+        GeomEmbedder(architecture="tensornet", pretrain="random", lmax=2).fit([small_ala2])
 
 
 def test_a_bad_checkpoint_fails_fit_with_the_loaders_message(small_ala2, visnet_checkpoint, tmp_path):

@@ -82,10 +82,15 @@ def test_keys_that_do_not_fit_the_backbone_are_named(geom2vec_state, tmp_path):
 def test_files_that_are_not_a_visnet_state_dict(geom2vec_state, tmp_path):
     state = geom2vec_state[2]
     no_layers = {k: v for k, v in state.items() if "vis_mp_layers" not in k}
-    with pytest.raises(ValueError, match="no 'representation_model.vis_mp_layers.\\*' keys .*TensorNet"):
+    with pytest.raises(ValueError, match="a backbone of an unknown architecture .*'embedding', .*"
+                                         "GeomEmbedder reads geom2vec's ViSNet"):
         load_checkpoint(save(no_layers, tmp_path))
+    no_backbone = {k: v for k, v in state.items() if not k.startswith("representation_model.")}
+    with pytest.raises(ValueError, match="holds no geom2vec backbone: none of its keys starts with "
+                                         "'representation_model.'"):
+        load_checkpoint(save(no_backbone, tmp_path))
     no_embedding = {k: v for k, v in state.items() if k != "representation_model.embedding.weight"}
-    with pytest.raises(ValueError, match="does not hold a ViSNet backbone: key "
+    with pytest.raises(ValueError, match="does not hold a complete ViSNet backbone: key "
                                          "'representation_model.embedding.weight' is missing"):
         load_checkpoint(save(no_embedding, tmp_path))
     (tmp_path / "garbage.pth").write_bytes(b"not a torch file")

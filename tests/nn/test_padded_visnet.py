@@ -125,7 +125,7 @@ def test_compile_failure_falls_back_with_a_warning(short, plain_tokens, monkeypa
     def broken(*args, **kwargs):
         raise RuntimeError("no C++ compiler")
 
-    monkeypatch.setattr(padded, "_compiled_table_forward", lambda: broken)
+    monkeypatch.setattr(padded, "_compiled", lambda forward: broken)
     with pytest.warns(RuntimeWarning, match="torch.compile failed .*no C\\+\\+ compiler"):
         tokens = GeomEmbedder(compile=True, **SMALL).fit_transform(short)[0].features
     np.testing.assert_array_equal(tokens, plain_tokens)
