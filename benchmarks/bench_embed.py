@@ -4,8 +4,8 @@ What it measures
 ----------------
 For the first ``--frames`` frames of MDAnalysisTests' adenylate kinase
 (ADK: 214 residues, 1,656 heavy atoms), each *variant* turns the frames into
-residue tokens of shape (n_frames, 214, 4, 64) with the geom2vec ViSNet
-checkpoint, and the script reports
+residue tokens of shape (n_frames, 214, 4, 64) with one of geom2vec's
+checkpoints (``--backbone visnet``, ``et`` or ``tensornet``), and the script reports
 
 * frames per second (and wall seconds) of embedding the frames,
 * peak resident memory of the process that did it,
@@ -22,12 +22,15 @@ checkpoint, and the script reports
 Variants (``VARIANTS``; add entries there to benchmark more):
 
 ``reference``
-    The oracle of tests/embedding/test_embedder_science.py: torch-geometric's
-    ``ViSNet(...).representation_model`` with the geom2vec weights loaded
-    strictly, whose neighbour search is replaced by a brute-force edge
+    The oracle of the tests, run one frame at a time, heavy-atom features
+    summed per residue, its neighbour search replaced by a brute-force edge
     builder written here (every pair within the cutoff, self-loops,
-    source -> target), run one frame at a time, heavy-atom features summed
-    per residue.
+    source -> target). For ViSNet (tests/embedding/test_embedder_science.py)
+    torch-geometric's ``ViSNet(...).representation_model`` with the geom2vec
+    weights loaded strictly; for ET and TensorNet (tests/embedding/
+    test_backbones.py) geom2vec's own modules from ../shared/anchors (v1.0,
+    MIT; torch-scatter and torch-cluster served by the shims there), built as
+    geom2vec's factory builds them and loaded strictly.
 ``pyg_block``
     torch-geometric's ``ViSNetBlock`` forward with this package's neighbour
     search (``load_checkpoint``), batched like GeomEmbedder: GeomEmbedder's
@@ -37,6 +40,11 @@ Variants (``VARIANTS``; add entries there to benchmark more):
     in float32 / bfloat16 autocast (ViSNet on a padded neighbour table).
 ``ours_fp32_compile`` / ``ours_bf16_compile``
     The same with ``compile=True``.
+``ours_default``
+    ``GeomEmbedder(checkpoint, batch_size=B, progress=False)``: every other
+    setting at its default (float32, ``compile="auto"``), the path a user who
+    sets nothing gets. ``ours_fp32`` and ``ours_fp32_compile`` are its two
+    possible outcomes.
 
 Neighbours: every atom within the cutoff, at most ``--max-neighbors`` (default
 32, the nearest; ties to the smaller index) per atom, for all variants.
@@ -65,6 +73,7 @@ Usage::
     python benchmarks/bench_embed.py --frames 16 --batch-size 8 --threads 2
     python benchmarks/bench_embed.py --variants reference,ours_fp32
     python benchmarks/bench_embed.py --max-neighbors none   # every neighbour in the cutoff
+    python benchmarks/bench_embed.py --backbone et --frames 98 --variants reference,ours_default
 
 Full results are written as JSON to ``benchmarks/results/embed.json`` (git-ignored).
 """
@@ -90,12 +99,17 @@ from _common import (  # benchmarks/_common.py
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-DEFAULT_CHECKPOINT = REPO.parent / "shared" / "checkpoints" / "visnet_l6_h64_rbf64_r75.pth"
+SHARED = Path(os.environ.get("G2V_SHARED", REPO.parent / "shared"))
+ANCHORS = SHARED / "anchors"
+#: geom2vec's file for each backbone, and its layers, radial basis functions and cutoff
+BACKBONES = {
+    "visnet": ("visnet_l6_h64_rbf64_r75.pth", 6, 64, 7.5),
+    "et": ("et_l6_h64_rbf64_r75.pth", 6, 64, 7.5),
+    "tensornet": ("tensornet_l3_h64_rbf32_r5.pth", 3, 32, 5.0),
+}
 DEFAULT_OUT = HERE / "results" / "embed.json"
 RESULT_TAG = "BENCH_EMBED_RESULT "  # prefix of the worker's JSON line on stdout
-
-# Architecture of visnet_l6_h64_rbf64_r75.pth, for the reference model.
-HIDDEN, LAYERS, RBF, CUTOFF = 64, 6, 64, 7.5
+HIDDEN = 64  # every geom2vec file's width
 
 # name -> factory(args) returning embed(traj, heavy) -> tokens of shape (F, R, 4, H).
 # Filled below the factories; order is the table's order, "reference" first.
@@ -161,17 +175,31 @@ def _brute_force_distance_module(cutoff: float, max_neighbors: int | None):
 
 
 def reference_block(args):
-    """torch-geometric's ``ViSNet.representation_model``, geom2vec weights, brute-force edges."""
-    import torch
-    from torch_geometric.nn.models import ViSNet
+    """The backbone's reference (see the module docstring), geom2vec weights, brute-force edges.
 
-    model = ViSNet(hidden_channels=HIDDEN, num_layers=LAYERS, num_rbf=RBF, cutoff=CUTOFF,
-                   lmax=1, vecnorm_type="max_min", trainable_vecnorm=True)
+    Returns a module mapping ``(z, pos, batch)`` to a tuple whose first two
+    entries are the atom scalars and vectors.
+    """
+    import torch
+
+    _, layers, rbf, cutoff = BACKBONES[args.backbone]
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-    prefix = "representation_model."
-    rep = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    model.representation_model.load_state_dict(rep, strict=True)
-    model.representation_model.distance = _brute_force_distance_module(CUTOFF, args.max_neighbors)
+    if args.backbone == "visnet":
+        from torch_geometric.nn.models import ViSNet
+
+        model = ViSNet(hidden_channels=HIDDEN, num_layers=layers, num_rbf=rbf, cutoff=cutoff,
+                       lmax=1, vecnorm_type="max_min", trainable_vecnorm=True)
+        prefix = "representation_model."
+        rep = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        model.representation_model.load_state_dict(rep, strict=True)
+    else:
+        sys.path[:0] = [str(ANCHORS / "shims"), str(ANCHORS)]
+        from geom2vec.models.representation.torchmd.main_model import create_model, get_args
+
+        model = create_model(get_args(HIDDEN, layers, rbf, num_heads=8, cutoff=cutoff,
+                                      rep_model=args.backbone))
+        model.load_state_dict(state, strict=True)
+    model.representation_model.distance = _brute_force_distance_module(cutoff, args.max_neighbors)
     return model.representation_model.eval().to(args.device)
 
 
@@ -193,7 +221,7 @@ def make_reference(args):
         with torch.no_grad():
             for f, frame in enumerate(traj.xyz):
                 pos = torch.from_numpy(np.ascontiguousarray(frame[heavy]) * np.float32(10.0))
-                x, vec = block(z, pos.to(device), batch)
+                x, vec, *_ = block(z, pos.to(device), batch)
                 atoms = torch.cat([x.unsqueeze(1), vec[:, :3]], dim=1)
                 tokens = atoms.new_zeros(n_res, 4, HIDDEN).index_add_(0, residue_of, atoms)
                 out[f] = tokens.cpu().numpy()
@@ -240,16 +268,19 @@ def make_pyg_block(args):
     return embed
 
 
-def make_ours(dtype: str, compile: bool = False):
+def make_ours(dtype: str | None, compile: bool | None = False):
+    """GeomEmbedder with these settings; None leaves a setting at its default."""
     def factory(args):
         import numpy as np
 
         from g2v_sklearn import GeomEmbedder
 
+        settings = {k: v for k, v in (("dtype", dtype), ("compile", compile)) if v is not None}
+
         def embed(traj, heavy):
             embedder = GeomEmbedder(args.checkpoint, batch_size=args.batch_size,
-                                    max_num_neighbors=args.max_neighbors, dtype=dtype,
-                                    compile=compile, device=args.device, progress=False)
+                                    max_num_neighbors=args.max_neighbors, device=args.device,
+                                    progress=False, **settings)
             tokens = embedder.fit_transform([traj])[0]
             if not np.array_equal(embedder.atom_indices_, heavy):
                 raise RuntimeError("GeomEmbedder selected other atoms than the heavy atoms.")
@@ -267,7 +298,9 @@ VARIANTS.update({
     "ours_fp32_compile": make_ours("float32", compile=True),
     "ours_bf16": make_ours("bfloat16"),
     "ours_bf16_compile": make_ours("bfloat16", compile=True),
+    "ours_default": make_ours(None, compile=None),
 })
+VISNET_ONLY = ("pyg_block",)  # torch-geometric's block is ViSNet's
 COMPILED_SUFFIX = "_compile"  # such a variant's FLOPs are counted on its eager twin
 
 
@@ -348,7 +381,7 @@ def spawn(name: str, args, tokens_out: Path | None) -> dict:
         command += [
             "--worker", name, "--frames", str(args.frames), "--batch-size", str(args.batch_size),
             "--max-neighbors", str(args.max_neighbors), "--tokens-out", str(tokens_out),
-            "--device", args.device,
+            "--device", args.device, "--backbone", args.backbone,
         ]
     if args.threads is not None:
         command += ["--threads", str(args.threads)]
@@ -435,6 +468,8 @@ def run_parent(args) -> None:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown or not names:
         raise SystemExit(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}.")
+    if args.backbone != "visnet":
+        names = [n for n in names if n not in VISNET_ONLY]
 
     started = time.perf_counter()
     results = []
@@ -468,6 +503,9 @@ def run_parent(args) -> None:
     print(f"CPU: {machine['cpu']} ({machine['logical_cpus']} logical CPUs)")
     print(f"torch {machine['torch']}, {machine['torch_threads']} threads, "
           f"Python {machine['python']}")
+    print(f"backbone: {args.backbone} ({Path(args.checkpoint).name}); reference: "
+          + ("torch-geometric's ViSNet" if args.backbone == "visnet"
+             else "geom2vec's own module (../shared/anchors)"))
     print(f"ADK: {first['frames']} frames, {first['n_atoms']} heavy atoms, "
           f"{first['n_residues']} residues; at most {args.max_neighbors} neighbours; "
           f"batch size {args.batch_size}; 1 warm-up frame per variant; each variant in a "
@@ -484,7 +522,7 @@ def run_parent(args) -> None:
     report = {
         "machine": machine,
         "matmul_gflop_per_s": rates,
-        "settings": {"frames": args.frames, "batch_size": args.batch_size,
+        "settings": {"backbone": args.backbone, "frames": args.frames, "batch_size": args.batch_size,
                      "max_neighbors": args.max_neighbors, "default_malloc": args.default_malloc,
                      "threads": args.threads, "checkpoint": str(args.checkpoint),
                      "variants": names},
@@ -537,8 +575,11 @@ def parse_args(argv=None):
                              "memory is reported too")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"comma-separated subset of: {', '.join(VARIANTS)}")
-    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
-                        help="geom2vec ViSNet checkpoint (default: %(default)s)")
+    parser.add_argument("--backbone", choices=sorted(BACKBONES), default="visnet",
+                        help="which of geom2vec's pretrained backbones (default visnet)")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="its checkpoint (default: geom2vec's file for --backbone in "
+                             "../shared/checkpoints)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="JSON results file (default: %(default)s)")
     parser.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
@@ -547,9 +588,11 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.frames < 1 or (args.threads is not None and args.threads < 1):
         parser.error("--frames, --batch-size and --threads must be >= 1.")
+    if args.checkpoint is None:
+        args.checkpoint = SHARED / "checkpoints" / BACKBONES[args.backbone][0]
     if not args.checkpoint.is_file():
         parser.error(f"checkpoint {str(args.checkpoint)!r} not found; pass --checkpoint "
-                     f"PATH to a geom2vec visnet_l6_h64_rbf64_r75.pth.")
+                     f"PATH to geom2vec's {BACKBONES[args.backbone][0]}.")
     return args
 
 

@@ -261,9 +261,10 @@ def parse_args(argv=None):
     parser.add_argument("--max-neighbors", type=bench_embed._max_neighbors, default=32,
                         help="neighbour cap per atom, or 'none' (default 32)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument("--checkpoint", type=Path, default=bench_embed.DEFAULT_CHECKPOINT)
+    parser.add_argument("--checkpoint", type=Path,
+                        default=bench_embed.SHARED / "checkpoints" / bench_embed.BACKBONES["visnet"][0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.set_defaults(device="cpu")  # bench_embed.reference_block reads it
+    parser.set_defaults(device="cpu", backbone="visnet")  # bench_embed.reference_block reads them
     return parser.parse_args(argv)
 
 

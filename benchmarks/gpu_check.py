@@ -178,7 +178,8 @@ def embedding(args, device, budget: Budget, report: dict) -> list:
     import bench_embed
 
     rows = []
-    settings = SimpleNamespace(checkpoint=args.checkpoint, batch_size="auto", max_neighbors=32,
+    settings = SimpleNamespace(checkpoint=args.checkpoint, backbone="visnet", batch_size="auto",
+                               max_neighbors=32,
                                device=str(device))
     variants = ["reference", "ours_fp32", "ours_bf16", "ours_fp32_compile", "ours_bf16_compile"]
     if args.dry_run:

@@ -217,7 +217,7 @@ def _edge_messages(layer: ViS_MP, atoms: dict, rows: slice, f: Tensor, neighbors
 
 
 def padded_forward(block: ViSNetBlock, z: Tensor, pos: Tensor, batch: Tensor, *,
-                   compile: bool = False, edges_per_chunk: int | None = EDGES_PER_CHUNK,
+                   compile: bool = False, edges_per_chunk: int | None | str = "auto",
                    ) -> tuple[Tensor, Tensor]:
     """``block(z, pos, batch)`` computed on a padded neighbour table.
 
@@ -236,8 +236,9 @@ def padded_forward(block: ViSNetBlock, z: Tensor, pos: Tensor, batch: Tensor, *,
         Run the part after the neighbour search (the table forward pass)
         through ``torch.compile``, compiled once per process with dynamic
         shapes. Compilation errors propagate.
-    edges_per_chunk : int or None, default=EDGES_PER_CHUNK
-        Edges per block of the eager per-edge pass (None: all at once). The
+    edges_per_chunk : int, None or "auto", default="auto"
+        Edges per block of the eager per-edge pass (None: all at once;
+        "auto": the block's ``edges_per_chunk`` or :data:`EDGES_PER_CHUNK`). The
         compiled pass always runs whole: the compiler fuses the per-edge
         operations itself.
 
@@ -251,11 +252,20 @@ def padded_forward(block: ViSNetBlock, z: Tensor, pos: Tensor, batch: Tensor, *,
     distance = block.distance
     edge_index = radius_graph(pos, distance.cutoff, batch, loop=True,
                               max_num_neighbors=distance.max_num_neighbors)
+    if getattr(block, "aggregates_at_source", False) and distance.max_num_neighbors is not None:
+        # TensorNet sums its messages at the source of each edge. Without a cap the graph
+        # is symmetric and that is the same; with one, atom i hears from the atoms that
+        # keep i among their nearest, so the table lists those: the edges reversed
+        source, target = edge_index
+        order = torch.argsort(source, stable=True)
+        edge_index = torch.stack([target[order], source[order]])
     neighbors, valid = neighbor_table(edge_index, pos.size(0))
     # ViSNet's pass is a function of the torch-geometric block; the other backbones own one
     forward = table_forward if isinstance(block, ViSNetBlock) else type(block).table_forward
     if compile:
         return _compiled(forward)(block, z, pos, neighbors, valid)
+    if edges_per_chunk == "auto":
+        edges_per_chunk = getattr(block, "edges_per_chunk", EDGES_PER_CHUNK)
     width = max(1, neighbors.size(1))
     rows = None if edges_per_chunk is None else max(1, edges_per_chunk // width)
     return forward(block, z, pos, neighbors, valid, rows_per_chunk=rows)
