@@ -6,7 +6,9 @@ Usage::
 
 Embeds the two closed -> open transition paths of adenylate kinase that
 MDAnalysisTests ships (98 + 102 frames, 1,656 heavy atoms in 214 residues)
-with geom2vec's pretrained ViSNet, grid-searches the token-merging window
+with geom2vec's pretrained ViSNet (or, with ``--checkpoint``, its equivariant
+transformer or TensorNet file: the architecture is read from the file),
+grid-searches the token-merging window
 ``w`` (residues per fragment token) with the two paths as the two
 cross-validation folds, and writes the per-residue attention importance of the
 chosen model as a plot coloured by domain (CORE, NMP, LID) and as a PDB of the
@@ -63,7 +65,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if not Path(args.checkpoint).is_file():
         raise SystemExit(f"Checkpoint {args.checkpoint} not found: pass --checkpoint PATH or set G2V_CHECKPOINT "
-                         "to geom2vec's visnet_l6_h64_rbf64_r75.pth.")
+                         "to one of geom2vec's files (visnet_l6_h64_rbf64_r75.pth, et_l6_h64_rbf64_r75.pth, "
+                         "tensornet_l3_h64_rbf32_r5.pth).")
     args.out.mkdir(parents=True, exist_ok=True)
     clock = time.perf_counter()
     print("NOTE: these frames are two closed -> open transition paths (DIMS), not equilibrium "

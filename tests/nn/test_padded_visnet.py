@@ -131,6 +131,36 @@ def test_compile_failure_falls_back_with_a_warning(short, plain_tokens, monkeypa
     np.testing.assert_array_equal(tokens, plain_tokens)
 
 
+@pytest.mark.parametrize("architecture", ["visnet", "et", "tensornet"])
+def test_compile_auto_compiles_only_trajectories_that_repay_it(architecture, short, monkeypatch):
+    """The threshold is on neighbour pairs x frames; the compiled path is observed through a
+    stand-in for torch.compile that counts its calls and runs the plain pass."""
+    calls = []
+
+    def counting(forward):
+        def run(*args):
+            calls.append(len(args[1]))
+            return forward(*args)
+        return run
+
+    monkeypatch.setattr(padded, "_compiled", counting)
+    embedder = GeomEmbedder(architecture=architecture, **SMALL).fit(short)
+    plain = GeomEmbedder(architecture=architecture, compile=False, **SMALL).fit(short)
+    frames, atoms = short[0].n_frames, embedder.atom_indices_.size
+    first = torch.from_numpy(short[0].xyz[0, embedder.atom_indices_] * 10.0)
+    pairs = radius_graph(first, embedder.module_.distance.cutoff, loop=True).size(1)
+    monkeypatch.setattr(embedder_module, "COMPILE_EDGE_FRAMES", pairs * frames + 1)
+    small_job = embedder.transform(short)[0].features
+    assert calls == []
+    monkeypatch.setattr(embedder_module, "COMPILE_EDGE_FRAMES", pairs * frames)
+    embedder.transform(short)
+    assert sum(calls) == frames * atoms  # every frame through the compiled pass
+    calls.clear()
+    np.testing.assert_array_equal(plain.transform(short)[0].features, small_job)
+    assert calls == []  # compile=False never compiles
+    assert embedder.compile == "auto" and plain.get_params()["compile"] is False
+
+
 def test_bfloat16_without_native_support_runs_in_float32(short, plain_tokens, monkeypatch):
     monkeypatch.setattr(embedder_module, "supports_bfloat16", lambda device: False)
     with pytest.warns(RuntimeWarning, match="no native bfloat16"):
