@@ -64,13 +64,15 @@ __all__ = ["GeomEmbedder"]
 ATOMS_PER_BATCH = 2048
 
 #: With ``compile="auto"``, a trajectory is embedded through ``torch.compile`` on a CPU
-#: when its neighbour pairs summed over its frames reach this many. Compiling costs
-#: 27-40 s once per process (dynamic shapes: one compilation for every batch shape) and
-#: saved 0.6-2.8 microseconds per pair on a 2-core AVX-512 EPYC, so it repays itself
-#: from about 1e7 to 7e7 pairs, depending on the backbone and the neighbour cap
-#: (docs/benchmarks.md, "compile='auto'"); 5e7 is about 290 frames of adenylate
-#: kinase's 1,656 heavy atoms with every neighbour within 7.5 Angstrom.
-COMPILE_EDGE_FRAMES = 5e7
+#: when its neighbour pairs summed over its frames reach this many. Measured on adenylate
+#: kinase (``benchmarks/bench_compile.py``, 2-core AVX-512 EPYC, empty inductor cache):
+#: compiling cost 28-40 s once per process and saved 0.4-4.0 microseconds per pair, so
+#: it repaid itself from 1e7 to 1e8 pair-frames (ViSNet uncapped and at 32 neighbours,
+#: TensorNet likewise); 1e8 never loses, and is about 900 frames of that protein's 1,656
+#: heavy atoms with every neighbour within 7.5 Angstrom. Backbones whose eager pass is as
+#: fast as the compiled one (``compiles_faster = False``: the equivariant transformer)
+#: are never compiled automatically.
+COMPILE_EDGE_FRAMES = 1e8
 
 def pass_bytes_per_frame(n_atoms: int, hidden: int, max_num_neighbors: int | None) -> float:
     """Memory one frame adds to a forward pass of the padded ViSNet, in bytes (an estimate).
@@ -156,7 +158,8 @@ class _Engine:
         """
         if self.compile != "auto":
             return bool(self.compile)
-        if torch.device(self.device).type != "cpu" or not supports_padded(self.module):
+        if (torch.device(self.device).type != "cpu" or not supports_padded(self.module)
+                or not getattr(self.module, "compiles_faster", True)):
             return False
         distance = self.module.distance
         edges = radius_graph(torch.from_numpy(np.ascontiguousarray(frame)), distance.cutoff,
@@ -329,11 +332,13 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
     compile : bool or "auto", default="auto"
         Run the backbone through ``torch.compile`` (needs a C++ compiler on
         CPU). Compiling costs tens of seconds once per process; afterwards
-        frames embed faster (1.0-1.8x on a CPU, see ``docs/benchmarks.md``).
+        frames embed faster (ViSNet and TensorNet 1.1-1.5x on a CPU, see
+        ``docs/benchmarks.md``).
         ``"auto"`` compiles a trajectory on a CPU when it is large enough to
         repay that (:data:`COMPILE_EDGE_FRAMES` neighbour pairs over its
-        frames: about 290 frames of a 1,656-atom protein), and never on a GPU,
-        where the trade was not measured (pass ``True`` there). If
+        frames: about 900 frames of a 1,656-atom protein), except with the
+        equivariant transformer, whose eager pass was as fast, and never on
+        a GPU, where the trade was not measured (pass ``True`` there). If
         compilation fails, a warning says so and embedding goes on without it.
     store_dir : str or path-like, default=None
         Write tokens into memory-mapped files under this directory instead

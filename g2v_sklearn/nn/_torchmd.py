@@ -126,6 +126,10 @@ class EquivariantTransformer(_PaddedBackbone):
         The nearest this many neighbours per atom; ``None``: all within the cutoff.
     """
 
+    #: torch.compile made this pass slower on a CPU, not faster (benchmarks/bench_compile.py,
+    #: ADK on a 2-core AVX-512 EPYC: 0.33 s against 0.29 s a frame at 32 neighbours, 0.93
+    #: against 0.61 uncapped), so ``compile="auto"`` leaves it eager
+    compiles_faster = False
     #: Edges per block of the eager pass: blocks of 2,048-4,096 ran an ADK frame in
     #: 0.18-0.21 s against 0.22-0.24 s at the ViSNet pass's 8,192 (2-core AVX-512 EPYC,
     #: 32 neighbours; noisy, but in that order in two alternating runs)
