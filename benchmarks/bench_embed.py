@@ -194,6 +194,7 @@ def reference_block(args):
         model.representation_model.load_state_dict(rep, strict=True)
     else:
         sys.path[:0] = [str(ANCHORS / "shims"), str(ANCHORS)]
+        import sitecustomize  # noqa: F401 - before geom2vec: its Lobe binds radius_graph on import
         from geom2vec.models.representation.torchmd.main_model import create_model, get_args
 
         model = create_model(get_args(HIDDEN, layers, rbf, num_heads=8, cutoff=cutoff,

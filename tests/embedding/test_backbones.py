@@ -79,6 +79,9 @@ def geom2vec_backbone(architecture, checkpoint, cap=None):
     anchors = need(SHARED / "anchors" / "geom2vec").parent
     sys.path[:0] = [str(anchors / "shims"), str(anchors)]
     try:
+        # first, as ../shared/anchors/README.md says: importing geom2vec imports its Lobe,
+        # which must find torch-geometric's radius_graph already pointed at the shim's
+        import sitecustomize  # noqa: F401
         from geom2vec.models.representation.torchmd.main_model import create_model, get_args
     finally:
         del sys.path[:2]
