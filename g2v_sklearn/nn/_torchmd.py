@@ -82,10 +82,20 @@ def _edges(pos: Tensor, neighbors: Tensor, valid: Tensor, cutoff: float):
 
 
 class _PaddedBackbone(nn.Module):
-    """``forward(z, pos, batch)``: the neighbour search, then :meth:`table_forward`."""
+    """``forward(z, pos, batch)``: the neighbour search, then :meth:`table_forward`.
 
-    hidden_channels: int
-    distance: RadiusDistance
+    Holds what both networks share: the width, the cutoff, the neighbour search
+    (self pairs included; ``max_num_neighbors`` nearest, or all within the
+    cutoff when None) and the radial basis.
+    """
+
+    def __init__(self, hidden_channels: int, num_rbf: int, cutoff: float,
+                 max_num_neighbors: int | None) -> None:
+        super().__init__()
+        self.hidden_channels = hidden_channels
+        self.cutoff = float(cutoff)
+        self.distance = RadiusDistance(cutoff, max_num_neighbors=max_num_neighbors, add_self_loops=True)
+        self.distance_expansion = ExpNormalRBF(cutoff, num_rbf)
 
     def forward(self, z: Tensor, pos: Tensor, batch: Tensor) -> tuple[Tensor, Tensor]:
         from ._padded_visnet import padded_forward
@@ -115,15 +125,9 @@ class _AttentionLayer(nn.Module):
 class EquivariantTransformer(_PaddedBackbone):
     """TorchMD-Net's equivariant transformer with geom2vec's settings.
 
-    Parameters
-    ----------
-    hidden_channels, num_layers, num_rbf : int
-    cutoff : float
-        In Angstrom.
-    num_heads : int, default=8
-    max_z : int, default=100
-    max_num_neighbors : int or None, default=None
-        The nearest this many neighbours per atom; ``None``: all within the cutoff.
+    Parameters: ``hidden_channels``, ``num_layers``, ``num_rbf``, ``cutoff``
+    (Angstrom), ``num_heads``, ``max_z`` (the embedding table's size) and
+    ``max_num_neighbors`` (see :class:`_PaddedBackbone`).
     """
 
     #: torch.compile made this pass slower on a CPU, not faster (benchmarks/bench_compile.py,
@@ -137,13 +141,9 @@ class EquivariantTransformer(_PaddedBackbone):
 
     def __init__(self, hidden_channels=64, num_layers=6, num_rbf=64, cutoff=7.5, num_heads=8,
                  max_z=100, max_num_neighbors=None) -> None:
-        super().__init__()
-        self.hidden_channels = hidden_channels
+        super().__init__(hidden_channels, num_rbf, cutoff, max_num_neighbors)
         self.num_heads = num_heads
-        self.cutoff = float(cutoff)
         self.embedding = nn.Embedding(max_z, hidden_channels)
-        self.distance = RadiusDistance(cutoff, max_num_neighbors=max_num_neighbors, add_self_loops=True)
-        self.distance_expansion = ExpNormalRBF(cutoff, num_rbf)
         self.attention_layers = nn.ModuleList(
             _AttentionLayer(hidden_channels, num_rbf, num_heads) for _ in range(num_layers))
         self.out_norm = nn.LayerNorm(hidden_channels)
@@ -249,14 +249,9 @@ class TensorNet(_PaddedBackbone):
     under a neighbour cap, atom ``i`` hears from the atoms that keep ``i``
     among their nearest (:attr:`aggregates_at_source`), as in geom2vec.
 
-    Parameters
-    ----------
-    hidden_channels, num_layers, num_rbf : int
-    cutoff : float
-        In Angstrom.
-    max_z : int, default=128
-    max_num_neighbors : int or None, default=None
-        The nearest this many neighbours per atom; ``None``: all within the cutoff.
+    Parameters: ``hidden_channels``, ``num_layers``, ``num_rbf``, ``cutoff``
+    (Angstrom), ``max_z`` (the embedding table's size) and ``max_num_neighbors``
+    (see :class:`_PaddedBackbone`).
     """
 
     aggregates_at_source = True
@@ -267,11 +262,7 @@ class TensorNet(_PaddedBackbone):
 
     def __init__(self, hidden_channels=64, num_layers=3, num_rbf=32, cutoff=5.0, max_z=128,
                  max_num_neighbors=None) -> None:
-        super().__init__()
-        self.hidden_channels = hidden_channels
-        self.cutoff = float(cutoff)
-        self.distance = RadiusDistance(cutoff, max_num_neighbors=max_num_neighbors, add_self_loops=True)
-        self.distance_expansion = ExpNormalRBF(cutoff, num_rbf)
+        super().__init__(hidden_channels, num_rbf, cutoff, max_num_neighbors)
         self.tensor_embedding = _TensorEmbedding(hidden_channels, num_rbf, max_z)
         self.layers = nn.ModuleList(_Interaction(hidden_channels, num_rbf) for _ in range(num_layers))
         self.linear = nn.Linear(3 * hidden_channels, hidden_channels)
