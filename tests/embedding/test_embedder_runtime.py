@@ -273,3 +273,21 @@ def test_stride_and_timestep(visnet_checkpoint, two_short, reference):
     np.testing.assert_allclose(got.features, expected[0].features[::3], rtol=1e-5, atol=1e-5)
     assert got.timestep == pytest.approx(60.0)
     assert got.provenance["stride"] == 3
+
+
+def test_an_embedder_pickled_before_architecture_existed_loads_as_visnet(two_short):
+    import pickle
+    import warnings
+
+    fitted = GeomEmbedder(pretrain="random", hidden_channels=8, num_layers=1, num_rbf=4,
+                          progress=False, random_state=0).fit(two_short)
+    state = fitted.__getstate__()
+    del state["architecture"], state["_g2v_sklearn_version"]  # as an older version wrote it
+    old = GeomEmbedder.__new__(GeomEmbedder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the version warning: this state records none
+        old.__setstate__(state)
+    assert old.get_params()["architecture"] is None
+    restored = pickle.loads(pickle.dumps(old))
+    np.testing.assert_array_equal(restored.transform(two_short)[0].features,
+                                  fitted.transform(two_short)[0].features)
