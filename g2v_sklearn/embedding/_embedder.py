@@ -12,7 +12,7 @@ from numbers import Integral, Real
 import mdtraj as md
 import numpy as np
 import torch
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, effective_n_jobs
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
@@ -254,6 +254,12 @@ def _embed_one(engine: _Engine, source: Source, directory: str | None, key: str 
     return engine.embed(source, directory, key, if_exists)
 
 
+def _embed_indexed(index: int, engine: _Engine, source: Source, directory: str | None,
+                   key: str | None, if_exists: str) -> tuple[int, TokenTrajectory]:
+    """:func:`_embed_one`, with the trajectory's place in ``X`` (results arrive in any order)."""
+    return index, engine.embed(source, directory, key, if_exists)
+
+
 class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
     """Embed MD frames into equivariant residue tokens with a frozen pretrained GNN.
 
@@ -353,8 +359,12 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
         of one key (threads, processes) all get the first complete entry; a
         damaged entry is embedded again, with a warning.
     n_jobs : int, default=None
-        Trajectories embedded in parallel through joblib (so
-        ``joblib.parallel_config(backend="dask")`` sends them to a cluster).
+        Trajectories embedded in parallel through joblib. ``None`` leaves it
+        to an active ``joblib.parallel_config`` (so under
+        ``joblib.parallel_config(backend="dask")`` the trajectories go to the
+        cluster's workers, each with its own progress bar there, and a bar
+        here counts finished trajectories), and embeds one at a time without
+        one. ``1`` always embeds here, one at a time.
     noise_std : float, default=0.2
         Standard deviation, in Angstrom, of the denoising noise.
     pretrain_steps : int, default=1000
@@ -804,15 +814,22 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
                     results[source.index] = reused
                     continue
             todo.append((source, directory, key))
-        if todo:
-            if self.n_jobs in (None, 1) or len(todo) == 1:
-                embedded = [_embed_one(engine, s, d, k, if_exists) for s, d, k in todo]
-            else:
-                embedded = Parallel(n_jobs=self.n_jobs)(
-                    delayed(_embed_one)(engine, s, d, k, if_exists) for s, d, k in todo
-                )
-            for (source, _, _), tokens in zip(todo, embedded):
-                results[source.index] = tokens
+        if len(todo) == 1 or self.n_jobs == 1:
+            for source, directory, key in todo:
+                results[source.index] = _embed_one(engine, source, directory, key, if_exists)
+        elif todo:
+            # n_jobs=None leaves the choice to an active joblib.parallel_config (a Dask
+            # cluster's workers, say), and is serial without one
+            parallel = Parallel(n_jobs=self.n_jobs, return_as="generator_unordered")
+            bar = tqdm(total=len(todo), unit="trajectory", desc="embedded",
+                       disable=not self.progress or effective_n_jobs(self.n_jobs) == 1)
+            with bar:
+                for index, tokens in parallel(
+                    delayed(_embed_indexed)(source.index, engine, source, directory, key, if_exists)
+                    for source, directory, key in todo
+                ):
+                    results[index] = tokens
+                    bar.update()
         return results
 
     def _reuse_store(self, directory: str, key: str, source: Source) -> TokenTrajectory | None:

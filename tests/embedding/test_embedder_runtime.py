@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import mdtraj as md
@@ -215,6 +216,38 @@ def test_parallel_embedding_on_a_dask_cluster(visnet_checkpoint, two_short, refe
     assert len(stream.data) >= 1  # the work went through the cluster
     for a, b in zip(got, expected):
         np.testing.assert_allclose(a.features, b.features, rtol=1e-6, atol=1e-6)
+
+
+def test_a_cluster_of_worker_processes_embeds_in_parallel_into_shared_stores(
+        visnet_checkpoint, ala2_trajs, tmp_path, capsys):
+    """The documented call, n_jobs left at None: a LocalCluster of two worker processes (one
+    torch thread each) embeds three trajectories into memory-mapped stores in one directory,
+    with the same tokens, bit for bit, as this process embedding them one thread at a time."""
+    distributed = pytest.importorskip("distributed", reason="needs the 'dask' extra")
+    import joblib
+
+    trajs = [t[:60] for t in ala2_trajs[:3]]
+    emb = GeomEmbedder(visnet_checkpoint, store_dir=str(tmp_path / "stores")).fit(trajs)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        serial = [t.features.copy() for t in emb.set_params(progress=False).transform(trajs)]
+    finally:
+        torch.set_num_threads(threads)
+    shutil.rmtree(tmp_path / "stores")
+    capsys.readouterr()
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client, joblib.parallel_config(backend="dask"), \
+            distributed.get_task_stream(client) as stream:
+        assert set(client.run(torch.get_num_threads).values()) == {1}
+        got = emb.set_params(progress=True).transform(trajs)
+    assert len({task["worker"] for task in stream.data}) == 2  # both workers embedded
+    progress = capsys.readouterr().err  # the bar here counts finished trajectories
+    assert "embedded: 100%" in progress and "3/3" in progress
+    for tokens, expected in zip(got, serial):
+        assert tokens.path.startswith(str(tmp_path / "stores"))
+        np.testing.assert_array_equal(tokens.features, expected)
 
 
 def test_memory_mapped_store(visnet_checkpoint, two_short, reference, tmp_path):
