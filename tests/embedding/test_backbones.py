@@ -42,13 +42,20 @@ def checkpoint(architecture):
 
 
 @pytest.fixture(scope="module")
-def embedder(checkpoint, adk_paths_short):
-    return GeomEmbedder(checkpoint, progress=False).fit(adk_paths_short)
+def paths(adk_paths_short):
+    """The two adenylate-kinase transition paths, 5 frames each (every neighbour within the
+    cutoff: ET's frames are the suite's costliest embedding)."""
+    return [p[:5] for p in adk_paths_short]
 
 
 @pytest.fixture(scope="module")
-def tokens(embedder, adk_paths_short):
-    return embedder.transform(adk_paths_short)
+def embedder(checkpoint, paths):
+    return GeomEmbedder(checkpoint, progress=False).fit(paths)
+
+
+@pytest.fixture(scope="module")
+def tokens(embedder, paths):
+    return embedder.transform(paths)
 
 
 class _BruteForceDistance(torch.nn.Module):
@@ -106,9 +113,9 @@ def geom2vec_tokens(reference, embedder, traj):
     return expected
 
 
-def test_tokens_equal_geom2vecs_own_backbone(architecture, checkpoint, embedder, tokens, adk_paths_short):
+def test_tokens_equal_geom2vecs_own_backbone(architecture, checkpoint, embedder, tokens, paths):
     expected = geom2vec_tokens(geom2vec_backbone(architecture, checkpoint), embedder,
-                               adk_paths_short[0][:2])
+                               paths[0][:2])
     ours = tokens[0].features[:2]
     assert norm_relative_error(ours[:, :, 0], expected[:, :, 0]) <= 1e-5
     assert norm_relative_error(ours[:, :, 1:], expected[:, :, 1:]) <= 1e-5
@@ -117,18 +124,18 @@ def test_tokens_equal_geom2vecs_own_backbone(architecture, checkpoint, embedder,
 
 
 def test_a_neighbour_cap_keeps_geom2vecs_direction_of_messages(architecture, checkpoint,
-                                                               adk_paths_short):
+                                                               paths):
     """With a cap the radius graph is not symmetric: ET sums messages at each edge's target,
     TensorNet at its source, so an atom hears from the atoms that keep it among their nearest."""
-    frame = adk_paths_short[0][:1]
+    frame = paths[0][:1]
     capped = GeomEmbedder(checkpoint, max_num_neighbors=12, progress=False).fit([frame])
     expected = geom2vec_tokens(geom2vec_backbone(architecture, checkpoint, cap=12), capped, frame)
     assert norm_relative_error(capped.transform([frame])[0].features, expected) <= 1e-5
 
 
-def test_rotation_and_translation(embedder, tokens, adk_paths_short):
+def test_rotation_and_translation(embedder, tokens, paths):
     rotation = Rotation.from_euler("zyx", [40, -25, 70], degrees=True).as_matrix()
-    moved = adk_paths_short[1][:2]
+    moved = paths[1][:2]
     moved.xyz = moved.xyz @ rotation.T.astype(np.float32) + np.float32([1.5, -2.0, 0.7])
     turned = embedder.transform([moved])[0].features
     base = tokens[1].features[:2]
@@ -138,12 +145,12 @@ def test_rotation_and_translation(embedder, tokens, adk_paths_short):
 
 
 def test_a_renamed_file_loads_the_same_and_a_misnamed_one_is_refused(architecture, checkpoint, embedder,
-                                                                     tokens, adk_paths_short, tmp_path):
+                                                                     tokens, paths, tmp_path):
     renamed = tmp_path / "backbone.pth"
     shutil.copy(checkpoint, renamed)
-    again = GeomEmbedder(str(renamed), progress=False).fit(adk_paths_short)
+    again = GeomEmbedder(str(renamed), progress=False).fit(paths)
     assert again.config_ == embedder.config_ and again.weights_sha256_ == embedder.weights_sha256_
-    np.testing.assert_array_equal(again.transform([adk_paths_short[0][:1]])[0].features,
+    np.testing.assert_array_equal(again.transform([paths[0][:1]])[0].features,
                                   tokens[0].features[:1])
     other = "tensornet" if architecture == "et" else "et"
     misnamed = tmp_path / FILES[other]
@@ -151,7 +158,7 @@ def test_a_renamed_file_loads_the_same_and_a_misnamed_one_is_refused(architectur
     long_name = {"et": "equivariant transformer", "tensornet": "TensorNet"}
     with pytest.raises(ValueError, match=f"is named as a {long_name[other]}.* file, but its weights "
                                          f"are those of a {long_name[architecture]}"):
-        GeomEmbedder(str(misnamed)).fit(adk_paths_short)
+        GeomEmbedder(str(misnamed)).fit(paths)
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     key = next(k for k in state if k.endswith("layers.0.linears_tensor.0.weight")
                or k.endswith("attention_layers.0.q_proj.weight"))
@@ -159,7 +166,7 @@ def test_a_renamed_file_loads_the_same_and_a_misnamed_one_is_refused(architectur
     torch.save({k: v for k, v in state.items() if k != key}, damaged)
     short = key.removeprefix("representation_model.")
     with pytest.raises(ValueError, match=f"does not fit the .* backbone .*missing keys \\['{short}'\\]"):
-        GeomEmbedder(str(damaged)).fit(adk_paths_short)
+        GeomEmbedder(str(damaged)).fit(paths)
 
 
 def test_the_example_path_embed_merge_vampnet(embedder, tokens):
@@ -169,9 +176,11 @@ def test_the_example_path_embed_merge_vampnet(embedder, tokens):
         ("vamp", VAMPNetEstimator(lagtime=1, n_components=1, d_model=16, n_heads=2, n_layers=1,
                                   batch_size=8, max_epochs=1, validation_fraction=0,
                                   progress=False, random_state=0)),
-    ]).fit(tokens)
+    ])
+    with pytest.warns(UserWarning, match="only 8 time-lagged pairs"):  # 2 paths of 5 frames
+        pipe.fit(tokens)
     outputs = pipe.transform(tokens)
-    assert [o.shape for o in outputs] == [(8, 1), (8, 1)]
+    assert [o.shape for o in outputs] == [(5, 1), (5, 1)]
     assert all(np.isfinite(o).all() for o in outputs)
     importance = pipe["vamp"].attention_importance(pipe["merge"].transform(tokens))
     assert importance.shape == (embedder.n_residues_,) and np.isfinite(importance).all()
