@@ -120,22 +120,23 @@ class _Engine:
         self.chunk_size = reader.chunk_size
         self.dtype = dtype
         self.device = device
-        self.compile = compile  # True, False or "auto"
-        self.compiling = compile is True  # decided per trajectory by worth_compiling
+        self.compile = compile  # True, False or "auto"; False after a failed compilation
         self.progress = progress
         self.provenance = provenance
 
     # -- embedding ---------------------------------------------------------------------
-    def forward(self, z: torch.Tensor, pos: torch.Tensor, batch: torch.Tensor):
+    def forward(self, z: torch.Tensor, pos: torch.Tensor, batch: torch.Tensor,
+                compile: bool = False):
         """Atom scalars and vectors: the backbone on a padded neighbour table when it applies.
 
-        While :attr:`compiling`, the forward pass goes through ``torch.compile``;
-        if compilation fails (no C++ compiler, an unsupported platform), a
-        warning says so and this engine goes on without it.
+        With ``compile`` (the trajectory's :meth:`worth_compiling`), the forward
+        pass goes through ``torch.compile``; if compilation fails (no C++
+        compiler, an unsupported platform), a warning says so and this engine
+        goes on without it.
         """
         if not supports_padded(self.module):
             return self.module(z, pos, batch)
-        if self.compiling:
+        if compile and self.compile:
             try:
                 return padded_forward(self.module, z, pos, batch, compile=True)
             except Exception as exc:  # noqa: BLE001 - any compiler failure falls back
@@ -143,7 +144,7 @@ class _Engine:
                     f"torch.compile failed ({type(exc).__name__}: {exc}); GeomEmbedder embeds "
                     f"without compilation.", RuntimeWarning, stacklevel=2,
                 )
-                self.compile = self.compiling = False
+                self.compile = False
         return padded_forward(self.module, z, pos, batch)
 
     def worth_compiling(self, frame: np.ndarray, n_frames: int) -> bool:
@@ -166,7 +167,7 @@ class _Engine:
                              loop=True, max_num_neighbors=distance.max_num_neighbors).size(1)
         return edges * n_frames >= COMPILE_EDGE_FRAMES
 
-    def embed_batch(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def embed_batch(self, pos: np.ndarray, compile: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Tokens (b, n_residues, 4, H) and residue positions (b, n_residues, 3) of a batch."""
         device = self.device
         n_frames, n_atoms, _ = pos.shape
@@ -179,7 +180,7 @@ class _Engine:
             else nullcontext()
         )
         with torch.inference_mode(), autocast:
-            x, vec = self.forward(z, pos_t.reshape(-1, 3), batch)
+            x, vec = self.forward(z, pos_t.reshape(-1, 3), batch, compile)
         hidden = x.shape[-1]
         atoms = torch.cat([x.float().unsqueeze(1), vec[:, :3].float()], dim=1)
         atoms = atoms.view(n_frames, n_atoms, 4, hidden)
@@ -223,16 +224,18 @@ class _Engine:
             done = writer.n_written  # frames an interrupted run committed (whole chunks)
             timestep = (writer.resumed_info or {}).get("timestep")
             bar.update(done)
-            decided = False
+            # decided on the first frame read, for this trajectory only (an engine is
+            # shared by the trajectories that threads embed at once)
+            compiling = None
             for chunk in reader.chunks(source, done):
                 if timestep is None and chunk.n_frames > 1:
                     timestep = float(chunk.timestep)
                 xyz = reader.coordinates(chunk, source, done)
-                if not decided and len(xyz):
-                    self.compiling = self.worth_compiling(xyz[0], n_frames - done)
-                    decided = True
+                if compiling is None and len(xyz):
+                    compiling = self.worth_compiling(xyz[0], n_frames - done)
                 for start in range(0, len(xyz), self.batch_size):
-                    tokens, positions = self.embed_batch(xyz[start:start + self.batch_size])
+                    tokens, positions = self.embed_batch(xyz[start:start + self.batch_size],
+                                                         compiling)
                     writer.write(tokens, positions)
                     bar.update(len(tokens))
                     threads.refresh()
@@ -249,14 +252,10 @@ class _Engine:
             )
 
 
-def _embed_one(engine: _Engine, source: Source, directory: str | None, key: str | None,
-               if_exists: str) -> TokenTrajectory:
-    return engine.embed(source, directory, key, if_exists)
-
-
 def _embed_indexed(index: int, engine: _Engine, source: Source, directory: str | None,
                    key: str | None, if_exists: str) -> tuple[int, TokenTrajectory]:
-    """:func:`_embed_one`, with the trajectory's place in ``X`` (results arrive in any order)."""
+    """``engine.embed``, with the trajectory's place in ``X`` (parallel results arrive in
+    any order)."""
     return index, engine.embed(source, directory, key, if_exists)
 
 
@@ -640,9 +639,6 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
                 "an untrained backbone, for ablations only.)"
             )
         self.checkpoint_sha256_ = None
-        if self.architecture not in (None, "visnet") and self.lmax not in (None, 1):
-            raise ValueError(f"lmax={self.lmax} applies to ViSNet only, not to "
-                             f"architecture={self.architecture!r}.")
         config = BackboneConfig(**{k: v for k, v in explicit.items() if v is not None})
         with local_torch_seed(check_generator(self.random_state)):
             module = build_backbone(config)
@@ -816,7 +812,7 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
             todo.append((source, directory, key))
         if len(todo) == 1 or self.n_jobs == 1:
             for source, directory, key in todo:
-                results[source.index] = _embed_one(engine, source, directory, key, if_exists)
+                results[source.index] = engine.embed(source, directory, key, if_exists)
         elif todo:
             # n_jobs=None leaves the choice to an active joblib.parallel_config (a Dask
             # cluster's workers, say), and is serial without one

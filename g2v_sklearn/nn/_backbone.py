@@ -103,6 +103,11 @@ class BackboneConfig:
     trainable_vecnorm: bool = True
     num_heads: int = 8
 
+    def __post_init__(self) -> None:
+        if self.architecture != "visnet" and self.lmax != 1:
+            raise ValueError(f"lmax={self.lmax} applies to ViSNet only, not to "
+                             f"architecture={self.architecture!r}.")
+
     def as_dict(self) -> dict:
         """The fields that describe this architecture (ViSNet's own only for ViSNet)."""
         fields = asdict(self)
@@ -312,7 +317,7 @@ def _infer_config(state: dict[str, Tensor], path: str | os.PathLike) -> dict:
     return inferred
 
 
-def _conflicts(name: str, inferred, value) -> bool:
+def _conflicts(inferred, value) -> bool:
     if isinstance(inferred, str) or isinstance(value, str):
         return inferred != value
     return not math.isclose(float(inferred), float(value), rel_tol=1e-3)
@@ -356,18 +361,13 @@ def load_checkpoint(
     state = _read_state_dict(path)
     inferred = _infer_config(state, path)
     for name, value in overrides.items():
-        if name in inferred and _conflicts(name, inferred[name], value):
+        if name in inferred and _conflicts(inferred[name], value):
             raise ValueError(
                 f"The checkpoint {os.fspath(path)!r} has {name}={inferred[name]}, which "
                 f"conflicts with the explicit parameter {name}={value}. Leave {name}=None "
                 f"to read it from the checkpoint."
             )
     architecture = inferred["architecture"]
-    if architecture != "visnet" and overrides.get("lmax", 1) != 1:
-        raise ValueError(
-            f"lmax={overrides['lmax']} applies to ViSNet only; the checkpoint "
-            f"{os.fspath(path)!r} holds a {_LONG_NAME[architecture]}."
-        )
     config = BackboneConfig(**{**inferred, **overrides})
     block = build_backbone(config)
     head_prefix = _HEAD_PREFIX[architecture]

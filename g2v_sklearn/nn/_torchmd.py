@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ._neighbors import RadiusDistance
-from ._padded_visnet import _by_blocks, _gather
+from ._padded_visnet import _by_blocks, _gather, padded_forward
 
 __all__ = ["EquivariantTransformer", "TensorNet"]
 
@@ -98,8 +98,6 @@ class _PaddedBackbone(nn.Module):
         self.distance_expansion = ExpNormalRBF(cutoff, num_rbf)
 
     def forward(self, z: Tensor, pos: Tensor, batch: Tensor) -> tuple[Tensor, Tensor]:
-        from ._padded_visnet import padded_forward
-
         return padded_forward(self, z, pos, batch)
 
 

@@ -238,11 +238,11 @@ def test_interrupted_store_leaves_nothing_complete(fitted, small_ala2, tmp_path,
     calls = {"n": 0}
     original = embedder_module._Engine.embed_batch
 
-    def failing(self, pos):
+    def failing(self, pos, *args):
         calls["n"] += 1
         if calls["n"] == 2:  # fail at frame k = 2
             raise RuntimeError("injected failure at frame 2")
-        return original(self, pos)
+        return original(self, pos, *args)
 
     monkeypatch.setattr(embedder_module._Engine, "embed_batch", failing)
     with pytest.raises(RuntimeError, match="injected failure"):

@@ -31,9 +31,9 @@ def count_batches(monkeypatch):
     calls = {"frames": 0}
     original = embedder_module._Engine.embed_batch
 
-    def counting(self, pos):
+    def counting(self, pos, *args):
         calls["frames"] += len(pos)
-        return original(self, pos)
+        return original(self, pos, *args)
 
     monkeypatch.setattr(embedder_module._Engine, "embed_batch", counting)
     return calls
@@ -138,7 +138,7 @@ def test_a_batch_that_would_not_fit_in_memory_is_split_with_a_warning(
     sizes = []
     original = embedder_module._Engine.embed_batch
     monkeypatch.setattr(embedder_module._Engine, "embed_batch",
-                        lambda self, pos: sizes.append(len(pos)) or original(self, pos))
+                        lambda self, pos, *args: sizes.append(len(pos)) or original(self, pos, *args))
     emb = GeomEmbedder(visnet_checkpoint, batch_size=32, progress=False).fit(two_short[:1])
     with pytest.warns(RuntimeWarning, match=r"batch_size=32 frames of 10 atoms would need about "
                                             r"4.42 MB in one forward pass, more than the 484 kB a "

@@ -44,9 +44,9 @@ DRIVER = textwrap.dedent("""
     counted = {"frames": 0}
     embed_batch = _embedder._Engine.embed_batch
 
-    def counting(self, pos):
+    def counting(self, pos, *args):
         counted["frames"] += len(pos)
-        return embed_batch(self, pos)
+        return embed_batch(self, pos, *args)
 
     _embedder._Engine.embed_batch = counting
 
