@@ -10,6 +10,7 @@ from ._utils import VersionWarning
 from ._version import __version__  # noqa: F401 - the package version
 from .embedding._embedder import GeomEmbedder
 from .learners._callbacks import Callback, EarlyStopping, LRScheduler, MetricsLog, SaveBestWeights
+from .learners._distributed import DistributedTrainingError, init_distributed
 from .learners._learner import FitContext, TrainingWarning
 from .learners._merger import MergedTokens, TokenMerger
 from .learners._spib import SPIBEstimator
@@ -25,6 +26,7 @@ _moved.register(__name__)  # pickles made by the flat layout name its modules
 __all__ = [
     "Callback",
     "ContiguousSplit",
+    "DistributedTrainingError",
     "EarlyStopping",
     "FitContext",
     "GeomEmbedder",
@@ -42,6 +44,7 @@ __all__ = [
     "TrainingWarning",
     "VAMPNetEstimator",
     "VersionWarning",
+    "init_distributed",
     "load_tokens",
     "msm_vamp2_scorer",
     "radius_graph",

@@ -126,7 +126,8 @@ class EarlyStopping(Callback):
         if not isinstance(self.tolerance, Real) or self.tolerance < 0:
             raise ValueError(f"EarlyStopping's tolerance must be >= 0; got {self.tolerance!r}.")
         key = f"early_stopping_{id(self)}"
-        state = context.extra.setdefault(key, {"best": -np.inf, "stale": 0})
+        # a resumed run (SaveBestWeights(resume=True)) starts from its file's best score
+        state = context.extra.setdefault(key, {"best": context.best_score, "stale": 0})
         score = context.score
         threshold = state["best"] + self.tolerance * abs(state["best"]) if np.isfinite(state["best"]) else -np.inf
         if score > threshold:
@@ -214,24 +215,36 @@ def _digest(value) -> str:
 
 
 class SaveBestWeights(Callback):
-    """Write the best weights so far to a file, each time they improve.
+    """Write the best weights so far to a file, each time they improve; resume from it.
 
     For long runs (a GPU job that may be pre-empted): the file always holds
     the network of the best epoch so far, written atomically (a temporary
-    file renamed over the old one), with the epoch and score. The file name
-    is made from the learner's class, a digest of its parameters and a
-    digest of the training pairs, so clones with other parameters (the
+    file renamed over the old one), with the epoch, score and history. The
+    file name is made from the learner's class, a digest of its parameters
+    and a digest of the training pairs, so clones with other parameters (the
     candidates of a grid search) and fits on other data (its folds) never
     write the same file; the path is recorded in ``history_["best_weights_file"]``.
+    On several ranks (torch.distributed) only rank 0 writes, and a resumed
+    run starts every rank from rank 0's file.
 
     Parameters
     ----------
     directory : str or path-like
         Folder for the files (created when missing).
+    resume : bool, default=False
+        When the file of this very fit (same class, parameters, data and
+        run) exists, e.g. left by a job that was pre-empted, start from it:
+        its weights, its best score, and the epoch after its best epoch (the
+        history up to that epoch comes from the file; the learning-rate
+        schedule goes on from there). Adam's moment estimates and the data
+        order are not saved, so a resumed fit is not bit-identical to one
+        that ran through. Without a file the fit starts afresh. With
+        ``validation_split="trajectories"`` the file name depends on the
+        random split: give the learner an int ``random_state`` to resume.
 
     Notes
     -----
-    A file holds ``{"state_dict", "epoch", "score", "params"}``; load it
+    A file holds ``{"state_dict", "epoch", "score", "params", "history"}``; load it
     with ``torch.load(path, weights_only=True)`` and
     ``learner.module_.load_state_dict(...)``.
 
@@ -250,8 +263,9 @@ class SaveBestWeights(Callback):
     True
     """
 
-    def __init__(self, directory) -> None:
+    def __init__(self, directory, resume: bool = False) -> None:
         self.directory = directory
+        self.resume = resume
 
     def path_for(self, learner, context) -> Path:
         params = {k: v for k, v in learner.get_params(deep=False).items() if k != "callbacks"}
@@ -261,18 +275,46 @@ class SaveBestWeights(Callback):
 
     def on_fit_begin(self, learner, context) -> None:
         path = self.path_for(learner, context)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if context.ranks.rank == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
         context.extra[f"save_best_{id(self)}"] = path
         context.history["best_weights_file"] = str(path)
+        if self.resume and context.ranks.rank == 0 and path.exists():  # the other ranks get rank 0's start
+            self._resume(learner, context, path)
+
+    @staticmethod
+    def _params(learner) -> dict:
+        return {k: repr(v) for k, v in learner.get_params(deep=False).items() if k != "callbacks"}
+
+    def _resume(self, learner, context, path: Path) -> None:
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            context.net.load_state_dict(saved["state_dict"])
+            epoch, score, history = int(saved["epoch"]), float(saved["score"]), saved["history"]
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same problem
+            raise ValueError(
+                f"SaveBestWeights(resume=True) could not resume from {path} ({type(exc).__name__}: "
+                f"{str(exc)[:200]}); move the file away to start afresh."
+            ) from exc
+        if saved.get("params") != self._params(learner):
+            raise ValueError(f"SaveBestWeights(resume=True): {path} was written by a learner with other "
+                             f"parameters; move the file away to start afresh.")
+        steps_per_epoch = context.total_steps // max(context.max_epochs, 1)
+        context.epoch, context.step = epoch, (epoch + 1) * steps_per_epoch
+        context.best_epoch, context.best_score = epoch, score
+        context.best_state = {k: v.detach().clone() for k, v in context.net.state_dict().items()}
+        context.history.update({k: list(v) for k, v in history.items()})
+        context.history["resumed_from_epoch"] = epoch
 
     def on_epoch_end(self, learner, context) -> None:
-        if context.best_epoch != context.epoch:
+        if context.best_epoch != context.epoch or context.ranks.rank != 0:
             return
         path = context.extra[f"save_best_{id(self)}"]
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        params = {k: repr(v) for k, v in learner.get_params(deep=False).items()}
+        history = {k: list(context.history[k]) for k in ("train", "validation", "train_batches", "lr")}
         torch.save({"state_dict": {k: v.detach().cpu() for k, v in context.net.state_dict().items()},
-                    "epoch": context.epoch, "score": float(context.score), "params": params}, tmp)
+                    "epoch": context.epoch, "score": float(context.score), "params": self._params(learner),
+                    "history": history}, tmp)
         os.replace(tmp, path)
 
 
@@ -304,6 +346,8 @@ class MetricsLog(Callback):
         self.path = path
 
     def on_epoch_end(self, learner, context) -> None:
+        if context.ranks.rank != 0:  # one line per epoch, not one per rank
+            return
         h = context.history
         row = {
             "learner": type(learner).__name__, "run": context.run, "epoch": context.epoch,

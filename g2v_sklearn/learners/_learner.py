@@ -32,6 +32,7 @@ from .._validation import (
 from ..nn._lobes import MIXERS, MLPLobe, TokenLobe
 from ..tokens._tokens import MergeSpec, TokenTrajectory, check_token_list
 from ._callbacks import Callback, EarlyStopping, LRScheduler
+from ._distributed import Ranks
 
 __all__ = ["FitContext", "TimeSeries", "TorchLearner", "TrainingWarning"]
 
@@ -230,6 +231,7 @@ class FitContext:
     stopped_by_collapse: bool = False  # a collapse after the last roll-back ended training
     lr_factor: float = 1.0  # halved at every roll-back after a collapse
     extra: dict = field(default_factory=dict)  # learner- and callback-specific state
+    ranks: Ranks = field(default_factory=Ranks)  # the processes training together (rank, world_size)
 
     def __post_init__(self) -> None:
         if self.forward is None:
@@ -492,9 +494,16 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
         out = out[torch.as_tensor(where, device=device)]
         return out[: len(pairs)], out[len(pairs):]
 
-    def _outputs(self, net, series, device, batch_size: int | None = None) -> list[np.ndarray]:
-        """Network outputs of every frame of every trajectory (eval mode, no grad)."""
+    def _outputs(self, net, series, device, batch_size: int | None = None,
+                 ranks: Ranks | None = None) -> list[np.ndarray]:
+        """Network outputs of every frame of every trajectory (eval mode, no grad).
+
+        With ``ranks`` of several processes, each computes its share of the
+        frames and all get every output (the same arrays on every rank).
+        """
         batch_size = batch_size or self.batch_size
+        if ranks is not None and ranks.distributed:
+            return self._shared_outputs(net, series, device, batch_size, ranks)
         net.eval()
         results = []
         with torch.no_grad():
@@ -506,6 +515,26 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
                         chunks.append(_full_precision(net(*series.frames(traj, index, device))).cpu())
                 results.append(torch.cat(chunks).numpy().astype(np.float64) if chunks else np.zeros((0, 0)))
         return results
+
+    def _shared_outputs(self, net, series, device, batch_size: int, ranks: Ranks) -> list[np.ndarray]:
+        """:meth:`_outputs` with the frames shared among ``ranks`` (contiguous shares of all
+        frames, trajectories concatenated)."""
+        lengths = series.lengths
+        starts = np.concatenate([[0], np.cumsum(lengths)])
+        mine = ranks.share(int(starts[-1]))
+        first, stop = (int(mine[0]), int(mine[-1]) + 1) if len(mine) else (0, 0)
+        net.eval()
+        chunks = []
+        with torch.no_grad():
+            for traj, n in enumerate(lengths):
+                lo, hi = max(first, int(starts[traj])), min(stop, int(starts[traj]) + n)
+                for start in range(lo, hi, batch_size):
+                    index = np.arange(start, min(hi, start + batch_size)) - int(starts[traj])
+                    with self._autocast(device):
+                        chunks.append(_full_precision(net(*series.frames(traj, index, device))).double())
+        local = torch.cat(chunks)
+        every = ranks.gather_rows(local, int(starts[-1])).cpu().numpy()
+        return np.split(every, starts[1:-1])
 
     # ------------------------------------------------------------------ training
     def _split(self, series: TimeSeries, pairs: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -561,7 +590,7 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
         return builtin + user
 
     def _new_context(self, net, series, train, val, weights, device, rng, *, max_epochs=None, run=0,
-                     extra=None, threads=None) -> FitContext:
+                     extra=None, threads=None, ranks: Ranks | None = None) -> FitContext:
         """A training run's state: the optimizer, its schedule, the callbacks, an empty history."""
         callbacks = self._callback_list()
         steps_per_epoch = max(1, len(range(0, len(train) - 1, self.batch_size)))
@@ -574,6 +603,7 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
             optimizer=self._make_optimizer(net), max_epochs=epochs, callbacks=callbacks, run=run,
             total_steps=steps_per_epoch * epochs, scheduled=scheduled, threads=threads,
             forward=self._training_forward(net), extra={} if extra is None else extra,
+            ranks=ranks or Ranks(),
         )
 
     def _learning_rate(self, ctx: FitContext) -> float:
@@ -587,9 +617,17 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
         return self.lr * factor * ctx.lr_factor
 
     def _batch_loss(self, ctx: FitContext, batch: np.ndarray) -> Tensor:
-        """The loss of one batch of pairs (a hook: SPIB's loss needs labels and a prior)."""
-        out_0, out_t = self._forward_pairs(ctx.forward, ctx.series, batch, ctx.device)
-        return self._loss(out_0, out_t, self._pair_weights(ctx.weights, batch, ctx.device))
+        """The loss of one batch of pairs (a hook: SPIB's loss needs labels and a prior).
+
+        On several ranks, ``batch`` is the global batch: this rank computes its
+        share, and the loss (the same on every rank) is that of the whole batch.
+        """
+        local = batch[ctx.ranks.share(len(batch))]
+        out_0, out_t = self._forward_pairs(ctx.forward, ctx.series, local, ctx.device)
+        weights = self._pair_weights(ctx.weights, local, ctx.device)
+        if ctx.ranks.distributed:
+            return self._loss(out_0, out_t, weights, ranks=ctx.ranks)
+        return self._loss(out_0, out_t, weights)
 
     def _train_step(self, ctx: FitContext, batch: np.ndarray) -> float:
         """One optimizer step on ``batch``; returns the loss. Raises _NonFiniteLoss."""
@@ -601,6 +639,7 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
             raise _NonFiniteLoss(loss.item())
         ctx.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        ctx.ranks.average_gradients(ctx.net.parameters())
         if self.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(ctx.net.parameters(), self.max_grad_norm)
         ctx.optimizer.step()
@@ -610,8 +649,16 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
         ctx.last_loss = loss.item()
         return ctx.last_loss
 
-    def _pair_outputs(self, net, series, pairs, device) -> tuple[Tensor, Tensor]:
-        """Outputs at t and t + lag of ``pairs`` (eval, no grad), each frame computed once."""
+    def _pair_outputs(self, net, series, pairs, device, ranks: Ranks | None = None) -> tuple[Tensor, Tensor]:
+        """Outputs at t and t + lag of ``pairs`` (eval, no grad), each frame computed once.
+
+        With ``ranks`` of several processes, each computes its share of the pairs
+        and all get every output.
+        """
+        if ranks is not None and ranks.distributed:
+            out_0, out_t = self._pair_outputs(net, series, pairs[ranks.share(len(pairs))], device)
+            both = ranks.gather_rows(torch.cat([out_0, out_t], dim=1).double(), len(pairs))
+            return both[:, : out_0.shape[1]], both[:, out_0.shape[1]:]
         net.eval()
         outs_0, outs_t, order = [], [], []
         with torch.no_grad():
@@ -670,9 +717,10 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
         epoch_start = _state_copy(ctx.net)
         order = ctx.rng.permutation(len(ctx.train))
         losses = []
+        smallest = max(2, ctx.ranks.world_size)  # two pairs, and on several ranks one pair each
         for start in range(0, len(order) - 1, self.batch_size):
             batch = ctx.train[order[start:start + self.batch_size]]
-            if len(batch) < 2:
+            if len(batch) < smallest:
                 continue
             try:
                 losses.append(self._train_step(ctx, batch))
@@ -699,6 +747,8 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
             ctx.best_score, ctx.best_epoch, ctx.best_state = score, ctx.epoch, _state_copy(ctx.net)
         for callback in ctx.callbacks:
             callback.on_epoch_end(self, ctx)
+        if ctx.ranks.any(ctx.stop) and not ctx.stop:  # a rank that stopped alone would hang the others
+            ctx.stop, ctx.stop_reason = True, "another rank stopped"
         if rolled_back:  # after on_epoch_end, so that what callbacks reset there stays reset
             for callback in ctx.callbacks:
                 callback.on_rollback(self, ctx)
@@ -756,7 +806,9 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
         """
         for callback in ctx.callbacks:
             callback.on_fit_begin(self, ctx)
-        bar = tqdm(total=ctx.max_epochs, desc=type(self).__name__, disable=not self.progress, leave=False)
+        self._share_start(ctx)
+        bar = tqdm(total=ctx.max_epochs, desc=type(self).__name__, disable=not ctx.ranks.progress(self.progress),
+                   leave=False, initial=ctx.epoch + 1)
         with bar:
             while ctx.epoch + 1 < ctx.max_epochs and not ctx.stop:
                 self._run_epoch(ctx)
@@ -773,6 +825,7 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
             )
         ctx.net.load_state_dict(ctx.best_state)
         ctx.best_state = None  # the weights are in the network now
+        ctx.ranks.broadcast_module(ctx.net)  # rank 0's, to the bit
         history["best_epoch"] = ctx.best_epoch
         history["best_score"] = ctx.best_score
         ctx.net.eval()
@@ -796,6 +849,23 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
             callback.on_fit_end(self, ctx)
         return history
 
+    @staticmethod
+    def _share_start(ctx: FitContext) -> None:
+        """Rank 0's weights and starting point (a resumed run's epoch, best score, history) on
+        every rank, whatever the callbacks' ``on_fit_begin`` did on each."""
+        ranks = ctx.ranks
+        if not ranks.distributed:
+            return
+        ranks.broadcast_module(ctx.net)
+        start = ranks.broadcast_object({
+            "epoch": ctx.epoch, "step": ctx.step, "best_score": ctx.best_score, "best_epoch": ctx.best_epoch,
+            "resumed": ctx.best_state is not None, "history": ctx.history,
+        })
+        ctx.epoch, ctx.step, ctx.best_score, ctx.best_epoch = (start["epoch"], start["step"], start["best_score"],
+                                                                start["best_epoch"])
+        ctx.history = start["history"]
+        ctx.best_state = _state_copy(ctx.net) if start["resumed"] else None
+
     def _training_forward(self, net):
         """The network as training calls it: ``torch.compile``\\ d with ``compile=True``."""
         if not self.compile:
@@ -817,17 +887,18 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
 
         return forward
 
-    def _plan_memory(self, net, series: TimeSeries, device) -> dict:
+    def _plan_memory(self, net, series: TimeSeries, device, ranks: Ranks | None = None) -> dict:
         """Gradient checkpointing only when a batch's activations would exceed ``memory_budget``.
 
         The activations autograd keeps per frame are measured on a two-frame
-        forward pass; a step holds up to ``2 * batch_size`` frames.
+        forward pass; a step holds up to ``2 * batch_size`` frames (on several ranks, its share).
         """
         lobe = getattr(net, "lobe", net)
         if not isinstance(lobe, TokenLobe):
             return {}
         per_frame = _saved_bytes_per_frame(lobe, series, device)
-        need = per_frame * 2 * self.batch_size
+        per_rank = -(-self.batch_size // (ranks.world_size if ranks is not None else 1))  # this rank's share
+        need = per_frame * 2 * per_rank
         budget = _memory_budget(self.memory_budget, device)
         checkpointing = need > budget
         lobe.checkpoint_blocks = checkpointing
@@ -848,13 +919,14 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
         validate_parameter_constraints(
             self._parameter_constraints, self.get_params(deep=False), caller_name=type(self).__name__,
         )
+        ranks = Ranks.detect(type(self).__name__)
         series = self._as_time_series(X, reset=True)
         if constant_is_an_error and series.kind == "array":
             check_not_constant(series.items, type(self).__name__)
         weights = self._sample_weights(sample_weight, series)
         pairs = lagged_pairs(series.lengths, self.lagtime, type(self).__name__)
         self._check_pair_weights(weights, pairs)
-        rng = check_generator(self.random_state)
+        rng = self._shared_generator(ranks, series, weights, len(pairs))
         device = resolve_device(self.device)
         if self.precision == "bfloat16" and not supports_bfloat16(device):
             warnings.warn(
@@ -862,7 +934,30 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
                 f"bfloat16 natively (on a CPU that needs AVX512-BF16 or AMX), where it would be slower "
                 f"than float32: {type(self).__name__} trains in float32.", UserWarning, stacklevel=3,
             )
-        return series, weights, pairs, rng, device
+        return series, weights, pairs, rng, device, ranks
+
+    def _shared_generator(self, ranks: Ranks, series: TimeSeries, weights, n_pairs: int) -> np.random.Generator:
+        """The fit's random generator, the same on every rank, after checking that every rank
+        was given the same data, weights and parameters (a rank with other data would train
+        the others on a mixture, silently)."""
+        rng = check_generator(self.random_state)
+        if not ranks.distributed:
+            return rng
+        who = type(self).__name__
+        if n_pairs < 2 * ranks.world_size:
+            raise ValueError(f"{who}: X gives {n_pairs} time-lagged pairs, too few to share among "
+                             f"{ranks.world_size} ranks (at least two each).")
+        ranks.check_same(series.fingerprint(), "data (trajectories or token stores)", who)
+        digest = hashlib.sha256()
+        for w in weights or ():
+            digest.update(np.ascontiguousarray(w).tobytes())
+        ranks.check_same(digest.hexdigest(), "sample weights", who)
+        params = {k: v for k, v in self.get_params(deep=False).items()
+                  if k not in ("callbacks", "progress", "device")}
+        ranks.check_same(repr(sorted(params.items())), "parameters", who)
+        if not isinstance(self.random_state, Integral):  # None or a Generator: rank 0's draw for all
+            rng = np.random.default_rng(ranks.broadcast_object(int(rng.integers(0, 2**63 - 1))))
+        return rng
 
     def _fitted_input(self, X) -> tuple[TimeSeries, nn.Module, torch.device]:
         """For every method of a fitted learner: the input, checked against what fit saw,

@@ -440,9 +440,18 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
 
     # ------------------------------------------------------------------ the loss
     def _pair_losses(self, ctx, forward, batch, generator):
-        """Per-pair losses and weights of a batch of (trajectory, t) pairs."""
+        """Per-pair losses and weights of a batch of (trajectory, t) pairs.
+
+        On several ranks, ``batch`` is the global batch and the losses are those
+        of this rank's share; the noise is drawn for the whole batch, so each
+        pair gets the noise one process holding the whole batch would give it.
+        """
         state, net, series, device = ctx.extra["spib"], ctx.net, ctx.series, ctx.device
         d = self.z_dim
+        noise = torch.randn((len(batch), d), generator=generator, device=device, dtype=torch.float64)
+        if ctx.ranks.distributed:
+            rows = ctx.ranks.share(len(batch))
+            batch, noise = batch[rows], noise[torch.as_tensor(rows, device=device)]
         # the batch and the states' representatives in one pass through the network
         with self._autocast(device):
             both = forward(*_gather_frames(series, np.concatenate([batch, state.representatives]), device))
@@ -450,7 +459,6 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         reps = both[len(batch):].detach().double()  # the prior is a target: no gradient through it
         mean, logvar = encoded[:, :d], encoded[:, d:]
         rep_mean, rep_logvar = reps[:, :d], reps[:, d:]
-        noise = torch.randn(mean.shape, generator=generator, device=device, dtype=mean.dtype)
         z = mean + torch.exp(0.5 * logvar) * noise
         log_probs = net.decode(z).double()
         future = torch.as_tensor(state.offsets[batch[:, 0]] + batch[:, 1] + self.lagtime, device=device)
@@ -462,7 +470,9 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
 
     def _batch_loss(self, ctx, batch):
         losses, w = self._pair_losses(ctx, ctx.forward, batch, ctx.extra["spib"].generator)
-        return (w * losses).sum() / w.sum().clamp_min(1e-300)
+        # the weighted mean over the whole batch: numerator and total weight summed over ranks
+        total, norm = ctx.ranks.sum_with_grad(torch.stack([(w * losses).sum(), w.sum()]))
+        return total / norm.clamp_min(1e-300)
 
     #: Training pairs the end-of-epoch training loss is computed on (evenly spaced, fixed per fit).
     _monitor_pairs = 8192
@@ -487,6 +497,7 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
                 losses, w = self._pair_losses(ctx, ctx.net, pairs[start:start + self.batch_size], generator)
                 total += float((w * losses).sum())
                 norm += float(w.sum())
+        total, norm = ctx.ranks.sum(torch.tensor([total, norm], dtype=torch.float64)).tolist()
         return -total / max(norm, 1e-300), False
 
     # ------------------------------------------------------------------ fit
@@ -509,8 +520,8 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         self : SPIBEstimator
         """
         # with given labels, constant features are a legitimate one-state answer (reported as such)
-        series, weights, pairs, rng, device = self._setup(X, sample_weight, constant_is_an_error=y is None)
-        labels = self._initial_labels(series, y, rng)
+        series, weights, pairs, rng, device, ranks = self._setup(X, sample_weight, constant_is_an_error=y is None)
+        labels = ranks.broadcast_object(self._initial_labels(series, y, rng))  # rank 0's, to the frame
         n_states = int(max(l.max() for l in labels)) + 1
         train, val = self._split(series, pairs, rng)
         lengths = series.lengths
@@ -525,20 +536,20 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
             lobe = self._build_network(series, 2 * self.z_dim)
             net = SPIBModule(lobe, self.z_dim, n_states).to(device)
         self._standardise_inputs(lobe, series, train, device)
-        self.memory_plan_ = self._plan_memory(net, series, device)
+        self.memory_plan_ = self._plan_memory(net, series, device, ranks)
         state = _FitState(
             labels=torch.as_tensor(np.concatenate(labels), device=device),
             offsets=offsets, representatives=np.zeros((0, 2), dtype=np.int64),
             generator=torch_generator(rng, device), validation_seed=int(rng.integers(0, 2**63 - 1)),
         )
         with ThreadBudget(device=device) as threads:
-            means = self._latent_means(net, series, device)
+            means = self._latent_means(net, series, device, ranks)
             epochs_left = int(self.max_epochs)
             for round_ in range(self.refinements + 1):
                 self._reset_prior(net, state, means, labels, candidates, frame_weights, offsets)
                 state.labels = torch.as_tensor(np.concatenate(labels), device=device)
                 ctx = self._new_context(net, series, train, val, weights, device, rng, max_epochs=epochs_left,
-                                        run=round_, extra={"spib": state}, threads=threads)
+                                        run=round_, extra={"spib": state}, threads=threads, ranks=ranks)
                 rounds = self._fit_loop(ctx)
                 history["rollbacks"] += [len(history["train"]) + epoch for epoch in rounds["rollbacks"]]
                 epochs_left -= len(rounds["train"])
@@ -547,7 +558,7 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
                 history["round"] += [round_] * len(rounds["train"])
                 history["best_epoch"].append(rounds["best_epoch"])
                 history["n_states"].append(net.n_states)
-                means = self._latent_means(net, series, device)
+                means = self._latent_means(net, series, device, ranks)  # the same arrays on every rank
                 new_labels = self._relabel(net, means, device)
                 converged = all(np.array_equal(a, b) for a, b in zip(labels, new_labels))
                 labels = new_labels
@@ -578,8 +589,8 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         self._fit_score_model(series, pairs, means, weights, device)
         return self
 
-    def _latent_means(self, net, series, device) -> list[np.ndarray]:
-        return [o[:, : self.z_dim] for o in self._outputs(net, series, device)]
+    def _latent_means(self, net, series, device, ranks=None) -> list[np.ndarray]:
+        return [o[:, : self.z_dim] for o in self._outputs(net, series, device, ranks=ranks)]
 
     def _relabel(self, net, means, device) -> list[np.ndarray]:
         """Most likely state of every frame at its latent mean; empty states are dropped."""

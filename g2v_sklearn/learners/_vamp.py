@@ -366,7 +366,14 @@ def vamp_score(
         For an unknown method or mode, or invalid inputs (see :func:`covariances`).
     """
     method = _check_method(method)
-    c00, c0t, ctt, c00_isqrt, ctt_isqrt = _whitened(x, y, epsilon, mode, weights)
+    return _score_of_covariances(*covariances(x, y, remove_mean=True, weights=weights), method=method,
+                                 epsilon=epsilon, mode=mode)
+
+
+def _score_of_covariances(c00, c0t, ctt, *, method: str, epsilon: float, mode: str) -> torch.Tensor:
+    """:func:`vamp_score` from the covariances (a single process's, or the sums of several)."""
+    c00_isqrt = sym_inverse_sqrt(c00, epsilon=epsilon, mode=mode)
+    ctt_isqrt = sym_inverse_sqrt(ctt, epsilon=epsilon, mode=mode)
     kbar = c00_isqrt @ c0t @ ctt_isqrt
     if method == "VAMP1":
         score = torch.linalg.matrix_norm(kbar, ord="nuc")
@@ -383,6 +390,44 @@ def vamp_score(
             2.0 * sigma @ u.T @ c0t @ v - sigma @ u.T @ c00 @ u @ sigma @ v.T @ ctt @ v
         )
     return 1.0 + score
+
+
+def reduced_covariances(x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None, sum_over_ranks):
+    """:func:`covariances` (mean-free) of the pairs of all ranks, each holding some of them.
+
+    ``sum_over_ranks`` adds a tensor up over the ranks, with gradients (the
+    identity on one process). Two sums: the weights and weighted sums give
+    the global means; each rank centres its pairs on them, and the centred
+    second moments are summed. Centring before summing keeps float64's
+    precision when the outputs' offsets are large against their spread;
+    every rank ends with the same covariances, those of one process holding
+    every pair. A rank may hold a single pair (or more).
+    """
+    x, y = x.double(), y.to(device=x.device).double()
+    k = x.shape[1]
+    w = torch.ones(len(x), dtype=x.dtype, device=x.device) if weights is None else \
+        torch.as_tensor(weights, device=x.device).double()
+    first = sum_over_ranks(torch.cat([torch.stack([w.sum(), (w * w).sum(), (w > 0).sum().double()]),
+                                      w @ x, w @ y]))
+    total, total_sq, positive = first[0], first[1], first[2]
+    norm = total - total_sq / total
+    if int(positive.item()) < 2 or not bool(norm > 0):
+        raise ValueError("weights must have at least two positive entries over all ranks' pairs.")
+    x = x - first[3:3 + k] / total
+    y = y - first[3 + k:] / total
+    xw = w[:, None] * x
+    second = sum_over_ranks(torch.cat([(xw.T @ x).reshape(-1), (xw.T @ y).reshape(-1),
+                                       ((w[:, None] * y).T @ y).reshape(-1)]))
+    c00, c0t, ctt = (part.reshape(k, k) / norm for part in second.split(k * k))
+    return c00, c0t, ctt
+
+
+def reduced_vamp_score(x, y, *, sum_over_ranks, method: str = "VAMP2", epsilon: float = 1e-6,
+                       mode: str = "trunc", weights=None) -> torch.Tensor:
+    """:func:`vamp_score` of the pairs of all ranks, each holding some (see :func:`reduced_covariances`)."""
+    method = _check_method(method)
+    return _score_of_covariances(*reduced_covariances(x, y, weights, sum_over_ranks), method=method,
+                                 epsilon=epsilon, mode=mode)
 
 
 def vamp_loss(x: torch.Tensor, y: torch.Tensor, **kwargs) -> torch.Tensor:

@@ -11,11 +11,12 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._compat import Interval, StrOptions, validate_parameter_constraints
 from .._threads import ThreadBudget
-from .._utils import check_generator, local_torch_seed, resolve_device
+from .._utils import local_torch_seed, resolve_device
 from .._validation import lagged_pairs
 from ._callbacks import EarlyStopping
 from ._learner import TorchLearner, _new_history, _TrainingCollapsed, pair_arrays
-from ._vamp import fit_vamp, implied_timescales, koopman_eigenvalues, vamp_cv_score, vamp_score
+from ._distributed import Ranks
+from ._vamp import fit_vamp, implied_timescales, koopman_eigenvalues, reduced_vamp_score, vamp_cv_score, vamp_score
 
 __all__ = ["VAMPNetEstimator"]
 
@@ -291,7 +292,10 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         self.random_state = random_state
 
     # ------------------------------------------------------------------ loss
-    def _loss(self, out_0, out_t, weights):
+    def _loss(self, out_0, out_t, weights, ranks=None):
+        if ranks is not None:  # this rank's pairs; the score is that of every rank's
+            return -reduced_vamp_score(out_0, out_t, sum_over_ranks=ranks.sum_with_grad, method=self.score_method,
+                                       epsilon=self.epsilon, mode=self.mode, weights=weights)
         return -vamp_score(out_0, out_t, method=self.score_method, epsilon=self.epsilon,
                            mode=self.mode, weights=weights)
 
@@ -315,11 +319,12 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         -------
         self : VAMPNetEstimator
         """
-        series, weights, pairs, rng, device, train, val = self._prepare(X, sample_weight)
+        series, weights, pairs, rng, device, train, val, ranks = self._prepare(X, sample_weight)
         runs, failures = [], []
         with ThreadBudget(device=device) as threads:
             for run in range(self.n_init):
-                ctx = self._start_run(series, train, val, weights, device, rng, run=run, threads=threads)
+                ctx = self._start_run(series, train, val, weights, device, rng, run=run, threads=threads,
+                                      ranks=ranks)
                 net = ctx.net
                 try:
                     history = self._fit_loop(ctx)
@@ -335,15 +340,16 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         self.history_ = {**runs[best][2], "best_run": best, "runs": [h for _, _, h in runs]}
         self.n_iter_ = len(self.history_["train"])
         self.timestep_ = series.timestep
-        self._fit_decomposition(series, pairs, weights)  # all of X, validation included
+        self._fit_decomposition(series, pairs, weights, ranks)  # all of X, validation included
         return self
 
-    def _start_run(self, series, train, val, weights, device, rng, *, run=0, threads=None):
+    def _start_run(self, series, train, val, weights, device, rng, *, run=0, threads=None, ranks=None):
         """One training run's :class:`FitContext`: a fresh network (its memory plan in
         ``memory_plan_``), its optimizer and schedule, ready for :meth:`_train_step`."""
         net = self._init_network(series, train, device, rng)
-        self.memory_plan_ = self._plan_memory(net, series, device)
-        return self._new_context(net, series, train, val, weights, device, rng, run=run, threads=threads)
+        self.memory_plan_ = self._plan_memory(net, series, device, ranks)
+        return self._new_context(net, series, train, val, weights, device, rng, run=run, threads=threads,
+                                 ranks=ranks)
 
     def _training_context(self, X, sample_weight=None):
         """What :meth:`fit` holds before its first step, for code that steps training itself.
@@ -354,15 +360,15 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         on those time-lagged pairs, exactly as ``fit`` takes it: forward
         pass, loss, backward pass, clipping, the optimizer, the schedule).
         """
-        series, weights, pairs, rng, device, train, val = self._prepare(X, sample_weight)
-        return self._start_run(series, train, val, weights, device, rng)
+        series, weights, pairs, rng, device, train, val, ranks = self._prepare(X, sample_weight)
+        return self._start_run(series, train, val, weights, device, rng, ranks=ranks)
 
     def _prepare(self, X, sample_weight):
         """Validated data, its time-lagged pairs, and the training/validation split."""
-        series, weights, pairs, rng, device = self._setup(X, sample_weight)
+        series, weights, pairs, rng, device, ranks = self._setup(X, sample_weight)
         self._check_pairs(pairs)
         train, val = self._split(series, pairs, rng)
-        return series, weights, pairs, rng, device, train, val
+        return series, weights, pairs, rng, device, train, val, ranks
 
     def partial_fit(self, X, y=None, sample_weight=None):
         """One epoch over all time-lagged pairs of ``X``, from the current weights.
@@ -405,25 +411,27 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         """
         first = not hasattr(self, "module_")
         if first:
-            series, weights, pairs, rng, device = self._setup(X, sample_weight)
+            series, weights, pairs, rng, device, ranks = self._setup(X, sample_weight)
         else:
+            ranks = Ranks.detect(type(self).__name__)
             validate_parameter_constraints(self._parameter_constraints, self.get_params(deep=False),
                                            caller_name=type(self).__name__)
             series = self._as_time_series(X, reset=False)
             weights = self._sample_weights(sample_weight, series)
             pairs = lagged_pairs(series.lengths, self.lagtime, type(self).__name__)
-            rng = getattr(self, "_partial_rng", None) or check_generator(self.random_state)
+            shared = self._shared_generator(ranks, series, weights, len(pairs))  # on every rank alike
+            rng = getattr(self, "_partial_rng", None) or shared
             device = resolve_device(self.device)
         self._check_pairs(pairs)
         with ThreadBudget(device=device) as threads:
             if first:
                 self._partial_rng = rng
                 self.module_ = self._init_network(series, pairs, device, rng)
-                self.memory_plan_ = self._plan_memory(self.module_, series, device)
+                self.memory_plan_ = self._plan_memory(self.module_, series, device, ranks)
                 self.history_ = _new_history()
             net = self.module_.to(device)
             ctx = self._new_context(net, series, pairs, pairs[:0], weights, device, rng, max_epochs=1,
-                                    threads=threads)
+                                    threads=threads, ranks=ranks)
             ctx.scheduled = False
             ctx.callbacks = [c for c in ctx.callbacks if not isinstance(c, EarlyStopping)]
             history = self._fit_loop(ctx)
@@ -433,7 +441,7 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         self.history_["best_score"] = history["best_score"]
         self.n_iter_ = len(self.history_["train"])
         self.timestep_ = series.timestep
-        self._fit_decomposition(series, pairs, weights)
+        self._fit_decomposition(series, pairs, weights, ranks)
         return self
 
     def _check_pairs(self, pairs):
@@ -460,8 +468,8 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         self._standardise_inputs(net, series, train, device)
         return net
 
-    def _fit_decomposition(self, series, pairs, weights):
-        outputs = self._outputs(self.module_, series, next(self.module_.parameters()).device)
+    def _fit_decomposition(self, series, pairs, weights, ranks=None):
+        outputs = self._outputs(self.module_, series, next(self.module_.parameters()).device, ranks=ranks)
         x, y, w = pair_arrays(outputs, pairs, self.lagtime, weights)
         decomposition = self._decompose(x, y, w)
         if decomposition is None:
@@ -502,7 +510,7 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         cross-validated VAMP-2 of that decomposition on the validation pairs.
         """
         def outputs(pairs):
-            out_0, out_t = self._pair_outputs(ctx.net, ctx.series, pairs, ctx.device)
+            out_0, out_t = self._pair_outputs(ctx.net, ctx.series, pairs, ctx.device, ctx.ranks)
             w = self._pair_weights(ctx.weights, pairs, "cpu")
             return out_0.double().cpu().numpy(), out_t.double().cpu().numpy(), None if w is None else w.numpy()
 
