@@ -105,8 +105,34 @@ for name, (est, X) in fits.items():
         arrays[f"{name}_labels"] = np.concatenate(est.labels_)
 save()
 
+
+# 3. a fit pre-empted after epoch 1 resumes from rank 0's best-weights file (only rank 0 writes it)
+class Preempted(Exception):
+    pass
+
+
+class PreemptAfter(Callback):
+    def on_epoch_end(self, learner, context):
+        if context.epoch == 1:
+            raise Preempted
+
+
+saver = g2v_sklearn.SaveBestWeights(os.path.join(out, "best"), resume=True)
+resumable = dict(lagtime=5, hidden_layer_sizes=(16,), batch_size=200, max_epochs=4, patience=None,
+                 progress=False, random_state=0)
+try:
+    VAMPNetEstimator(callbacks=[saver, PreemptAfter()], **resumable).fit(features)
+except Preempted:
+    pass
+est = VAMPNetEstimator(callbacks=[saver], **resumable).fit(features)
+report["resumed_from_epoch"] = est.history_.get("resumed_from_epoch")
+report["resumed_train"] = est.history_["train"]
+report["best_files"] = sorted(os.listdir(os.path.join(out, "best"))) if rank == 0 else None
+arrays["resumed_transform"] = np.concatenate(est.transform(features))
+save()
+
 if world > 1:
-    # 3. what is refused, on every rank alike
+    # 4. what is refused, on every rank alike
     from sklearn.model_selection import GridSearchCV, KFold
 
     small = VAMPNetEstimator(lagtime=5, hidden_layer_sizes=(8,), max_epochs=1, progress=False, random_state=0)
@@ -134,7 +160,7 @@ if world > 1:
     report["refusals"] = refusals
     save()
 
-    # 4. rank 1 dies in the middle of a fit; rank 0 must end with an error, not hang
+    # 5. rank 1 dies in the middle of a fit; rank 0 must end with an error, not hang
     class DieAt(Callback):
         def on_batch_end(self, learner, context):
             if context.ranks.rank == 1 and context.step == 3:

@@ -106,6 +106,16 @@ def test_short_fit_on_two_ranks_transforms_like_one_process(runs, name):
         np.testing.assert_array_equal(arrays1[f"{name}_labels"], arrays0[f"{name}_labels"])
 
 
+def test_a_preempted_fit_resumes_on_every_rank_from_rank_0s_file(runs):
+    (ref, ref_arrays), (rep0, arrays0), (rep1, arrays1) = runs["results"]
+    assert rep0["best_files"] and all(name.endswith(".pt") for name in rep0["best_files"])  # no temporaries
+    assert rep0["resumed_from_epoch"] == rep1["resumed_from_epoch"] == ref["resumed_from_epoch"] is not None
+    assert rep0["resumed_train"] == rep1["resumed_train"]  # rank 1 got rank 0's history, then the same scores
+    np.testing.assert_array_equal(arrays1["resumed_transform"], arrays0["resumed_transform"])
+    expected = ref_arrays["resumed_transform"]
+    np.testing.assert_allclose(arrays0["resumed_transform"], expected, atol=1e-6 * np.abs(expected).max())
+
+
 def test_grid_search_threads_and_other_data_are_refused_on_every_rank(runs):
     for report, _ in runs["results"][1:]:
         refusals = report["refusals"]

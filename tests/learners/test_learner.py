@@ -312,6 +312,48 @@ def test_grid_search_saves_best_weights_per_candidate_and_fold(dihedral_features
     assert {r["learner"] for r in rows} == {"VAMPNetEstimator"}
 
 
+class _Preempted(Exception):
+    pass
+
+
+class _PreemptAfter(Callback):
+    """Ends a fit the way a job's pre-emption would, after ``epoch``."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, learner, context):
+        if context.epoch == self.epoch:
+            raise _Preempted
+
+
+def test_a_preempted_fit_resumes_from_its_best_weights_file(dihedral_features, tmp_path):
+    x = [t[:800] for t in dihedral_features[:2]]
+    params = dict(lagtime=5, max_epochs=6, patience=None, validation_fraction=0.2, random_state=0, **FAST)
+    saver = SaveBestWeights(tmp_path, resume=True)
+    with pytest.raises(_Preempted):
+        VAMPNetEstimator(callbacks=[saver, _PreemptAfter(3)], **params).fit(x)
+    (path,) = tmp_path.glob("*.pt")
+    saved = torch.load(path, weights_only=True)
+    assert saved["epoch"] <= 3 and len(saved["history"]["train"]) == saved["epoch"] + 1
+    log = tmp_path / "after.jsonl"
+    est = VAMPNetEstimator(callbacks=[saver, MetricsLog(log)], **params).fit(x)
+    history = est.history_
+    assert history["resumed_from_epoch"] == saved["epoch"]
+    # the epochs up to the saved one come from the file; training went on from the next one to the end
+    assert history["train"][: saved["epoch"] + 1] == saved["history"]["train"]
+    assert len(history["train"]) == params["max_epochs"]
+    epochs = [json.loads(line)["epoch"] for line in log.read_text().splitlines()]
+    assert epochs == list(range(saved["epoch"] + 1, params["max_epochs"]))
+    assert history["best_score"] >= saved["score"]
+    # resume=False (the default) starts afresh even with the file there
+    fresh = VAMPNetEstimator(callbacks=[SaveBestWeights(tmp_path)], **params).fit(x)
+    assert "resumed_from_epoch" not in fresh.history_
+    path.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="could not resume from .*move the file away"):
+        VAMPNetEstimator(callbacks=[saver], **params).fit(x)
+
+
 def test_spib_trains_on_the_same_seams(tmp_path):
     rng = np.random.default_rng(3)
     side = np.repeat(rng.integers(0, 2, size=30), 30)
