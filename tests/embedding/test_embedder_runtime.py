@@ -250,6 +250,60 @@ def test_a_cluster_of_worker_processes_embeds_in_parallel_into_shared_stores(
         np.testing.assert_array_equal(tokens.features, expected)
 
 
+def test_a_dask_worker_killed_mid_trajectory_leaves_a_store_the_next_run_resumes(
+        visnet_checkpoint, ala2_files, tmp_path):
+    """Each of two Dask worker processes SIGKILLs itself in the middle of its trajectory's
+    second chunk (the store-fault tests' kill point, armed by a worker plugin on the first two
+    workers only). Dask reruns the tasks on the restarted workers, which resume the killed
+    stores after their committed chunk (the store writer's own resume, seen by a probe in the
+    workers): the transform ends with the tokens of an uninterrupted run, and no debris."""
+    distributed = pytest.importorskip("distributed", reason="needs the 'dask' extra")
+    import joblib
+
+    pdb, paths = ala2_files
+    trajs = [md.load(paths[i], top=pdb)[:130] for i in range(2)]
+    # chunks of 50 frames in batches of 25: the third write is the second chunk's first batch
+    emb = GeomEmbedder(visnet_checkpoint, store_dir=str(tmp_path / "stores"), chunk_size=50, batch_size=25,
+                       progress=False).fit(trajs)
+    log = tmp_path / "workers.log"
+
+    class ArmFirstWorkers(distributed.WorkerPlugin):
+        def setup(self, worker):
+            from g2v_sklearn.tokens import _tokens
+
+            seen = log.read_text().count("started") if log.exists() else 0
+            with open(log, "a") as handle:
+                handle.write(f"started {os.getpid()}\n")
+            if seen < 2:  # the first two workers die; the restarted ones do not
+                os.environ[_tokens._KILL_ENV] = "mid-chunk:3"
+            resume = _tokens.TokenStoreWriter._resume
+
+            def logged(writer, progress):
+                resumed = resume(writer, progress)
+                with open(log, "a") as handle:
+                    handle.write(f"resumed {writer.n_written}\n" if resumed else "restarted\n")
+                return resumed
+
+            _tokens.TokenStoreWriter._resume = logged
+
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  env={"OMP_NUM_THREADS": "1"}) as cluster, \
+            distributed.Client(cluster) as client, joblib.parallel_config(backend="dask"):
+        client.register_plugin(ArmFirstWorkers())
+        resumed = emb.transform(trajs)
+    lines = log.read_text().splitlines()
+    assert sum(line.startswith("started") for line in lines) >= 4  # two workers died and were replaced
+    # every rerun resumed a killed store after a committed chunk (two kills: at least two resumes; a
+    # rerun that landed on the other doomed worker resumed and died again, and was resumed later on)
+    reruns = [line for line in lines if not line.startswith("started")]
+    assert len(reruns) >= 2 and all(line.startswith("resumed") and int(line.split()[1]) >= 50
+                                    for line in reruns), reruns
+    assert not [e for e in os.listdir(tmp_path / "stores") if "." in e]  # no .partial-*, no .old-*
+    expected = GeomEmbedder(visnet_checkpoint, chunk_size=50, batch_size=25, progress=False).fit(trajs).transform(trajs)
+    for got, want in zip(resumed, expected):
+        np.testing.assert_array_equal(got.features, want.features)
+
+
 def test_memory_mapped_store(visnet_checkpoint, two_short, reference, tmp_path):
     _, expected = reference
     emb = GeomEmbedder(visnet_checkpoint, store_dir=str(tmp_path), progress=False)
