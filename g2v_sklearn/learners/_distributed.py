@@ -243,8 +243,10 @@ class Ranks:
         """Replace every gradient by its mean over ranks, in one flat all-reduce."""
         if not self.distributed:
             return
-        params = [p for p in parameters if p.requires_grad]
-        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+        # parameters without a gradient (unused by the loss) have none on any rank: the optimizer
+        # skips them, as on one process
+        params = [p for p in parameters if p.requires_grad and p.grad is not None]
+        grads = [p.grad for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads]) if grads else torch.zeros(0)
         flat = self.sum(flat) / self.world_size
         offset = 0

@@ -655,7 +655,7 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
         With ``ranks`` of several processes, each computes its share of the pairs
         and all get every output.
         """
-        if ranks is not None and ranks.distributed:
+        if ranks is not None and ranks.distributed and len(pairs) >= ranks.world_size:
             out_0, out_t = self._pair_outputs(net, series, pairs[ranks.share(len(pairs))], device)
             both = ranks.gather_rows(torch.cat([out_0, out_t], dim=1).double(), len(pairs))
             return both[:, : out_0.shape[1]], both[:, out_0.shape[1]:]
