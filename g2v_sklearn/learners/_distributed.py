@@ -97,6 +97,14 @@ def init_distributed(backend: str | None = None, *, timeout: float = 600.0) -> t
     ------
     ValueError
         When the environment names a rank but not ``MASTER_ADDR``/``MASTER_PORT``.
+
+    Examples
+    --------
+    Outside a launcher there is nothing to join, and fits train on this process:
+
+    >>> import g2v_sklearn
+    >>> g2v_sklearn.init_distributed()  # doctest: +SKIP
+    (0, 1)
     """
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
