@@ -502,39 +502,28 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
         frames and all get every output (the same arrays on every rank).
         """
         batch_size = batch_size or self.batch_size
-        if ranks is not None and ranks.distributed:
-            return self._shared_outputs(net, series, device, batch_size, ranks)
+        distributed = ranks is not None and ranks.distributed
+        starts = np.concatenate([[0], np.cumsum(series.lengths)]).astype(np.int64)
+        total = int(starts[-1])
+        first, stop = 0, total  # the frames this process computes, trajectories concatenated
+        if distributed:  # its rank's contiguous share
+            mine = ranks.share(total)
+            first, stop = int(mine[0]), int(mine[-1]) + 1
         net.eval()
         results = []
         with torch.no_grad():
-            for traj, n in enumerate(series.lengths):
+            for traj, offset in enumerate(starts[:-1].tolist()):
+                lo, hi = max(first, offset) - offset, min(stop, int(starts[traj + 1])) - offset
                 chunks = []
-                for start in range(0, n, batch_size):
-                    index = np.arange(start, min(n, start + batch_size))
+                for start in range(lo, hi, batch_size):
+                    index = np.arange(start, min(hi, start + batch_size))
                     with self._autocast(device):
                         chunks.append(_full_precision(net(*series.frames(traj, index, device))).cpu())
                 results.append(torch.cat(chunks).numpy().astype(np.float64) if chunks else np.zeros((0, 0)))
-        return results
-
-    def _shared_outputs(self, net, series, device, batch_size: int, ranks: Ranks) -> list[np.ndarray]:
-        """:meth:`_outputs` with the frames shared among ``ranks`` (contiguous shares of all
-        frames, trajectories concatenated)."""
-        lengths = series.lengths
-        starts = np.concatenate([[0], np.cumsum(lengths)])
-        mine = ranks.share(int(starts[-1]))
-        first, stop = (int(mine[0]), int(mine[-1]) + 1) if len(mine) else (0, 0)
-        net.eval()
-        chunks = []
-        with torch.no_grad():
-            for traj, n in enumerate(lengths):
-                lo, hi = max(first, int(starts[traj])), min(stop, int(starts[traj]) + n)
-                for start in range(lo, hi, batch_size):
-                    index = np.arange(start, min(hi, start + batch_size)) - int(starts[traj])
-                    with self._autocast(device):
-                        chunks.append(_full_precision(net(*series.frames(traj, index, device))).double())
-        local = torch.cat(chunks)
-        every = ranks.gather_rows(local, int(starts[-1])).cpu().numpy()
-        return np.split(every, starts[1:-1])
+        if not distributed:
+            return results
+        local = torch.from_numpy(np.concatenate([r for r in results if r.size]))
+        return np.split(ranks.gather_rows(local, total).numpy(), starts[1:-1])
 
     # ------------------------------------------------------------------ training
     def _split(self, series: TimeSeries, pairs: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
