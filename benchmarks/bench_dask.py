@@ -12,8 +12,12 @@ memory-mapped stores in a temporary directory, in four ways:
     this process, ``torch.set_num_threads(1)``;
 ``dask, 1 worker`` / ``dask, 2 workers``
     ``joblib.parallel_config(backend="dask")`` over a ``LocalCluster`` of that
-    many worker processes with one thread each (Dask starts them with
-    ``OMP_NUM_THREADS=1``). The cluster is started before the clock.
+    many worker processes, one torch thread each (Dask starts them with
+    ``OMP_NUM_THREADS=1``). Two workers have one task thread each; the one
+    worker has two (two trajectories at a time), because joblib runs the work
+    of a cluster with a single task thread in all in the calling process, not
+    on the worker. The task stream checks that the work ran on the cluster.
+    The cluster is started before the clock.
 ``..., no trim threshold``
     the same, with ``MALLOC_TRIM_THRESHOLD_`` taken out of Dask's
     ``distributed.nanny.pre-spawn-environ`` (see the comment in ``main``).
@@ -92,20 +96,31 @@ def main(argv=None) -> None:
     # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536 among its
     # pre-spawn-environ; setting it fixes glibc's mmap threshold, and every large
     # temporary then costs fresh page faults. The last two rows start them without it.
+    # The nanny also leaves the variable in this process's os.environ, which later
+    # workers inherit whatever the config says: it is taken out of both for those rows.
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
     without_trim = {k: v for k, v in environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
     for workers, spawn_environ, note in ((1, environ, ""), (2, environ, ""),
                                          (1, without_trim, ", no trim threshold"),
                                          (2, without_trim, ", no trim threshold")):
+        if "MALLOC_TRIM_THRESHOLD_" not in spawn_environ:
+            os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
         with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_environ}), \
-                distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                         dashboard_address=None) as cluster, \
-                distributed.Client(cluster) as client, joblib.parallel_config(backend="dask"):
+                distributed.LocalCluster(n_workers=workers, threads_per_worker=2 if workers == 1 else 1,
+                                         processes=True, dashboard_address=None) as cluster, \
+                distributed.Client(cluster) as client, joblib.parallel_config(backend="dask"), \
+                distributed.get_task_stream(client) as stream:
+            client.run(torch.set_num_threads, 1)
+            trim = sorted(set(map(str, client.run(lambda: __import__("os").environ.get("MALLOC_TRIM_THRESHOLD_"))
+                                  .values())))
             worker_threads = sorted(set(client.run(torch.get_num_threads).values()))
             client.run(lambda: __import__("g2v_sklearn"))  # imports before the clock
             seconds, features = timed()
+        if not stream.data:
+            raise RuntimeError(f"the {workers}-worker run did not go through the cluster")
         rows.append({"variant": f"dask, {workers} worker{'s' if workers > 1 else ''}{note}",
-                     "seconds": seconds, "features": features, "worker_threads": worker_threads})
+                     "seconds": seconds, "features": features, "worker_threads": worker_threads,
+                     "workers_trim_threshold": trim})
     shutil.rmtree(tmp)
 
     base = next(r for r in rows if r["variant"] == "serial, 2 threads")["seconds"]
