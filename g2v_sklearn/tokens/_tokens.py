@@ -1151,11 +1151,11 @@ class TokenStoreWriter:
         Makes the write resumable. Every :meth:`checkpoint` then records the
         committed frames in the partial directory, and a new writer of the
         same ``directory``, shape, dtypes and ``resume_key`` takes over the
-        partial directory of one that was killed or interrupted
-        (``KeyboardInterrupt``), keeping the frames whose checksums still
-        match: :attr:`n_written` says how many. The key must identify what is
-        written (the input, the parameters, the chunking), since the kept
-        frames are not written again.
+        partial directory of one that was killed, interrupted
+        (``KeyboardInterrupt``) or ended by any exception, keeping the frames
+        whose checksums still match: :attr:`n_written` says how many. The
+        key must identify what is written (the input, the parameters, the
+        chunking), since the kept frames are not written again.
 
     Attributes
     ----------
@@ -1180,8 +1180,8 @@ class TokenStoreWriter:
     then renamed to ``directory``. If the block raises, :meth:`finalize` is
     not called, or the number of written frames differs from ``n_frames``,
     the partial directory is removed and ``directory`` is left as it was
-    (a resumable writer interrupted after a checkpoint keeps it for the next
-    one). Commits of one directory by concurrent writers (threads or
+    (a resumable writer that committed a chunk keeps it for the next one when
+    the block raises, whatever the exception). Commits of one directory by concurrent writers (threads or
     processes) take turns under a lock on the parent directory (see the
     module's notes); each writer returns a complete store.
 
@@ -1241,8 +1241,9 @@ class TokenStoreWriter:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if self._state in ("new", "open"):
-            interrupted = exc_type is not None and not issubclass(exc_type, Exception)
-            self._abort(keep=interrupted)
+            # whatever ended the block (^C, a CUDA out-of-memory error, a bug in the caller),
+            # the committed chunks stay for the next writer: it re-verifies their checksums
+            self._abort(keep=exc_type is not None)
             if exc_type is None:
                 warnings.warn(
                     f"TokenStoreWriter for {self.directory!r} closed without finalize(); "
@@ -1338,8 +1339,8 @@ class TokenStoreWriter:
                 return
             self._claimed = False  # its arrays were unreadable: it starts again
             self._create_arrays()
-        except BaseException as exc:
-            self._abort(keep=not isinstance(exc, Exception))  # ^C while re-verifying: kept
+        except BaseException:
+            self._abort(keep=True)  # a claimed partial (^C while re-verifying it) stays claimable
             raise
 
     def _array_paths(self) -> tuple[str, str]:
@@ -1535,10 +1536,11 @@ class TokenStoreWriter:
         ------
         ValueError
             If fewer than ``n_frames`` frames were written or the metadata is
-            invalid; the partial store is then discarded.
+            invalid; the partial store is then discarded (a resumable
+            writer's committed chunks are kept for the next writer).
         OSError
             If the disk fills while the metadata is written; the partial
-            store is then discarded.
+            store is then discarded (kept, as above, for a resumable writer).
         """
         self._open()
         try:
@@ -1586,12 +1588,11 @@ class TokenStoreWriter:
                 raise
             _fsync(partial)
             tokens = self._commit(partial)
-        except BaseException as exc:
+        except BaseException:
             if self._state == "open":
-                # every frame is written: an interrupt or a full disk keeps a resumable
-                # write's committed chunks for the next writer
-                full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
-                self._abort(keep=full or not isinstance(exc, Exception))
+                # every frame is written: whatever failed (an interrupt, a full disk, a
+                # target that is not a store), a resumable write's chunks stay for the next
+                self._abort(keep=True)
             raise
         self._state = "finalized"
         self._cleanup.detach()

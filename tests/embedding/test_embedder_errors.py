@@ -255,6 +255,45 @@ def test_interrupted_store_leaves_nothing_complete(fitted, small_ala2, tmp_path,
     fitted.set_params(store_dir=None, batch_size=32)
 
 
+def _failing_at_batch(monkeypatch, n):
+    """Make the n-th batch embedded raise a RuntimeError (as CUDA running out of memory
+    would); returns the counter of frames embedded, which the rerun reads."""
+    calls = {"batches": 0, "frames": 0, "fail_at": n}
+    original = embedder_module._Engine.embed_batch
+
+    def failing(self, pos, *args):
+        calls["batches"] += 1
+        if calls["batches"] == calls["fail_at"]:
+            raise RuntimeError("CUDA out of memory (injected)")
+        calls["frames"] += len(pos)
+        return original(self, pos, *args)
+
+    monkeypatch.setattr(embedder_module._Engine, "embed_batch", failing)
+    return calls
+
+
+@pytest.mark.parametrize("mode", ["memory", "store_dir"])
+def test_an_error_mid_embedding_keeps_the_committed_chunks(fitted, ala2_trajs, tmp_path, monkeypatch,
+                                                            mode):
+    """Three chunks of ten frames committed, then an ordinary exception: the rerun embeds the
+    last ten frames only, and the tokens are those of an uninterrupted run."""
+    frames = ala2_trajs[0][:40]
+    expected = fitted.set_params(chunk_size=10, batch_size=5).transform([frames])[0]
+    emb = fitted.set_params(**{mode: str(tmp_path / mode)})
+    try:
+        calls = _failing_at_batch(monkeypatch, 7)  # the first batch of the fourth chunk
+        with pytest.raises(RuntimeError, match="out of memory"):
+            emb.transform([frames])
+        calls["fail_at"], calls["frames"] = None, 0  # no more failures; count the rerun
+        got = emb.transform([frames])[0]
+        assert calls["frames"] == 10  # 30 committed frames kept (40 embedded again before)
+        np.testing.assert_array_equal(got.features, expected.features)
+        assert sorted(os.listdir(tmp_path / mode)) == [os.path.basename(got.path)]  # no debris
+        del got
+    finally:
+        fitted.set_params(**{mode: None}, chunk_size=1000, batch_size="auto")
+
+
 def test_coordinates_that_are_not_the_molecule_are_refused(fitted, small_ala2):
     """Bond lengths by element pair: the checks behind issue 11's silent wrong results."""
     zeros = small_ala2[:]

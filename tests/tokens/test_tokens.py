@@ -775,3 +775,38 @@ def test_a_store_moved_aside_by_a_killed_commit_is_put_back(tmp_path):
         w.close()  # any writer of that name, even one that finishes nothing
     assert _siblings(str(d)) == ["store"]
     _assert_same(load_tokens(d), _tokens(seed=3))
+
+
+# ------------------------------------------------------ work kept on failure
+@pytest.mark.parametrize("where", ["in the block", "in finalize"])
+def test_any_exception_keeps_a_resumable_writes_committed_chunks(tmp_path, where):
+    """A CUDA out-of-memory error is a RuntimeError, not an interrupt: the chunks committed
+    before it are kept for the next writer all the same (they are re-verified on resume)."""
+    d = tmp_path / "store"
+    feats, pos = _arrays()
+    if where == "in the block":
+        with pytest.raises(RuntimeError, match="out of memory"), _resumable(d) as w:
+            for c in range(2):
+                w.write(feats[4 * c:4 * c + 4], pos[4 * c:4 * c + 4])
+                w.checkpoint({"chunk": c})
+            w.write(feats[8:10], pos[8:10])
+            raise RuntimeError("CUDA out of memory (injected)")
+        kept = 8
+    else:
+        with pytest.raises(ValueError, match="residue_names has 1 entries"), _resumable(d) as w:
+            _finish_with(w, residue_names=["ALA"])
+        kept = N_FRAMES
+    (partial,) = _siblings(str(d))
+    assert ".partial-" in partial and "writer.json" not in os.listdir(tmp_path / partial)
+    with _resumable(d) as w:
+        assert w.n_written == kept
+        _assert_same(_finish(w), _tokens())
+    assert _siblings(str(d)) == ["store"]
+
+
+def _finish_with(w, **meta):
+    feats, pos = _arrays()
+    for start in range(w.n_written, N_FRAMES, 4):
+        w.write(feats[start:start + 4], pos[start:start + 4])
+        w.checkpoint()
+    return w.finalize(**{**_meta(), **meta}, timestep=2.0, provenance={"model": "toy", "seed": 0})
