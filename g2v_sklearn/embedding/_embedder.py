@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import warnings
 from contextlib import nullcontext
 from numbers import Integral, Real
@@ -73,6 +74,14 @@ ATOMS_PER_BATCH = 2048
 #: fast as the compiled one (``compiles_faster = False``: the equivariant transformer)
 #: are never compiled automatically.
 COMPILE_EDGE_FRAMES = 1e8
+
+#: A store being written commits its frames at the end of every chunk of ``chunk_size``
+#: frames and, within a chunk, after the first batch that ends this many seconds after the
+#: last commit: a killed or failed embedding loses at most about this much work, however
+#: large the chunks and however slow the machine. A commit flushes the frames written
+#: since the last one and records their checksum (``benchmarks/stress_stores.py`` times it).
+COMMIT_SECONDS = 60.0
+
 
 def pass_bytes_per_frame(n_atoms: int, hidden: int, max_num_neighbors: int | None) -> float:
     """Memory one frame adds to a forward pass of the padded ViSNet, in bytes (an estimate).
@@ -221,12 +230,13 @@ class _Engine:
         # torch threads sized to the free cores (see _threads): a busy neighbour must not
         # leave a two-thread team spin-waiting at every kernel
         with writer, bar, ThreadBudget(device=torch.device(self.device)) as threads:
-            done = writer.n_written  # frames an interrupted run committed (whole chunks)
+            done = writer.n_written  # frames an interrupted run committed
             timestep = (writer.resumed_info or {}).get("timestep")
             bar.update(done)
             # decided on the first frame read, for this trajectory only (an engine is
             # shared by the trajectories that threads embed at once)
             compiling = None
+            last_commit = time.monotonic()
             for chunk in reader.chunks(source, done):
                 if timestep is None and chunk.n_frames > 1:
                     timestep = float(chunk.timestep)
@@ -239,8 +249,15 @@ class _Engine:
                     writer.write(tokens, positions)
                     bar.update(len(tokens))
                     threads.refresh()
+                    if (time.monotonic() - last_commit >= COMMIT_SECONDS
+                            and start + self.batch_size < len(xyz)):
+                        # by time, inside the chunk: a resumed run reads from this batch's
+                        # end to the chunk's end, so its batches stay those of this run
+                        writer.checkpoint({"timestep": timestep})
+                        last_commit = time.monotonic()
                 done += len(xyz)
                 writer.checkpoint({"timestep": timestep})
+                last_commit = time.monotonic()
             if timestep is None and source.traj is not None and source.traj.n_frames > 1:
                 timestep = float(source.traj.timestep) * reader.stride
             provenance = dict(self.provenance, source=source.description)
@@ -326,7 +343,11 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
         A ``batch_size`` whose pass would take more than a quarter of the
         RAM (half of a GPU's memory) is reduced to what fits, with a warning.
     chunk_size : int, default=1000
-        Frames read at a time from trajectory files.
+        Frames read at a time from trajectory files. With ``store_dir`` or
+        ``memory``, also the frames committed at a time (flushed to disk with
+        their checksum, kept for a rerun if the embedding is killed or fails),
+        with a commit at least every ``COMMIT_SECONDS`` (60) seconds within a
+        chunk.
     dtype : {"float32", "bfloat16"}, default="float32"
         Precision of the backbone's forward pass; tokens are stored in float32.
         ``"bfloat16"`` runs the forward pass under autocast where the device

@@ -172,15 +172,18 @@ def n_frames_of(group) -> int:
 def mdanalysis_frames(group, atom_indices: np.ndarray, topology: md.Topology, *, stride: int,
                       chunk_size: int, first: int = 0):
     """Yield ``chunk_size`` (strided) frames of the selected atoms at a time, as mdtraj
-    trajectories in nanometres (the mdtraj path's units), from strided frame ``first``.
+    trajectories in nanometres (the mdtraj path's units), from strided frame ``first``
+    (chunks end at multiples of ``chunk_size``, as in ``FrameReader.chunks``).
 
     The Universe is left at the frame it was on.
     """
+    from ._reading import chunk_bounds  # (it imports this module)
+
     selected = group[atom_indices]
     with _frame_kept(group.universe.trajectory) as traj:
         frames = range(0, len(traj), stride)
-        for start in range(first, len(frames), chunk_size):
-            block = frames[start:start + chunk_size]
+        for start, stop in chunk_bounds(first, len(frames), chunk_size):
+            block = frames[start:stop]
             xyz = np.empty((len(block), len(selected), 3), dtype=np.float32)
             times = np.empty(len(block))
             boxes = []

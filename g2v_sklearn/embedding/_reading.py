@@ -45,6 +45,16 @@ def bond_length_ranges(numbers: np.ndarray, bonds: np.ndarray) -> tuple[np.ndarr
     return 0.68 * total, np.minimum(1.25 * total + 0.1, MAX_BOND_ANGSTROM)
 
 
+def chunk_bounds(first: int, n_frames: int, chunk_size: int):
+    """(start, stop) of the chunks of ``n_frames`` frames from frame ``first``, each ending
+    at a multiple of ``chunk_size`` (or at ``n_frames``)."""
+    start = first
+    while start < n_frames:
+        stop = min(n_frames, (start // chunk_size + 1) * chunk_size)
+        yield start, stop
+        start = stop
+
+
 @dataclass
 class Source:
     """One input trajectory: an in-memory mdtraj.Trajectory, a file path, or an
@@ -231,11 +241,16 @@ class FrameReader:
 
     def chunks(self, source: Source, first: int = 0):
         """Yield the selected atoms of ``chunk_size`` (strided) frames at a time, from frame
-        ``first`` (a multiple of ``chunk_size``: a resumed embedding's first new frame)."""
+        ``first`` (a resumed embedding's first new frame).
+
+        Chunks always end at multiples of ``chunk_size``: from a ``first`` inside a
+        chunk (a commit made by time), the first chunk yielded is the rest of that one,
+        so a resumed run reads (and batches) the frames as the run it resumes did.
+        """
         if source.traj is not None:
             frames = np.arange(0, source.traj.n_frames, self.stride)
-            for start in range(first, len(frames), self.chunk_size):
-                chunk = source.traj[frames[start:start + self.chunk_size]]
+            for start, stop in chunk_bounds(first, len(frames), self.chunk_size):
+                chunk = source.traj[frames[start:stop]]
                 yield chunk.atom_slice(self.atom_indices)
             return
         if source.group is not None:

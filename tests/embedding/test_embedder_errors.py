@@ -294,6 +294,32 @@ def test_an_error_mid_embedding_keeps_the_committed_chunks(fitted, ala2_trajs, t
         fitted.set_params(**{mode: None}, chunk_size=1000, batch_size="auto")
 
 
+def test_commits_by_time_let_a_short_trajectory_resume(fitted, ala2_trajs, tmp_path, monkeypatch):
+    """A trajectory shorter than chunk_size is one chunk: without commits by time, an error
+    in it lost every frame. With a commit after every batch (COMMIT_SECONDS=0), the rerun
+    embeds from the last batch committed, batched as the uninterrupted run was."""
+    frames = ala2_trajs[0][:20]
+    expected = fitted.set_params(chunk_size=8, batch_size=3).transform([frames])[0]
+    emb = fitted.set_params(memory=str(tmp_path / "cache"))
+    try:
+        calls = _failing_at_batch(monkeypatch, 3)  # frames 6-7, the first chunk's last batch
+        with pytest.raises(RuntimeError):
+            emb.transform([frames])  # the default commits only at the chunk's end: nothing kept
+        assert os.listdir(tmp_path / "cache") == []
+        monkeypatch.setattr(embedder_module, "COMMIT_SECONDS", 0.0)
+        calls["batches"] = 0
+        with pytest.raises(RuntimeError):
+            emb.transform([frames])  # committed by time after frames 0-2 and 3-5
+        calls["fail_at"], calls["frames"] = None, 0
+        got = emb.transform([frames])[0]
+        assert calls["frames"] == 14
+        np.testing.assert_array_equal(got.features, expected.features)
+        assert len(os.listdir(tmp_path / "cache")) == 1
+        del got
+    finally:
+        fitted.set_params(memory=None, chunk_size=1000, batch_size="auto")
+
+
 def test_coordinates_that_are_not_the_molecule_are_refused(fitted, small_ala2):
     """Bond lengths by element pair: the checks behind issue 11's silent wrong results."""
     zeros = small_ala2[:]

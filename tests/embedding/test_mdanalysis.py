@@ -150,3 +150,6 @@ def test_groups_in_any_order_and_boxes_that_change(visnet_checkpoint, adk_univer
     topology = mdanalysis_topology(npt.atoms)
     chunk = next(mdanalysis_frames(npt.atoms, np.arange(10), topology, stride=1, chunk_size=5))
     np.testing.assert_allclose(chunk.unitcell_lengths[:, 0], [3.0, 3.1, 3.2, 3.3, 3.4], rtol=1e-5)
+    # resumed inside a chunk (a commit by time), the chunks still end where a full run's do
+    resumed = mdanalysis_frames(npt.atoms, np.arange(10), topology, stride=1, chunk_size=2, first=1)
+    assert [c.n_frames for c in resumed] == [1, 2, 1]
