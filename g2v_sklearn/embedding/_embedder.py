@@ -203,6 +203,8 @@ class _Engine:
 
         ``key`` (the cache key) goes into the store's provenance; ``if_exists``
         is the store writer's (a cache keeps a store another worker finished first).
+        A cache (``if_exists="keep"``) entry that another thread or process is
+        embedding is waited for and read, not embedded a second time.
         """
         self.module.to(self.device).eval()
         reader = self.reader
@@ -224,12 +226,15 @@ class _Engine:
             writer = TokenStoreWriter(
                 directory, n_frames=n_frames, n_residues=layout.n_residues,
                 n_channels=hidden, dtype="float32", if_exists=if_exists, resume_key=resume_key,
+                if_busy="wait" if if_exists == "keep" else "write",
             )
         bar = tqdm(total=n_frames, unit="frame", desc=f"embedding {source.label}",
                    disable=not self.progress, leave=False)
         # torch threads sized to the free cores (see _threads): a busy neighbour must not
         # leave a two-thread team spin-waiting at every kernel
         with writer, bar, ThreadBudget(device=torch.device(self.device)) as threads:
+            if writer.existing is not None:  # another worker embedded this cache entry
+                return writer.existing
             done = writer.n_written  # frames an interrupted run committed
             timestep = (writer.resumed_info or {}).get("timestep")
             bar.update(done)

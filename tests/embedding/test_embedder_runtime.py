@@ -164,6 +164,28 @@ def test_concurrent_cache_writers_short_stress(visnet_checkpoint, tmp_path, monk
     assert report["exceptions"] == [] and report["debris"] == [] and report["bad_token_sets"] == []
 
 
+def test_two_processes_wanting_one_cache_key_embed_it_once(visnet_checkpoint, tmp_path, monkeypatch):
+    """benchmarks/stress_stores.py's one-key case, small: two processes released together
+    transform one trajectory with one memory= directory (as GridSearchCV(n_jobs=2) over a
+    pipeline that embeds does). One embeds; the other waits for its store and reads it."""
+    stress = _stress_module(monkeypatch)
+    # 0.05 s a batch: the two stay in the race for 0.4 s, though one process starts late
+    report = stress.one_key_case(str(tmp_path / "cache"), n_processes=2, frames=40, checkpoint=visnet_checkpoint,
+                                 batch_size=5, batch_delay=0.05)
+    assert report["exceptions"] == []
+    assert report["frames_embedded"] == 40 and sorted(report["frames_embedded_per_process"]) == [0, 40]
+    assert report["same_tokens"] and report["entries"] == 1 and report["debris"] == []
+
+
+def test_the_exception_case_of_the_stress_benchmark_embeds_each_frame_once(visnet_checkpoint, tmp_path,
+                                                                          monkeypatch):
+    stress = _stress_module(monkeypatch)
+    report = stress.exception_case(str(tmp_path / "cache"), frames=40, checkpoint=visnet_checkpoint)
+    assert "out of memory" in report["error"]
+    assert (report["embedded_before_the_error"], report["embedded_by_the_rerun"]) == (30, 10)
+    assert report["same_tokens"] and report["debris"] == []
+
+
 def _stress_module(monkeypatch):
     import importlib
 
