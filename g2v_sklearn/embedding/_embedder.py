@@ -57,6 +57,7 @@ from ._topology import (
     first_difference,
     residue_layout,
     topology_signature,
+    unusual_elements,
 )
 
 __all__ = ["GeomEmbedder"]
@@ -622,6 +623,11 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
                 f"embeddings for atomic numbers below {config.max_z} only. Exclude it with "
                 f"`selection`."
             )
+
+        unusual = unusual_elements(topology, atom_indices, numbers, pretrained=self.checkpoint is not None,
+                                   given=given)
+        if unusual is not None:
+            warnings.warn(unusual, UserWarning, stacklevel=2)
 
         self.topology_ = topology
         self.atom_indices_ = atom_indices

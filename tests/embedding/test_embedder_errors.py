@@ -340,3 +340,30 @@ def test_coordinates_that_are_not_the_molecule_are_refused(fitted, small_ala2):
     with pytest.raises(ValueError, match=r"trajectory 0, frame 3, the bond"):
         fitted.transform([squeezed])
     fitted.transform([small_ala2])  # the real molecule passes
+
+
+def _ligand_with(small_ala2, element):
+    """The first frame with the alanine as a ligand 'LIG' (whose atom names are not checked
+    against elements, as a standard residue's are) and its C-alpha made ``element``."""
+    ligand = small_ala2[:1]
+    ligand.topology = small_ala2.topology.copy()
+    ligand.topology.residue(1).name = "LIG"
+    ligand.topology.atom(8).element = element  # LIG2-CA
+    return ligand
+
+
+def test_elements_rare_in_biomolecules_or_unseen_in_pretraining_are_named(visnet_checkpoint, small_ala2):
+    with pytest.warns(UserWarning, match=r"include B \(1 atom: LIG2-CA\): Li, Be and B are rare in "
+                                         r"biomolecules.*repartitioned.*atomic_numbers="):
+        GeomEmbedder(visnet_checkpoint, progress=False).fit([_ligand_with(small_ala2, md.element.boron)])
+    with pytest.warns(UserWarning, match=r"include Se \(1 atom: LIG2-CA\): the pretrained backbone never "
+                                         r"saw .* untrained"):
+        GeomEmbedder(visnet_checkpoint, progress=False).fit([_ligand_with(small_ala2, md.element.selenium)])
+    # numbers the user gave are not second-guessed as mass artefacts
+    numbers = np.array([a.element.number for a in small_ala2.topology.atoms])
+    numbers[8] = 5
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GeomEmbedder(visnet_checkpoint, atomic_numbers=numbers, progress=False).fit([small_ala2])
