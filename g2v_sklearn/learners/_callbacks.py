@@ -223,7 +223,9 @@ class SaveBestWeights(Callback):
     file name is made from the learner's class, a digest of its parameters
     and a digest of the training pairs, so clones with other parameters (the
     candidates of a grid search) and fits on other data (its folds) never
-    write the same file; the path is recorded in ``history_["best_weights_file"]``.
+    write the same file; the path is recorded in ``history_["best_weights_file"]``
+    (for :class:`SPIBEstimator`, whose training rounds each save their own
+    file, a list with one path per round; likewise ``resumed_from_epoch``).
     On several ranks (torch.distributed) only rank 0 writes, and a resumed
     run starts every rank from rank 0's file.
 

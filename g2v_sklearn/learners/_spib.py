@@ -234,7 +234,11 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         round, counted within the round), ``n_states`` (before each round)
         and ``rollbacks`` (epochs, counted over all rounds, after which a
         non-finite loss sent training back to the best weights at half the
-        learning rate).
+        learning rate). With :class:`SaveBestWeights`, ``best_weights_file``
+        lists the file of each round (every round saves its own best
+        weights), and, when a round resumed from its file,
+        ``resumed_from_epoch`` lists the epoch each round resumed after (None
+        for a round that started afresh).
     timestep_ : float or None
         Time between frames (ps), when the input carries it.
     n_features_in_ : int
@@ -531,6 +535,7 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         frame_weights = np.concatenate(weights) if weights is not None else np.ones(sum(lengths))
         history = {"train": [], "validation": [], "round": [], "best_epoch": [], "n_states": [], "rollbacks": []}
         labels_history = [labels]
+        saved: dict[str, list] = {}
         converged = False
         with local_torch_seed(rng):
             lobe = self._build_network(series, 2 * self.z_dim)
@@ -558,6 +563,9 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
                 history["round"] += [round_] * len(rounds["train"])
                 history["best_epoch"].append(rounds["best_epoch"])
                 history["n_states"].append(net.n_states)
+                # what SaveBestWeights records in each round's run (each round has its file)
+                for key in ("best_weights_file", "resumed_from_epoch"):
+                    saved.setdefault(key, []).append(rounds.get(key))
                 means = self._latent_means(net, series, device, ranks)  # the same arrays on every rank
                 new_labels = self._relabel(net, means, device)
                 converged = all(np.array_equal(a, b) for a, b in zip(labels, new_labels))
@@ -572,6 +580,8 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         self.n_states_ = net.n_states
         self.converged_ = bool(converged)
         self.n_refinements_ = len(labels_history) - 1
+        history.update({key: per_round for key, per_round in saved.items()
+                        if any(value is not None for value in per_round)})
         self.history_ = history
         self.representatives_ = representatives
         with torch.no_grad():

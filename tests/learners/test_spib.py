@@ -345,3 +345,23 @@ def test_alanine_dipeptide_states_match_the_dihedral_msm_pcca_sets(
     assert abs(ours - theirs) <= 0.25 * theirs
     # the pipeline's states are the training labels
     np.testing.assert_array_equal(np.concatenate(pipe[:-1].transform(ala2_trajs)), found)
+
+
+def test_save_best_weights_records_every_rounds_file_and_resume(dihedral_features, tmp_path):
+    """SaveBestWeights wrote and resumed SPIB's files, but history_ lacked best_weights_file and
+    resumed_from_epoch (a KeyError), which the callback promises."""
+    from g2v_sklearn import SaveBestWeights
+
+    x = [t[:400] for t in dihedral_features[:2]]
+    params = dict(lagtime=5, n_states=4, refinements=1, hidden_layer_sizes=(16,), batch_size=128, max_epochs=4,
+                  patience=None, validation_fraction=0, progress=False, random_state=0)
+    first = SPIBEstimator(callbacks=[SaveBestWeights(tmp_path)], **params).fit(x)
+    files = first.history_["best_weights_file"]
+    assert len(files) == first.n_refinements_ >= 1 and len(set(files)) == len(files)
+    for path, best in zip(files, first.history_["best_epoch"]):
+        assert torch.load(path, weights_only=True)["epoch"] == best
+    assert "resumed_from_epoch" not in first.history_
+    again = SPIBEstimator(callbacks=[SaveBestWeights(tmp_path, resume=True)], **params).fit(x)
+    assert again.history_["best_weights_file"][0] == files[0]
+    assert again.history_["resumed_from_epoch"][0] == first.history_["best_epoch"][0]
+
