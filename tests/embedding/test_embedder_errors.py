@@ -255,6 +255,37 @@ def test_interrupted_store_leaves_nothing_complete(fitted, small_ala2, tmp_path,
     fitted.set_params(store_dir=None, batch_size=32)
 
 
+def test_bond_errors_say_what_a_unit_mix_up_looks_like(fitted, small_ala2):
+    """xyz scaled by 10 or 1e6 was reported as a broken molecule, without a word on units."""
+    def scaled(factor):
+        frames = small_ala2[:2]
+        frames.xyz = small_ala2.xyz[:2] * factor
+        return frames
+
+    with pytest.raises(ValueError, match=r"longer than any covalent bond: .* or the coordinates are in another "
+                                         r"unit. Every bond in that frame is about 10 times its usual length: "
+                                         r"coordinates in Angstrom where nanometres belong: .*divide it by 10"):
+        fitted.transform([scaled(10.0)])
+    with pytest.raises(ValueError, match=r"about 1e\+06 times its usual length: the coordinates are 1e\+06 times "
+                                         r"too large for their unit: multiply them by 1e-06"):
+        fitted.transform([scaled(1e6)])
+    with pytest.raises(ValueError, match=r"outside the .* Angstrom a bond .* about 0.1 times its usual length: "
+                                         r"coordinates in nanometres where Angstrom belong .*multiply them by 10"):
+        fitted.transform([scaled(0.1)])
+    # a molecule broken otherwise says what a unit mix-up would look like, and that this is not one
+    zeros = small_ala2[:1]
+    zeros.xyz = np.zeros_like(small_ala2.xyz[:1])
+    with pytest.raises(ValueError, match=r"A mix-up of units makes every bond about the same factor too long or "
+                                         r"too short: 10 times .*placeholder coordinates, not another unit"):
+        fitted.transform([zeros])
+    stretched = small_ala2[:1]
+    stretched.xyz = small_ala2.xyz[:1].copy()
+    stretched.xyz[0, 8] += 0.3  # one atom 3 Angstrom away: its bonds only
+    with pytest.raises(ValueError, match=r"longer than any covalent bond.*A mix-up of units makes every bond.*"
+                                         r"here they are .* times their usual length, so it is not that"):
+        fitted.transform([stretched])
+
+
 def _failing_at_batch(monkeypatch, n):
     """Make the n-th batch embedded raise a RuntimeError (as CUDA running out of memory
     would); returns the counter of frames embedded, which the rerun reads."""
