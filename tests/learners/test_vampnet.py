@@ -200,6 +200,18 @@ def test_list_input_errors_name_the_trajectory(Learner, dihedral_features, ala2_
 
 
 @pytest.mark.parametrize("Learner", [VAMPNetEstimator, SPIBEstimator])
+def test_text_features_are_refused_for_what_they_are(Learner, dihedral_features):
+    """Had been NumPy's "could not convert string to float: np.str_('a')"."""
+    x = dihedral_features[0][:50]
+    labelled = np.column_stack([x, ["a"] * 50])
+    expects = f"{Learner.__name__} expects numeric features, a float array of shape \\(n_frames, n_features\\)"
+    with pytest.raises(ValueError, match=r"^X holds text, not numbers \('a' is not a number\): " + expects):
+        Learner(**FAST).fit(labelled)
+    with pytest.raises(ValueError, match=r"^Trajectory 1 of X holds text, not numbers .*one-hot"):
+        Learner(**FAST).fit([x, labelled])
+
+
+@pytest.mark.parametrize("Learner", [VAMPNetEstimator, SPIBEstimator])
 def test_constant_features_are_refused_for_what_they_are(Learner):
     constant = np.tile([0.3, -1.0, 2.0], (80, 1))
     for X in (constant, [constant, constant.copy()]):
