@@ -906,6 +906,13 @@ def _read_store(directory: str, mmap_mode: str | None,
                 f"header and {_META} make {expected}"
             )
         arrays.append(arr)
+    try:  # the residue metadata must describe the arrays' residues (what TokenTrajectory checks)
+        _validate_metadata(arrays[0].shape[1], meta["residue_names"], meta["chain_ids"],
+                           meta["residue_ids"], meta["timestep"], meta["provenance"])
+    except (ValueError, TypeError) as exc:
+        raise ValueError(
+            f"token store {directory!r} is corrupt: its {_META} disagrees with its arrays ({exc})"
+        ) from exc
     if verify == "full" and version >= 2:
         _verify_chunks(directory, meta["chunks"], arrays[0], arrays[1])
     return meta, arrays[0], arrays[1]

@@ -913,3 +913,20 @@ def test_a_waiting_writer_takes_over_from_one_that_failed_or_died(tmp_path):
         assert w.n_written == 4  # the dead holder's chunk, taken over
         _assert_same(_finish(w), _tokens())
     assert _siblings(str(d)) == ["killed"]
+
+
+def test_metadata_that_disagrees_with_the_arrays_names_the_store_and_the_file(tmp_path):
+    """Had been "residue_names has 1 entries but the features have 5 residues", naming neither."""
+    import json
+
+    d = tmp_path / "store"
+    save_tokens(_tokens(), d)
+    meta = json.loads((d / "meta.json").read_text())
+    meta["residue_names"] = ["ALA"]
+    (d / "meta.json").write_text(json.dumps(meta))
+    for verify in ("full", "header"):
+        with pytest.raises(ValueError, match=rf"token store '{d}' is corrupt: its meta.json disagrees with its "
+                                             rf"arrays \(residue_names has 1 entries but the features have 5 "
+                                             rf"residues\)"):
+            load_tokens(d, verify=verify)
+    assert not is_complete_store(d)
