@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..nn._backbone import _unreadable_checkpoint
+
 __all__ = ["Callback", "EarlyStopping", "LRScheduler", "MetricsLog", "SaveBestWeights"]
 
 
@@ -291,6 +293,12 @@ class SaveBestWeights(Callback):
     def _resume(self, learner, context, path: Path) -> None:
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - torch's advice (weights_only=False) is not ours
+            raise ValueError(
+                f"SaveBestWeights(resume=True) could not resume from {path}: "
+                f"{_unreadable_checkpoint(path, exc)}; move the file away to start afresh."
+            ) from exc
+        try:
             context.net.load_state_dict(saved["state_dict"])
             epoch, score, history = int(saved["epoch"]), float(saved["score"]), saved["history"]
         except Exception as exc:  # noqa: BLE001 - any unreadable file is the same problem
