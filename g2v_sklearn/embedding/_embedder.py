@@ -381,8 +381,10 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
     memory : str or path-like, default=None
         Directory of a token cache keyed by the coordinates, the topology,
         the parameters and the backbone weights: identical inputs are never
-        embedded twice. Cached tokens are memory-mapped. Concurrent writers
-        of one key (threads, processes) all get the first complete entry; a
+        embedded twice. Cached tokens are memory-mapped. Of concurrent
+        writers of one key (threads, processes, as under
+        ``GridSearchCV(n_jobs=2)``), one embeds and the others wait for its
+        entry and read it (one whose writer died takes its work over); a
         damaged entry is embedded again, with a warning.
     n_jobs : int, default=None
         Trajectories embedded in parallel through joblib. ``None`` leaves it
