@@ -118,9 +118,9 @@ def _unrepartitioned_masses(group) -> np.ndarray:
     hydrogen = (degree == 1) & (all_masses > 0) & (all_masses < _HYDROGEN_BELOW)
     excess = np.where(hydrogen & (all_masses > 2.5), all_masses - _HYDROGEN_MASS, 0.0)  # not D (2.014)
     given_back = np.zeros(len(all_masses))
-    for a, b in pairs:
-        given_back[a] += excess[b] if not hydrogen[a] else 0.0
-        given_back[b] += excess[a] if not hydrogen[b] else 0.0
+    a, b = pairs[:, 0], pairs[:, 1]
+    np.add.at(given_back, a, np.where(hydrogen[a], 0.0, excess[b]))
+    np.add.at(given_back, b, np.where(hydrogen[b], 0.0, excess[a]))
     taken = np.where(hydrogen, excess, 0.0)
     where = np.asarray(group.indices, dtype=np.int64)  # the bonds' numbering
     return masses + given_back[where] - taken[where]
