@@ -241,11 +241,11 @@ def _read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     with open(path, "rb") as handle:
         head = handle.read(4)
     if head[:4] != _ZIP_MAGIC and head[:1] != b"\x80":  # torch.save writes a zip, or (legacy) a pickle
+        what = "it is empty" if not head else "neither a zip archive nor a pickle, which torch.save writes"
         raise ValueError(
             f"Checkpoint {os.fspath(path)!r} could not be read as a weights-only torch file: it is not "
-            f"a torch checkpoint ({'it is empty' if not head else 'neither a zip archive nor a pickle, which torch.save writes'}), "
-            f"but a damaged file or another kind of file. Use a good copy of the checkpoint "
-            f"(geom2vec's files are visnet_*.pth, et_*.pth and tensornet_*.pth)."
+            f"a torch checkpoint ({what}), but a damaged file or another kind of file. Use a good copy "
+            f"of the checkpoint (geom2vec's files are visnet_*.pth, et_*.pth and tensornet_*.pth)."
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

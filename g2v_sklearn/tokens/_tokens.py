@@ -23,7 +23,10 @@ same data is the same store to objects pickled from it.
 Every committed chunk of frames carries a SHA-256 of its bytes in
 ``meta.json``, checked on load (``verify="full"``). A writer given a
 ``resume_key`` also records its committed chunks in the partial directory, so
-that a writer killed mid-way can be resumed by the next one with the same key.
+that a writer killed mid-way, or ended by any exception, can be resumed by the
+next one with the same key. A cache's writer (``if_busy="wait"``) that finds a
+live writer filling the same store waits for it, by the same liveness check,
+instead of writing a second copy.
 """
 
 from __future__ import annotations
@@ -1249,9 +1252,10 @@ class TokenStoreWriter:
     not called, or the number of written frames differs from ``n_frames``,
     the partial directory is removed and ``directory`` is left as it was
     (a resumable writer that committed a chunk keeps it for the next one when
-    the block raises, whatever the exception). Commits of one directory by concurrent writers (threads or
-    processes) take turns under a lock on the parent directory (see the
-    module's notes); each writer returns a complete store.
+    the block raises, whatever the exception). Commits of one directory by
+    concurrent writers (threads or processes) take turns under a lock on the
+    parent directory (see the module's notes); each writer returns a complete
+    store.
 
     The frames between two checkpoints (and between the last one and
     :meth:`finalize`) form one chunk, whose SHA-256 goes into ``meta.json``

@@ -214,7 +214,7 @@ def test_a_slurm_job_whose_other_rank_never_started_says_so_early(bare_environme
     assert time.perf_counter() - clock < 10
     assert not dist.is_initialized()
     env.setenv("SLURM_PROCID", "1")  # and a rank whose rank 0 never came
-    with pytest.raises(DistributedTrainingError, match=r"rank 1 of 2 .* found no rank 0 at MASTER_ADDR:MASTER_PORT "
-                                                       r"\(127.0.0.1:\d+\) within 0.5 s"):
+    no_rank_0 = r"rank 1 of 2 .* found no rank 0 at MASTER_ADDR:MASTER_PORT \(127.0.0.1:\d+\) within 0.5 s"
+    with pytest.raises(DistributedTrainingError, match=no_rank_0):
         init_distributed(join_timeout=0.5)
     assert not dist.is_initialized()
