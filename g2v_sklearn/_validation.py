@@ -11,7 +11,9 @@ every length when none is long enough).
 from __future__ import annotations
 
 import os
+import re
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 from scipy.sparse import issparse
@@ -27,6 +29,7 @@ __all__ = [
     "lagged_pairs",
     "listing",
     "long_enough",
+    "numbers_expected",
     "with_lagged_pair",
     "require_nonnegative",
 ]
@@ -50,6 +53,24 @@ def as_list(X, caller: str, what: str) -> list:
     if not items:
         raise ValueError(f"{caller} got an empty list; it needs at least one trajectory.")
     return items
+
+
+@contextmanager
+def numbers_expected(label: str, who: str, expected: str):
+    """Turn NumPy's "could not convert string to float" inside the block into an error
+    that names the input (``label``) and what ``who`` expected there."""
+    try:
+        yield
+    except ValueError as exc:
+        text = str(exc)
+        if "could not convert" not in text and "strings" not in text:
+            raise
+        found = re.search(r"could not convert \w+ to \w+: (?:np\.str_\()?('.*?'|\S+)", text)
+        value = f" ({found.group(1).rstrip(')')} is not a number)" if found else ""
+        raise ValueError(
+            f"{label} holds text, not numbers{value}: {who} expects {expected}. Turn text into "
+            f"numbers first (categories as one-hot columns, say), or drop those columns."
+        ) from exc
 
 
 def check_not_raw_frames(X, who: str) -> None:
@@ -102,6 +123,7 @@ def check_feature_trajs(X, caller: str) -> tuple[list[np.ndarray], bool]:
     complex, 1-D and empty inputs get scikit-learn's usual messages); NaN is
     reported with the trajectory and frame it sits in.
     """
+    _refuse_tokens(X, "X", caller)
     if not isinstance(X, (list, tuple, np.ndarray)) and hasattr(X, "__array__"):
         X = np.asarray(X)
     single = (isinstance(X, np.ndarray) and X.ndim == 2) or issparse(X)
@@ -109,10 +131,13 @@ def check_feature_trajs(X, caller: str) -> tuple[list[np.ndarray], bool]:
     trajs = []
     for i, item in enumerate(items):
         label = "X" if single else f"X[{i}]"
-        arr = check_array(
-            item, dtype=[np.float64, np.float32], order="C", ensure_all_finite=False,
-            input_name=label, estimator=caller,
-        )
+        _refuse_tokens(item, label, caller)
+        with numbers_expected(label, caller, "numeric features, a float array of shape (n_frames, "
+                                             "n_features) per trajectory"):
+            arr = check_array(
+                item, dtype=[np.float64, np.float32], order="C", ensure_all_finite=False,
+                input_name=label, estimator=caller,
+            )
         if not np.isfinite(arr).all():
             frame = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
             raise ValueError(f"{label} has NaN or infinite values at frame {frame}.")
@@ -124,6 +149,25 @@ def check_feature_trajs(X, caller: str) -> tuple[list[np.ndarray], bool]:
             f"{caller} needs the same features in every trajectory."
         )
     return trajs, single
+
+
+def _refuse_tokens(item, label: str, caller: str) -> None:
+    """Token trajectories (or arrays of their shape) where 2-D features belong: say which
+    step goes in between."""
+    ndim = getattr(item, "ndim", None)
+    is_tokens = type(item).__name__ == "TokenTrajectory"
+    if not is_tokens and ndim != 4:
+        return
+    shape = getattr(item, "shape", None)
+    what = "a token trajectory" if is_tokens else "an array"
+    name = caller.split(".")[0]
+    raise ValueError(
+        f"{label} is {what} of shape {tuple(shape)} (n_frames, n_residues, 4, H): {name} clusters "
+        f"2-D features, one array of shape (n_frames, n_features) per trajectory. Put a learner in "
+        f"between that turns tokens into slow coordinates, e.g. Pipeline([('embed', GeomEmbedder(...)), "
+        f"('merge', TokenMerger()), ('learn', VAMPNetEstimator(n_components=...)), "
+        f"('cluster', {name}(...))])."
+    )
 
 
 def check_dtrajs(dtrajs, caller: str) -> tuple[list[np.ndarray], bool]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import warnings
 from contextlib import nullcontext
 from numbers import Integral, Real
@@ -56,6 +57,7 @@ from ._topology import (
     first_difference,
     residue_layout,
     topology_signature,
+    unusual_elements,
 )
 
 __all__ = ["GeomEmbedder"]
@@ -73,6 +75,14 @@ ATOMS_PER_BATCH = 2048
 #: fast as the compiled one (``compiles_faster = False``: the equivariant transformer)
 #: are never compiled automatically.
 COMPILE_EDGE_FRAMES = 1e8
+
+#: A store being written commits its frames at the end of every chunk of ``chunk_size``
+#: frames and, within a chunk, after the first batch that ends this many seconds after the
+#: last commit: a killed or failed embedding loses at most about this much work, however
+#: large the chunks and however slow the machine. A commit flushes the frames written
+#: since the last one and records their checksum (``benchmarks/stress_stores.py`` times it).
+COMMIT_SECONDS = 60.0
+
 
 def pass_bytes_per_frame(n_atoms: int, hidden: int, max_num_neighbors: int | None) -> float:
     """Memory one frame adds to a forward pass of the padded ViSNet, in bytes (an estimate).
@@ -194,6 +204,8 @@ class _Engine:
 
         ``key`` (the cache key) goes into the store's provenance; ``if_exists``
         is the store writer's (a cache keeps a store another worker finished first).
+        A cache (``if_exists="keep"``) entry that another thread or process is
+        embedding is waited for and read, not embedded a second time.
         """
         self.module.to(self.device).eval()
         reader = self.reader
@@ -215,18 +227,22 @@ class _Engine:
             writer = TokenStoreWriter(
                 directory, n_frames=n_frames, n_residues=layout.n_residues,
                 n_channels=hidden, dtype="float32", if_exists=if_exists, resume_key=resume_key,
+                if_busy="wait" if if_exists == "keep" else "write",
             )
         bar = tqdm(total=n_frames, unit="frame", desc=f"embedding {source.label}",
                    disable=not self.progress, leave=False)
         # torch threads sized to the free cores (see _threads): a busy neighbour must not
         # leave a two-thread team spin-waiting at every kernel
         with writer, bar, ThreadBudget(device=torch.device(self.device)) as threads:
-            done = writer.n_written  # frames an interrupted run committed (whole chunks)
+            if writer.existing is not None:  # another worker embedded this cache entry
+                return writer.existing
+            done = writer.n_written  # frames an interrupted run committed
             timestep = (writer.resumed_info or {}).get("timestep")
             bar.update(done)
             # decided on the first frame read, for this trajectory only (an engine is
             # shared by the trajectories that threads embed at once)
             compiling = None
+            last_commit = time.monotonic()
             for chunk in reader.chunks(source, done):
                 if timestep is None and chunk.n_frames > 1:
                     timestep = float(chunk.timestep)
@@ -239,8 +255,15 @@ class _Engine:
                     writer.write(tokens, positions)
                     bar.update(len(tokens))
                     threads.refresh()
+                    if (time.monotonic() - last_commit >= COMMIT_SECONDS
+                            and start + self.batch_size < len(xyz)):
+                        # by time, inside the chunk: a resumed run reads from this batch's
+                        # end to the chunk's end, so its batches stay those of this run
+                        writer.checkpoint({"timestep": timestep})
+                        last_commit = time.monotonic()
                 done += len(xyz)
                 writer.checkpoint({"timestep": timestep})
+                last_commit = time.monotonic()
             if timestep is None and source.traj is not None and source.traj.n_frames > 1:
                 timestep = float(source.traj.timestep) * reader.stride
             provenance = dict(self.provenance, source=source.description)
@@ -326,7 +349,11 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
         A ``batch_size`` whose pass would take more than a quarter of the
         RAM (half of a GPU's memory) is reduced to what fits, with a warning.
     chunk_size : int, default=1000
-        Frames read at a time from trajectory files.
+        Frames read at a time from trajectory files. With ``store_dir`` or
+        ``memory``, also the frames committed at a time (flushed to disk with
+        their checksum, kept for a rerun if the embedding is killed or fails),
+        with a commit at least every ``COMMIT_SECONDS`` (60) seconds within a
+        chunk.
     dtype : {"float32", "bfloat16"}, default="float32"
         Precision of the backbone's forward pass; tokens are stored in float32.
         ``"bfloat16"`` runs the forward pass under autocast where the device
@@ -354,8 +381,10 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
     memory : str or path-like, default=None
         Directory of a token cache keyed by the coordinates, the topology,
         the parameters and the backbone weights: identical inputs are never
-        embedded twice. Cached tokens are memory-mapped. Concurrent writers
-        of one key (threads, processes) all get the first complete entry; a
+        embedded twice. Cached tokens are memory-mapped. Of concurrent
+        writers of one key (threads, processes, as under
+        ``GridSearchCV(n_jobs=2)``), one embeds and the others wait for its
+        entry and read it (one whose writer died takes its work over); a
         damaged entry is embedded again, with a warning.
     n_jobs : int, default=None
         Trajectories embedded in parallel through joblib. ``None`` leaves it
@@ -596,6 +625,11 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
                 f"embeddings for atomic numbers below {config.max_z} only. Exclude it with "
                 f"`selection`."
             )
+
+        unusual = unusual_elements(topology, atom_indices, numbers, pretrained=self.checkpoint is not None,
+                                   given=given)
+        if unusual is not None:
+            warnings.warn(unusual, UserWarning, stacklevel=2)
 
         self.topology_ = topology
         self.atom_indices_ = atom_indices

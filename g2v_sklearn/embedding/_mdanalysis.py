@@ -67,16 +67,76 @@ def _elements(group, required: bool) -> list:
             f"The {describe(group)} has neither elements nor masses, so the atoms' elements are "
             f"unknown; pass atomic_numbers= (one per atom of the group)."
         )
+    masses = _unrepartitioned_masses(group)
     out = []
-    for name, mass in zip(group.names, group.masses):
+    for atom, name, mass in zip(group, group.names, masses):
         ion = _charmm_ion(str(name))
         if ion is not None:
             out.append(ion)
         elif mass == 0:
             out.append(md.element.virtual)
         else:
-            out.append(md.element.Element.getByMass(float(mass)))
+            element = md.element.Element.getByMass(float(mass))
+            if abs(element.mass - mass) > MASS_TOLERANCE and element.number > 2:
+                if not required:  # atomic_numbers= gives them
+                    element = md.element.virtual
+                else:
+                    raise ValueError(_unmatched_mass(group, atom, float(mass), element))
+            out.append(element)
     return out
+
+
+#: The most a heavy atom's mass (its hydrogens' repartitioned mass given back) may differ
+#: from its element's standard atomic weight when elements are guessed from masses: force
+#: fields round to 0.01 amu; elements near carbon, nitrogen and oxygen are 1-2 amu apart.
+MASS_TOLERANCE = 0.1
+#: Hydrogens are the atoms lighter than this with one bond (repartitioned to up to 4 amu;
+#: a methyl carbon under 4-amu repartitioning weighs 3.0 amu, but has four bonds).
+_HYDROGEN_BELOW = 4.5
+_HYDROGEN_MASS = 1.008
+
+
+def _unrepartitioned_masses(group) -> np.ndarray:
+    """The group's masses, with the mass that hydrogen mass repartitioning moved onto each
+    hydrogen given back to the heavy atom it is bonded to.
+
+    Repartitioning (HMR) makes hydrogens heavier (3.024 or 4.032 amu) by taking
+    the difference from their heavy atoms, so a methyl carbon weighs 5.96 amu
+    (nearest element: lithium) and an amide nitrogen 11.99 (carbon). A hydrogen
+    is an atom of the universe lighter than 4.5 amu with exactly one bond; it
+    counts when its bonded atom is in ``group``, inside the group or not. Masses
+    are unchanged without bonds, or with hydrogens of ordinary (or deuterium's)
+    mass.
+    """
+    masses = np.asarray(group.masses, dtype=np.float64).copy()
+    universe = group.universe
+    if not hasattr(universe.atoms, "bonds") or len(universe.bonds) == 0:
+        return masses
+    all_masses = np.asarray(universe.atoms.masses, dtype=np.float64)
+    pairs = np.asarray(universe.bonds.indices, dtype=np.int64).reshape(-1, 2)
+    degree = np.bincount(pairs.ravel(), minlength=len(all_masses))
+    hydrogen = (degree == 1) & (all_masses > 0) & (all_masses < _HYDROGEN_BELOW)
+    excess = np.where(hydrogen & (all_masses > 2.5), all_masses - _HYDROGEN_MASS, 0.0)  # not D (2.014)
+    given_back = np.zeros(len(all_masses))
+    a, b = pairs[:, 0], pairs[:, 1]
+    np.add.at(given_back, a, np.where(hydrogen[a], 0.0, excess[b]))
+    np.add.at(given_back, b, np.where(hydrogen[b], 0.0, excess[a]))
+    taken = np.where(hydrogen, excess, 0.0)
+    where = np.asarray(group.indices, dtype=np.int64)  # the bonds' numbering
+    return masses + given_back[where] - taken[where]
+
+
+def _unmatched_mass(group, atom, mass: float, nearest) -> str:
+    return (
+        f"Atom {atom.name} of residue {atom.resname}{atom.resid} in the {describe(group)} weighs "
+        f"{mass:.3f} amu, which is no element's mass (the nearest, {nearest.symbol}, weighs "
+        f"{nearest.mass:.3f}), so its element cannot be guessed from its mass. The topology has no "
+        f"elements; its masses look repartitioned (hydrogen mass repartitioning moves mass from "
+        f"heavy atoms onto their hydrogens), and the hydrogens that would account for it are not "
+        f"bonded to it in the Universe. Give the elements: pass atomic_numbers= (one per atom of "
+        f"the group), or load a topology that states them (a PDB with an element column, or add "
+        f"them with universe.add_TopologyAttr('elements', ...))."
+    )
 
 
 def mdanalysis_topology(group, elements_required: bool = True) -> md.Topology:
@@ -86,9 +146,13 @@ def mdanalysis_topology(group, elements_required: bool = True) -> md.Topology:
     their segments. Elements come from the topology's ``elements``; a
     topology without them (a PSF, for one: MDAnalysis 2.x guesses only
     types and masses) gets the element whose mass is nearest each atom's,
-    as mdtraj's PSF reader does, so the checks of
+    as mdtraj's PSF reader does, after giving each heavy atom back the mass
+    that hydrogen mass repartitioning moved onto its bonded hydrogens. A
+    heavy atom whose mass is then no element's (repartitioned, with its
+    hydrogens absent or unbonded) is an error; the checks of
     :func:`~g2v_sklearn.embedding._topology.atomic_numbers_of` catch the
-    impossible ones (repartitioned hydrogen masses read as helium).
+    other impossible ones (repartitioned hydrogen masses read as helium
+    where there are no bonds to tell hydrogens by).
     """
     top = md.Topology()
     chain_of = group.chainIDs if hasattr(group, "chainIDs") else group.segids
@@ -172,15 +236,18 @@ def n_frames_of(group) -> int:
 def mdanalysis_frames(group, atom_indices: np.ndarray, topology: md.Topology, *, stride: int,
                       chunk_size: int, first: int = 0):
     """Yield ``chunk_size`` (strided) frames of the selected atoms at a time, as mdtraj
-    trajectories in nanometres (the mdtraj path's units), from strided frame ``first``.
+    trajectories in nanometres (the mdtraj path's units), from strided frame ``first``
+    (chunks end at multiples of ``chunk_size``, as in ``FrameReader.chunks``).
 
     The Universe is left at the frame it was on.
     """
+    from ._reading import chunk_bounds  # (it imports this module)
+
     selected = group[atom_indices]
     with _frame_kept(group.universe.trajectory) as traj:
         frames = range(0, len(traj), stride)
-        for start in range(first, len(frames), chunk_size):
-            block = frames[start:start + chunk_size]
+        for start, stop in chunk_bounds(first, len(frames), chunk_size):
+            block = frames[start:stop]
             xyz = np.empty((len(block), len(selected), 3), dtype=np.float32)
             times = np.empty(len(block))
             boxes = []

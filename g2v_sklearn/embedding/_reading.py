@@ -40,9 +40,62 @@ COVALENT_RADIUS = {
 
 def bond_length_ranges(numbers: np.ndarray, bonds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Lowest and highest plausible length (Angstrom) of each bond; NaN where not checked."""
-    radius = np.array([COVALENT_RADIUS.get(int(z), np.nan) for z in numbers], dtype=np.float64)
-    total = radius[bonds[:, 0]] + radius[bonds[:, 1]]
+    total = typical_bond_lengths(numbers, bonds)
     return 0.68 * total, np.minimum(1.25 * total + 0.1, MAX_BOND_ANGSTROM)
+
+
+def typical_bond_lengths(numbers: np.ndarray, bonds: np.ndarray) -> np.ndarray:
+    """The sum of the two atoms' covalent radii (Angstrom) of each bond; NaN where unknown."""
+    radius = np.array([COVALENT_RADIUS.get(int(z), np.nan) for z in numbers], dtype=np.float64)
+    return radius[bonds[:, 0]] + radius[bonds[:, 1]]
+
+
+def units_hint(lengths: np.ndarray, typical: np.ndarray) -> str:
+    """What the bond lengths of one frame (Angstrom) say about the coordinates' unit.
+
+    When (nearly) every bond is the same factor away from its typical length,
+    the coordinates are in another unit (a power of ten) or scaled, and the
+    hint says by what and what to do; otherwise it says what a unit mix-up
+    would look like, and that this is not one.
+    """
+    known = np.isfinite(typical) & (typical > 0)
+    ratios = lengths[known] / typical[known]
+    generic = ("(A mix-up of units makes every bond about the same factor too long or too short: 10 "
+               "times for coordinates in Angstrom where nanometres belong, 0.1 times the other way")
+    if not ratios.size:
+        return generic + ".)"
+    factor = float(np.median(ratios))
+    if not factor > 0:
+        return generic + "; here the bonds have no length: placeholder coordinates, not another unit.)"
+    together = np.mean(np.abs(ratios / factor - 1.0) < 0.3) >= 0.8
+    if not together or 0.67 < factor < 1.5:
+        return (f"{generic}; here they are {ratios.min():.2g} to {ratios.max():.2g} times their usual "
+                f"length, so it is not that.)")
+    power = 10.0 ** round(np.log10(factor))
+    if abs(factor / power - 1.0) > 0.25:
+        return (f"Every bond in that frame is about {factor:.2g} times its usual length: the coordinates "
+                f"were scaled by about {factor:.2g}, or are in another unit.")
+    if power == 10:
+        what = ("coordinates in Angstrom where nanometres belong: an mdtraj.Trajectory's xyz is in "
+                "nanometres, so divide it by 10 (or load the file with mdtraj, which converts its units)")
+    elif power == 0.1:
+        what = ("coordinates in nanometres where Angstrom belong (an MDAnalysis Universe's positions are "
+                "in Angstrom), or an mdtraj.Trajectory's xyz divided by 10 once too often: multiply them "
+                "by 10")
+    else:
+        what = (f"the coordinates are {power:g} times too {'large' if power > 1 else 'small'} for their "
+                f"unit: multiply them by {1 / power:g}")
+    return f"Every bond in that frame is about {power:g} times its usual length: {what}."
+
+
+def chunk_bounds(first: int, n_frames: int, chunk_size: int):
+    """(start, stop) of the chunks of ``n_frames`` frames from frame ``first``, each ending
+    at a multiple of ``chunk_size`` (or at ``n_frames``)."""
+    start = first
+    while start < n_frames:
+        stop = min(n_frames, (start // chunk_size + 1) * chunk_size)
+        yield start, stop
+        start = stop
 
 
 @dataclass
@@ -188,6 +241,7 @@ class FrameReader:
         self.atom_indices = atom_indices
         self.bonds = bonds
         self.bond_ranges = bond_length_ranges(np.asarray(atomic_numbers), bonds)
+        self.typical_bonds = typical_bond_lengths(np.asarray(atomic_numbers), bonds)
         self.stride = stride
         self.chunk_size = chunk_size
         self._selected_topology = None
@@ -231,11 +285,16 @@ class FrameReader:
 
     def chunks(self, source: Source, first: int = 0):
         """Yield the selected atoms of ``chunk_size`` (strided) frames at a time, from frame
-        ``first`` (a multiple of ``chunk_size``: a resumed embedding's first new frame)."""
+        ``first`` (a resumed embedding's first new frame).
+
+        Chunks always end at multiples of ``chunk_size``: from a ``first`` inside a
+        chunk (a commit made by time), the first chunk yielded is the rest of that one,
+        so a resumed run reads (and batches) the frames as the run it resumes did.
+        """
         if source.traj is not None:
             frames = np.arange(0, source.traj.n_frames, self.stride)
-            for start in range(first, len(frames), self.chunk_size):
-                chunk = source.traj[frames[start:start + self.chunk_size]]
+            for start, stop in chunk_bounds(first, len(frames), self.chunk_size):
+                chunk = source.traj[frames[start:stop]]
                 yield chunk.atom_slice(self.atom_indices)
             return
         if source.group is not None:
@@ -271,8 +330,9 @@ class FrameReader:
                 raise self._bond_error(
                     source, first_frame, frame, bond, f"{lengths[frame, bond]:.1f}",
                     "longer than any covalent bond: the molecule is broken (split across periodic "
-                    "boundaries with no unit cell to make it whole) or the topology does not match "
-                    "the trajectory.",
+                    "boundaries with no unit cell to make it whole), the topology does not match "
+                    "the trajectory, or the coordinates are in another unit. "
+                    + units_hint(lengths[frame], self.typical_bonds),
                 )
             self._check_bond_ranges(lengths, source, first_frame)
         return xyz
@@ -290,7 +350,8 @@ class FrameReader:
             f"outside the {low[bond]:.2f}-{high[bond]:.2f} Angstrom a bond between these elements "
             f"can have ({int(outside[frame].sum())} of {outside.shape[1]} bonds in that frame "
             f"are): these coordinates are not this topology's molecule (atoms in another order, "
-            f"a different molecule, placeholder zeros, or units other than the file format's).",
+            f"a different molecule, placeholder zeros, or units other than the file format's). "
+            + units_hint(lengths[frame], self.typical_bonds),
         )
 
     def _bond_error(self, source, first_frame, frame, bond, length: str, why: str) -> ValueError:

@@ -13,12 +13,14 @@ import mdtraj as md
 import numpy as np
 
 __all__ = [
+    "PRETRAINING_ELEMENTS",
     "ResidueLayout",
     "atomic_numbers_of",
     "default_selection",
     "residue_layout",
     "select_atoms",
     "topology_signature",
+    "unusual_elements",
 ]
 
 # Monatomic ions as they appear in common force fields (residue names).
@@ -36,6 +38,15 @@ _STANDARD_RESIDUES = frozenset(
     "DA DC DG DT A C G U RA RC RG RU".split()
 )
 _COMMON_ORGANIC = {"H": 1, "C": 6, "N": 7, "O": 8, "P": 15, "S": 16}
+#: Elements of the OrbNet Denali set that geom2vec's backbones were pretrained on (H, Li, B,
+#: C, N, O, F, Na, Mg, Si, P, S, Cl, K, Ca, Br, I). In the shipped checkpoints these are the
+#: rows of the atom-type embedding that training moved from their initialisation: the
+#: embedding of any other element is untrained.
+PRETRAINING_ELEMENTS = frozenset({1, 3, 5, 6, 7, 8, 9, 11, 12, 14, 15, 16, 17, 19, 20, 35, 53})
+#: Pretrained on, but rare as heavy atoms of a biomolecular topology, and what guessing
+#: elements from hydrogen-mass-repartitioned masses gives (a methyl carbon weighs 5.96 amu,
+#: nearest lithium; a C-H carbon 9.99, nearest boron).
+_UNUSUAL_IN_BIOMOLECULES = frozenset({3, 4, 5})
 
 
 def atomic_numbers_of(topology: md.Topology, override=None) -> np.ndarray:
@@ -99,6 +110,44 @@ def atomic_numbers_of(topology: md.Topology, override=None) -> np.ndarray:
             )
         numbers[atom.index] = number
     return numbers
+
+
+def unusual_elements(topology: md.Topology, atom_indices: np.ndarray, numbers: np.ndarray,
+                     pretrained: bool, given: bool = False) -> str | None:
+    """A warning naming the embedded atoms whose elements deserve a second look, or None.
+
+    Heavy atoms of lithium, beryllium or boron are rare in biomolecules and
+    are what elements guessed from repartitioned masses look like (unless the
+    user ``given`` the atomic numbers); with a pretrained backbone
+    (``pretrained``), an element outside :data:`PRETRAINING_ELEMENTS` gets an
+    untrained embedding.
+    """
+    flagged: dict[int, list] = {}
+    for index in atom_indices:
+        z = int(numbers[index])
+        if (z in _UNUSUAL_IN_BIOMOLECULES and not given) or (pretrained and z not in PRETRAINING_ELEMENTS):
+            flagged.setdefault(z, []).append(topology.atom(int(index)))
+    if not flagged:
+        return None
+    parts = []
+    for z, atoms in sorted(flagged.items()):
+        symbol = md.element.Element.getByAtomicNumber(z).symbol
+        shown = ", ".join(str(a) for a in atoms[:5]) + (f" and {len(atoms) - 5} more" if len(atoms) > 5 else "")
+        parts.append(f"{symbol} ({len(atoms)} atom{'s' if len(atoms) > 1 else ''}: {shown})")
+    reasons = []
+    if not given and any(z in _UNUSUAL_IN_BIOMOLECULES for z in flagged):
+        reasons.append(
+            "Li, Be and B are rare in biomolecules, and are what elements guessed from masses "
+            "give when the masses were repartitioned (a methyl carbon under hydrogen mass "
+            "repartitioning weighs 5.96 amu, nearest lithium)")
+    if pretrained and any(z not in PRETRAINING_ELEMENTS for z in flagged):
+        reasons.append(
+            "the pretrained backbone never saw an element outside H, Li, B, C, N, O, F, Na, Mg, Si, "
+            "P, S, Cl, K, Ca, Br and I, so its atom embedding for one is untrained")
+    return (f"The embedded atoms include {'; '.join(parts)}: " + "; and ".join(reasons)
+            + ". If these elements are wrong, pass atomic_numbers= or a topology that states its "
+              "elements; if they are right, exclude the atoms with selection= where their tokens "
+              "would mislead.")
 
 
 def _element_from_name(atom: md.core.topology.Atom) -> int | None:

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..nn._backbone import _unreadable_checkpoint
+
 __all__ = ["Callback", "EarlyStopping", "LRScheduler", "MetricsLog", "SaveBestWeights"]
 
 
@@ -223,7 +225,9 @@ class SaveBestWeights(Callback):
     file name is made from the learner's class, a digest of its parameters
     and a digest of the training pairs, so clones with other parameters (the
     candidates of a grid search) and fits on other data (its folds) never
-    write the same file; the path is recorded in ``history_["best_weights_file"]``.
+    write the same file; the path is recorded in ``history_["best_weights_file"]``
+    (for :class:`SPIBEstimator`, whose training rounds each save their own
+    file, a list with one path per round; likewise ``resumed_from_epoch``).
     On several ranks (torch.distributed) only rank 0 writes, and a resumed
     run starts every rank from rank 0's file.
 
@@ -289,6 +293,12 @@ class SaveBestWeights(Callback):
     def _resume(self, learner, context, path: Path) -> None:
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - torch's advice (weights_only=False) is not ours
+            raise ValueError(
+                f"SaveBestWeights(resume=True) could not resume from {path}: "
+                f"{_unreadable_checkpoint(path, exc)}; move the file away to start afresh."
+            ) from exc
+        try:
             context.net.load_state_dict(saved["state_dict"])
             epoch, score, history = int(saved["epoch"]), float(saved["score"]), saved["history"]
         except Exception as exc:  # noqa: BLE001 - any unreadable file is the same problem

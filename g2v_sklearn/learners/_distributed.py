@@ -31,6 +31,7 @@ import datetime
 import hashlib
 import os
 import threading
+import time
 from contextlib import contextmanager
 
 import numpy as np
@@ -43,6 +44,18 @@ __all__ = ["DistributedTrainingError", "Ranks", "init_distributed"]
 
 #: Environment variables a launcher sets for every rank (torchrun sets all four).
 LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+#: What each launcher variable holds, for messages about a bad value.
+_ENV_MEANING = {
+    "RANK": "this process's rank, from 0 to WORLD_SIZE - 1",
+    "WORLD_SIZE": "the number of ranks",
+    "LOCAL_RANK": "this process's rank on its node",
+    "SLURM_PROCID": "this task's rank, from 0 to SLURM_NTASKS - 1",
+    "SLURM_NTASKS": "the number of tasks",
+    "SLURM_LOCALID": "this task's rank on its node",
+    "MASTER_PORT": "the TCP port rank 0 listens on",
+}
+_ARRIVED_KEY = "g2v_sklearn/arrived"  # the counter every rank adds itself to when it joins
 
 
 class DistributedTrainingError(RuntimeError):
@@ -58,14 +71,118 @@ class DistributedTrainingError(RuntimeError):
 
 
 def _env_int(*names: str) -> int | None:
+    """The first of the environment variables ``names`` that is set, as an int; ValueError
+    naming the variable when it is not a whole number."""
     for name in names:
         value = os.environ.get(name)
         if value not in (None, ""):
-            return int(value)
+            try:
+                return int(value)
+            except ValueError:
+                raise ValueError(
+                    f"The environment variable {name}={value!r} is not a whole number: a launcher "
+                    f"sets it to {_ENV_MEANING.get(name, 'a number')}. Correct it, or unset it to "
+                    f"train on one process."
+                ) from None
     return None
 
 
-def init_distributed(backend: str | None = None, *, timeout: float = 600.0) -> tuple[int, int]:
+def _launcher() -> tuple[int, int, str] | None:
+    """(rank, world size, the variables they came from) of this process's launcher, or None.
+
+    torchrun's ``RANK`` and ``WORLD_SIZE`` come as a pair: one without the other
+    is an error naming the missing one. Under SLURM, ``SLURM_PROCID`` without
+    ``SLURM_NTASKS`` is a batch script run without ``--ntasks``: one process.
+    """
+    given = [name for name in ("RANK", "WORLD_SIZE") if os.environ.get(name) not in (None, "")]
+    if len(given) == 1:
+        (name,) = given
+        missing = "WORLD_SIZE" if name == "RANK" else "RANK"
+        raise ValueError(
+            f"init_distributed: {name}={os.environ[name]} is set but {missing} is not, so this "
+            f"process cannot tell its place among the ranks. A launcher sets both (torchrun sets "
+            f"RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT for every rank): start "
+            f"the script with torchrun or srun, set {missing} too, or unset {name} to train on "
+            f"one process."
+        )
+    if given:
+        rank, world, names = _env_int("RANK"), _env_int("WORLD_SIZE"), ("RANK", "WORLD_SIZE")
+    else:
+        rank, world, names = _env_int("SLURM_PROCID"), _env_int("SLURM_NTASKS"), ("SLURM_PROCID", "SLURM_NTASKS")
+        if rank is None or world is None:
+            return None
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(
+            f"init_distributed: {names[0]}={rank} and {names[1]}={world} do not make a rank of a job: "
+            f"{names[0]} must be at least 0 and less than {names[1]}, which must be at least 1."
+        )
+    return rank, world, " and ".join(f"{n}={v}" for n, v in zip(names, (rank, world)))
+
+
+def _join(address: str, port: int, rank: int, world: int, described: str, join_timeout: float,
+          timeout: float):
+    """The ranks' rendezvous store (rank 0 serves it), once all ``world`` ranks have joined.
+
+    Every rank adds itself to a counter in the store and waits at most
+    ``join_timeout`` seconds for the counter to reach ``world``, so that a job
+    whose other ranks were never started (a SLURM script that runs ``python``
+    instead of ``srun python``) says so early, instead of waiting for the
+    collective ``timeout`` (what torch's own rendezvous does, and then reports
+    "1/2 clients joined"). The store then gets the collective timeout.
+    """
+    where = f"MASTER_ADDR:MASTER_PORT ({address}:{port})"
+    try:
+        store = dist.TCPStore(address, port, world, rank == 0, timeout=datetime.timedelta(seconds=join_timeout),
+                              wait_for_workers=False)
+    except Exception as exc:  # noqa: BLE001 - a port in use, or nobody listening
+        if rank == 0:
+            raise DistributedTrainingError(
+                f"init_distributed: rank 0 of {world} could not listen on {where} ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200]}). Choose a free MASTER_PORT."
+            ) from exc
+        raise DistributedTrainingError(
+            f"init_distributed: rank {rank} of {world} ({described}) found no rank 0 at {where} within "
+            f"{join_timeout:g} s. Rank 0 was never started (under SLURM, start the ranks with `srun python "
+            f"script.py`, or use torchrun), or it listens elsewhere: every rank must get the same "
+            f"MASTER_ADDR and MASTER_PORT, and this host must reach it. (init_distributed's join_timeout "
+            f"sets how long to wait.)"
+        ) from exc
+    deadline = time.monotonic() + join_timeout
+    try:
+        arrived = store.add(_ARRIVED_KEY, 1)
+    except Exception as exc:  # noqa: BLE001 - rank 0 gave up (and exited) as this rank arrived
+        raise DistributedTrainingError(
+            f"init_distributed: rank {rank} of {world} lost rank 0 at {where} while the ranks were "
+            f"arriving ({type(exc).__name__}); rank 0's own log says why (most often: it waited "
+            f"join_timeout={join_timeout:g} s for ranks that were started too late, or not at all)."
+        ) from exc
+    pause = 0.01
+    while arrived < world:
+        if time.monotonic() >= deadline:
+            raise DistributedTrainingError(
+                f"init_distributed: only {arrived} of {world} ranks arrived within {join_timeout:g} s "
+                f"(this is rank {rank}; {described}). The other ranks were never started, or cannot "
+                f"reach {where}. Under SLURM, a batch script with --ntasks={world} must start the "
+                f"script with `srun python script.py`: a plain `python script.py` runs once, as a "
+                f"single rank. Or start the ranks with torchrun (--nproc-per-node). To wait longer for "
+                f"slow starts, pass a larger join_timeout."
+            )
+        time.sleep(pause)
+        pause = min(2 * pause, 0.5)
+        try:
+            arrived = store.add(_ARRIVED_KEY, 0)
+        except Exception as exc:  # noqa: BLE001 - as above
+            raise DistributedTrainingError(
+                f"init_distributed: rank {rank} of {world} lost rank 0 at {where} while the ranks were "
+                f"arriving ({type(exc).__name__}); rank 0's own log says why (most often: it waited "
+                f"join_timeout={join_timeout:g} s for ranks that were started too late, or not at all)."
+            ) from exc
+    store.set_timeout(datetime.timedelta(seconds=float(timeout)))
+    return store
+
+
+def init_distributed(backend: str | None = None, *, timeout: float = 600.0,
+                     join_timeout: float = 120.0) -> tuple[int, int]:
     """Join this process to the ranks of a training job, from its launcher's environment.
 
     Reads ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (set by ``torchrun``) or, when
@@ -86,6 +203,13 @@ def init_distributed(backend: str | None = None, *, timeout: float = 600.0) -> t
         longest a dead or stuck rank can hold the others up. It must exceed
         the longest stretch one rank computes alone (an epoch's scores are
         shared, so that is about one evaluation pass).
+    join_timeout : float, default=120
+        Seconds every rank waits, here, for all the ranks to arrive. A job
+        whose other ranks were never started (a SLURM script with
+        ``--ntasks=2`` that runs ``python`` instead of ``srun python``) ends
+        then with an error that says how many arrived and how to start the
+        rest. (Under torchrun, whose agent starts every rank and serves their
+        rendezvous, torch's own rendezvous is used.)
 
     Returns
     -------
@@ -96,7 +220,11 @@ def init_distributed(backend: str | None = None, *, timeout: float = 600.0) -> t
     Raises
     ------
     ValueError
-        When the environment names a rank but not ``MASTER_ADDR``/``MASTER_PORT``.
+        When the environment names a rank but not ``MASTER_ADDR``/``MASTER_PORT``,
+        sets ``RANK`` without ``WORLD_SIZE`` (or the reverse), or holds a
+        launcher variable that is not a whole number or not a rank of the job.
+    DistributedTrainingError
+        When not every rank arrives within ``join_timeout``.
 
     Examples
     --------
@@ -108,10 +236,10 @@ def init_distributed(backend: str | None = None, *, timeout: float = 600.0) -> t
     """
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    rank = _env_int("RANK", "SLURM_PROCID")
-    world = _env_int("WORLD_SIZE", "SLURM_NTASKS")
-    if rank is None or world is None or world < 2:
+    launched = _launcher()
+    if launched is None or launched[1] < 2:
         return 0, 1
+    rank, world, described = launched
     missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
     if missing:
         raise ValueError(
@@ -125,7 +253,13 @@ def init_distributed(backend: str | None = None, *, timeout: float = 600.0) -> t
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(local)
-    dist.init_process_group(backend, rank=rank, world_size=world,
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":  # torchrun's agent serves the store
+        dist.init_process_group(backend, rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=float(timeout)))
+        return rank, world
+    port = _env_int("MASTER_PORT")
+    store = _join(os.environ["MASTER_ADDR"], port, rank, world, described, float(join_timeout), float(timeout))
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=float(timeout)))
     return rank, world
 

@@ -28,6 +28,7 @@ from .._validation import (
     check_not_constant,
     check_not_raw_frames,
     lagged_pairs,
+    numbers_expected,
 )
 from ..nn._lobes import MIXERS, MLPLobe, TokenLobe
 from ..tokens._tokens import MergeSpec, TokenTrajectory, check_token_list
@@ -121,6 +122,9 @@ OPTIMIZERS = {
 }
 """Registry of optimizers by name (Adam and AdamW fused where torch can; SGD with momentum 0.9)."""
 
+#: What the learners expect where numbers were not given, for errors about it.
+_FEATURES_EXPECTED = ("numeric features, a float array of shape (n_frames, n_features) per trajectory, or "
+                      "token trajectories from GeomEmbedder")
 _MIN_LR_FACTOR = 0.05  # the cosine schedule ends at 5 % of lr, not at 0
 
 
@@ -385,7 +389,10 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
                 )
             return series
         if is_list and isinstance(X[0], np.ndarray):  # 2-D arrays all, by check_array_trajectories
-            items = [check_array(x, dtype=[np.float32, np.float64]) for x in X]
+            items = []
+            for i, x in enumerate(X):
+                with numbers_expected(f"Trajectory {i} of X", who, _FEATURES_EXPECTED):
+                    items.append(check_array(x, dtype=[np.float32, np.float64]))
             widths = {x.shape[1] for x in items}
             if len(widths) > 1:
                 raise ValueError(f"The trajectories in X have different numbers of features: {sorted(widths)}.")
@@ -398,7 +405,8 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
                     f"X has {width} features, but {who} is expecting {self._describe_input()} as input."
                 )
             return TimeSeries("array", [x.astype(np.float64, copy=False) for x in items])
-        array = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32])
+        with numbers_expected("X", who, _FEATURES_EXPECTED):
+            array = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32])
         if reset:
             self.input_shape_ = (array.shape[1],)
         return TimeSeries("array", [array.astype(np.float64, copy=False)], single=True)

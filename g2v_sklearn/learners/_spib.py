@@ -279,7 +279,11 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         a first round that learned nothing started again with fresh
         weights), ``refused_round`` (the round whose refinement was refused,
         or None), ``best_run`` and ``runs`` (the history of every
-        ``n_init`` run), all of the kept run.
+        ``n_init`` run), all of the kept run. With :class:`SaveBestWeights`,
+        ``best_weights_file`` lists the file of each round (every round
+        saves its own best weights), and, when a round resumed from its
+        file, ``resumed_from_epoch`` lists the epoch each round resumed
+        after (None for a round that started afresh).
     timestep_ : float or None
         Time between frames (ps), when the input carries it.
     n_features_in_ : int
@@ -691,6 +695,9 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
             previous = (copy.deepcopy(net), means)
             round_ += 1
         self._reset_prior(net, state, means, labels, candidates, frame_weights, offsets, weights_too=False)
+        for key in ("best_weights_file", "resumed_from_epoch"):  # only where SaveBestWeights said something
+            if not any(value is not None for value in history[key]):
+                del history[key]
         return _Run(net=net, labels_history=labels_history, history=history,
                     representatives=state.representatives, converged=converged, means=means, score=score)
 
@@ -713,9 +720,8 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         history["round"] += [round_] * len(rounds["train"])
         history["best_epoch"].append(rounds["best_epoch"])
         history["n_states"].append(n_states)
-        for key in ("best_weights_file", "resumed_from_epoch"):  # what SaveBestWeights records
-            if key in rounds:
-                history[key] = rounds[key]
+        for key in ("best_weights_file", "resumed_from_epoch"):  # what SaveBestWeights records, per round
+            history.setdefault(key, []).append(rounds.get(key))
 
     def _latent_means(self, net, series, device, ranks=None) -> list[np.ndarray]:
         return [o[:, : self.z_dim] for o in self._outputs(net, series, device, ranks=ranks)]

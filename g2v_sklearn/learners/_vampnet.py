@@ -367,6 +367,7 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         """Validated data, its time-lagged pairs, and the training/validation split."""
         series, weights, pairs, rng, device, ranks = self._setup(X, sample_weight)
         self._check_pairs(pairs)
+        self._check_network_width(series)
         train, val = self._split(series, pairs, rng)
         return series, weights, pairs, rng, device, train, val, ranks
 
@@ -423,6 +424,7 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
             rng = getattr(self, "_partial_rng", None) or shared
             device = resolve_device(self.device)
         self._check_pairs(pairs)
+        self._check_network_width(series)
         with ThreadBudget(device=device) as threads:
             if first:
                 self._partial_rng = rng
@@ -459,6 +461,38 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
                 f"VAMP score mean nothing. Use at least "
                 f"{_PAIRS_PER_COMPONENT * (self.n_components + 1)} pairs, or fewer components.",
                 UserWarning, stacklevel=3,
+            )
+
+    def _check_network_width(self, series):
+        """Refuse more components than the network can give independent outputs.
+
+        The outputs are a linear map of the last hidden layer (of the input
+        features, without hidden layers; of ``d_model`` units in the token
+        network's head), so they span at most that many functions besides
+        the constant: VAMP would return fewer components than asked for.
+        """
+        if series.kind == "array":
+            sizes = tuple(self.hidden_layer_sizes)
+            if sizes:
+                width = int(sizes[-1])
+                what = (f"its last hidden layer has {width} units (hidden_layer_sizes={sizes}), and its "
+                        f"outputs are linear combinations of them")
+                fix = "or a wider last hidden layer"
+            else:
+                width = int(series.items[0].shape[1])
+                what = (f"with hidden_layer_sizes=() it is linear in X's {width} features, so its outputs "
+                        f"are linear combinations of them")
+                fix = "or hidden layers, whose nonlinear functions of the features can give more"
+        else:
+            width = int(self.d_model)
+            what = (f"its head ends in d_model={width} units, and its outputs are linear combinations "
+                    f"of them")
+            fix = "or a larger d_model"
+        if self.n_components > width:
+            raise ValueError(
+                f"n_components={self.n_components} is more than {type(self).__name__}'s network can "
+                f"give: {what}, which span at most {width} independent functions. Use "
+                f"n_components <= {width}, {fix}."
             )
 
     def _init_network(self, series, train, device, rng):

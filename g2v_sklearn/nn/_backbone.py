@@ -203,6 +203,33 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _unreadable_checkpoint(path, exc: Exception) -> str:
+    """Why torch could not read ``path`` weights-only, in a line, without torch's advice to
+    load it with ``weights_only=False`` (which runs whatever code a pickle holds, and cannot
+    help a damaged file)."""
+    text = str(exc)
+    unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if unsafe:
+        return (
+            f"Checkpoint {os.fspath(path)!r} could not be read as a weights-only torch file: it holds "
+            f"Python objects besides tensors (first: {unsafe.group(1)}); only plain state_dicts of "
+            f"tensors are read, since unpickling "
+            f"anything else can run arbitrary code. If the file is yours, save the weights alone, "
+            f"torch.save(model.state_dict(), path), and pass that file."
+        )
+    reason = text.splitlines()[0].split(". ")[0] if text.strip() else "no detail"
+    if "weights_only" in reason or "Weights only load failed" in reason:
+        reason = "its pickle is not one torch.save writes"
+    return (
+        f"Checkpoint {os.fspath(path)!r} could not be read as a weights-only torch file: it is damaged "
+        f"or not a torch checkpoint ({type(exc).__name__}: {reason[:200]}), e.g. a download cut short, "
+        f"a file overwritten in part, or another kind of file. Use a good copy of the checkpoint."
+    )
+
+
 def _read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     if os.path.isdir(path):
         raise IsADirectoryError(
@@ -211,13 +238,19 @@ def _read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
         )
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint file {os.fspath(path)!r} does not exist.")
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head[:4] != _ZIP_MAGIC and head[:1] != b"\x80":  # torch.save writes a zip, or (legacy) a pickle
+        what = "it is empty" if not head else "neither a zip archive nor a pickle, which torch.save writes"
+        raise ValueError(
+            f"Checkpoint {os.fspath(path)!r} could not be read as a weights-only torch file: it is not "
+            f"a torch checkpoint ({what}), but a damaged file or another kind of file. Use a good copy "
+            f"of the checkpoint (geom2vec's files are visnet_*.pth, et_*.pth and tensornet_*.pth)."
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, unsafe globals, corrupt zip...
-        raise ValueError(
-            f"Could not read checkpoint {os.fspath(path)!r} as a weights-only torch file "
-            f"({type(exc).__name__}: {exc}). Only plain state_dicts of tensors are accepted."
-        ) from exc
+        raise ValueError(_unreadable_checkpoint(path, exc)) from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]  # a Lightning-style wrapper
     if not isinstance(state, dict):

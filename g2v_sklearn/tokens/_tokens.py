@@ -23,7 +23,10 @@ same data is the same store to objects pickled from it.
 Every committed chunk of frames carries a SHA-256 of its bytes in
 ``meta.json``, checked on load (``verify="full"``). A writer given a
 ``resume_key`` also records its committed chunks in the partial directory, so
-that a writer killed mid-way can be resumed by the next one with the same key.
+that a writer killed mid-way, or ended by any exception, can be resumed by the
+next one with the same key. A cache's writer (``if_busy="wait"``) that finds a
+live writer filling the same store waits for it, by the same liveness check,
+instead of writing a second copy.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import secrets
 import shutil
 import signal
 import socket
+import threading
 import time
 import warnings
 import weakref
@@ -84,6 +88,10 @@ _OLD_RE = re.compile(r"\.old-[0-9a-f]{12}$")
 _OWNER = "writer.json"  # in a partial directory: the host and process writing it
 _PROGRESS = "progress.json"  # in a resumable partial directory: its committed chunks
 _ORPHAN_AGE_S = 600.0  # a partial directory without an owner file this old is debris
+# a writer on another host (not provably alive or dead) is waited for while its partial
+# directory changed this recently
+_STALE_WRITER_S = 600.0
+_WAIT_POLL_S = (0.05, 1.0)  # first and longest pause between looks at a busy store
 _COPY_BLOCK_BYTES = 64 * 2**20  # frames copied per block by save_tokens
 # Test-only: "point" or "point:n" makes this process SIGKILL itself the n-th time it
 # reaches that point of a store write (tests/tokens/test_store_faults.py).
@@ -713,7 +721,7 @@ def _pid_namespace() -> str | None:
 def _owner_record() -> dict:
     pid = os.getpid()
     return {"host": socket.gethostname(), "pid": pid, "start": _process_start(pid),
-            "pid_namespace": _pid_namespace()}
+            "pid_namespace": _pid_namespace(), "thread": threading.get_ident()}
 
 
 def _writer_is_gone(partial: str, locked: bool = True) -> bool:
@@ -756,6 +764,46 @@ def _writer_is_gone(partial: str, locked: bool = True) -> bool:
         return False  # alive, another user's
     start = owner.get("start")
     return start is not None and _process_start(pid) not in (None, start)  # pid reused
+
+
+def _writer_is_busy(partial: str) -> bool:
+    """Whether a live writer, other than this thread, is filling ``partial``.
+
+    Call with the parent's exclusive lock held. A writer on this host is
+    busy while its process lives (the liveness check of :func:`_writer_is_gone`);
+    one on another host or in another container, which cannot be told dead,
+    while its directory changed within ``_STALE_WRITER_S``. A partial directory
+    without an owner (kept for a resume, or an older version's) is not busy.
+    """
+    try:
+        with open(os.path.join(partial, _OWNER), encoding="utf-8") as fh:
+            owner = json.load(fh)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(owner, dict):
+        return False
+    here = owner.get("host") == socket.gethostname() and owner.get("pid_namespace") == _pid_namespace()
+    if not here:
+        return time.time() - _last_change(partial) < _STALE_WRITER_S
+    if owner.get("pid") == os.getpid() and owner.get("thread") == threading.get_ident():
+        return False  # this very thread: waiting for it would never end
+    return not _writer_is_gone(partial)
+
+
+def _last_change(partial: str) -> float:
+    """When anything in ``partial`` last changed (its files' and its own mtimes)."""
+    times = []
+    for path in [partial] + [os.path.join(partial, e) for e in _listdir(partial)]:
+        with contextlib.suppress(OSError):
+            times.append(os.stat(path).st_mtime)
+    return max(times, default=0.0)
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
 
 
 def _remove_debris(parent: str, name: str) -> None:
@@ -861,6 +909,13 @@ def _read_store(directory: str, mmap_mode: str | None,
                 f"header and {_META} make {expected}"
             )
         arrays.append(arr)
+    try:  # the residue metadata must describe the arrays' residues (what TokenTrajectory checks)
+        _validate_metadata(arrays[0].shape[1], meta["residue_names"], meta["chain_ids"],
+                           meta["residue_ids"], meta["timestep"], meta["provenance"])
+    except (ValueError, TypeError) as exc:
+        raise ValueError(
+            f"token store {directory!r} is corrupt: its {_META} disagrees with its arrays ({exc})"
+        ) from exc
     if verify == "full" and version >= 2:
         _verify_chunks(directory, meta["chunks"], arrays[0], arrays[1])
     return meta, arrays[0], arrays[1]
@@ -1151,11 +1206,22 @@ class TokenStoreWriter:
         Makes the write resumable. Every :meth:`checkpoint` then records the
         committed frames in the partial directory, and a new writer of the
         same ``directory``, shape, dtypes and ``resume_key`` takes over the
-        partial directory of one that was killed or interrupted
-        (``KeyboardInterrupt``), keeping the frames whose checksums still
-        match: :attr:`n_written` says how many. The key must identify what is
-        written (the input, the parameters, the chunking), since the kept
-        frames are not written again.
+        partial directory of one that was killed, interrupted
+        (``KeyboardInterrupt``) or ended by any exception, keeping the frames
+        whose checksums still match: :attr:`n_written` says how many. The
+        key must identify what is written (the input, the parameters, the
+        chunking), since the kept frames are not written again.
+    if_busy : {"write", "wait"}, default="write"
+        What opening the writer does while another writer (a thread or a
+        process) is writing ``directory``: write a copy of its own beside it,
+        or (``"wait"``, with ``if_exists="keep"``) wait for it. The wait ends
+        when that writer commits its store (then :attr:`existing` holds it and
+        nothing is to be written), or when it stops: a writer that was killed
+        or failed after committing a chunk is taken over as with
+        ``resume_key``, and after one that left nothing this writer starts
+        afresh. A writer on this host is waited for while its process lives;
+        one on another host (a shared filesystem), which cannot be told dead,
+        while its partial directory changed within the last 10 minutes.
 
     Attributes
     ----------
@@ -1164,6 +1230,11 @@ class TokenStoreWriter:
         interrupted writer.
     resumed_info : dict or None
         The ``info`` of the last checkpoint taken over, or None.
+    existing : TokenTrajectory or None
+        With ``if_busy="wait"``: the complete store found at ``directory``
+        when the writer opened (another writer committed it, maybe while this
+        one waited), memory-mapped read-only. There is then nothing to write:
+        :meth:`finalize` returns it. None otherwise.
 
     Notes
     -----
@@ -1180,10 +1251,11 @@ class TokenStoreWriter:
     then renamed to ``directory``. If the block raises, :meth:`finalize` is
     not called, or the number of written frames differs from ``n_frames``,
     the partial directory is removed and ``directory`` is left as it was
-    (a resumable writer interrupted after a checkpoint keeps it for the next
-    one). Commits of one directory by concurrent writers (threads or
-    processes) take turns under a lock on the parent directory (see the
-    module's notes); each writer returns a complete store.
+    (a resumable writer that committed a chunk keeps it for the next one when
+    the block raises, whatever the exception). Commits of one directory by
+    concurrent writers (threads or processes) take turns under a lock on the
+    parent directory (see the module's notes); each writer returns a complete
+    store.
 
     The frames between two checkpoints (and between the last one and
     :meth:`finalize`) form one chunk, whose SHA-256 goes into ``meta.json``
@@ -1201,13 +1273,23 @@ class TokenStoreWriter:
         positions_dtype: Any = "float32",
         if_exists: str = "replace",
         resume_key: str | None = None,
+        if_busy: str = "write",
     ) -> None:
         if if_exists not in ("replace", "keep"):
             raise ValueError(f"if_exists must be 'replace' or 'keep'; got {if_exists!r}")
+        if if_busy not in ("write", "wait"):
+            raise ValueError(f"if_busy must be 'write' or 'wait'; got {if_busy!r}")
+        if if_busy == "wait" and if_exists != "keep":
+            raise ValueError(
+                "if_busy='wait' returns the store another writer commits, so it needs "
+                f"if_exists='keep' (both hold the same data); got if_exists={if_exists!r}"
+            )
         if resume_key is not None and not isinstance(resume_key, str):
             raise ValueError(f"resume_key must be a str or None; got {resume_key!r}")
         self.if_exists = if_exists
         self.resume_key = resume_key
+        self.if_busy = if_busy
+        self.existing: TokenTrajectory | None = None
         self.directory = _abspath(directory)
         self.n_frames = _check_count(n_frames, "n_frames")
         self.n_residues = _check_count(n_residues, "n_residues")
@@ -1241,8 +1323,9 @@ class TokenStoreWriter:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if self._state in ("new", "open"):
-            interrupted = exc_type is not None and not issubclass(exc_type, Exception)
-            self._abort(keep=interrupted)
+            # whatever ended the block (^C, a CUDA out-of-memory error, a bug in the caller),
+            # the committed chunks stay for the next writer: it re-verifies their checksums
+            self._abort(keep=exc_type is not None)
             if exc_type is None:
                 warnings.warn(
                     f"TokenStoreWriter for {self.directory!r} closed without finalize(); "
@@ -1306,41 +1389,72 @@ class TokenStoreWriter:
             raise RuntimeError(f"this TokenStoreWriter is already {self._state}")
         parent, name = os.path.split(self.directory)
         os.makedirs(parent, exist_ok=True)
-        claimed = None
-        with _directory_lock(parent) as locked:
-            if locked and self.resume_key is not None:
-                claimed = self._claim(parent, name)
-            if locked:
-                _remove_debris(parent, name)  # a claimed partial has a live owner again
-            if claimed is not None:
-                partial = claimed[0]
-            else:
-                while True:
-                    partial = os.path.join(parent, f"{name}.partial-{secrets.token_hex(6)}")
-                    try:
-                        os.mkdir(partial)  # honours the umask, unlike tempfile.mkdtemp
-                        break
-                    except FileExistsError:
-                        continue
-            self._partial = partial
-            self._cleanup = weakref.finalize(self, _remove_tree, partial)
-            self._state = "open"
-            if claimed is None:
-                try:  # before the lock goes: no other writer sees this directory without its owner
-                    with open(os.path.join(partial, _OWNER), "w", encoding="utf-8") as fh:
-                        json.dump(_owner_record(), fh)
-                except BaseException:
-                    self._abort()
-                    raise
+        pause = _WAIT_POLL_S[0]
+        while True:
+            with _directory_lock(parent) as locked:
+                claimed = self._take_place(parent, name, locked)
+            if claimed is not False:
+                break
+            time.sleep(pause)  # another writer is busy with this store: look again later
+            pause = min(pause * 1.5, _WAIT_POLL_S[1])
+        if self._state == "finalized":
+            return  # another writer's store is there: nothing to write
         self._claimed = claimed is not None
         try:
-            if claimed is not None and self._resume(claimed[1]):
+            if claimed is not None and self._resume(claimed):
                 return
             self._claimed = False  # its arrays were unreadable: it starts again
             self._create_arrays()
-        except BaseException as exc:
-            self._abort(keep=not isinstance(exc, Exception))  # ^C while re-verifying: kept
+        except BaseException:
+            self._abort(keep=True)  # a claimed partial (^C while re-verifying it) stays claimable
             raise
+
+    def _take_place(self, parent: str, name: str, locked: bool) -> dict | None | bool:
+        """Claim a dead writer's partial directory or make one, with this process in its
+        owner file; under the parent's exclusive lock when ``locked``.
+
+        Returns the claimed directory's progress record, None for a new
+        directory, or (with ``if_busy="wait"``) False while a live writer fills
+        a partial directory of this store: the caller looks again after a
+        pause. A complete store at the target ends an ``if_busy="wait"``
+        writer there (:attr:`existing`).
+        """
+        claimed = None
+        if locked and self.resume_key is not None:
+            claimed = self._claim(parent, name)
+        if claimed is None and locked and self.if_busy == "wait":
+            if _is_complete(self.directory):
+                self.existing = _open_store(self.directory, "r")
+                self.n_written = self.n_frames
+                self._state = "finalized"
+                return None
+            if any(_writer_is_busy(os.path.join(parent, entry)) for entry in _listdir(parent)
+                   if entry.startswith(name + ".") and _PARTIAL_RE.fullmatch(entry[len(name):])):
+                return False
+        if locked:
+            _remove_debris(parent, name)  # a claimed partial has a live owner again
+        if claimed is not None:
+            partial = claimed[0]
+        else:
+            while True:
+                partial = os.path.join(parent, f"{name}.partial-{secrets.token_hex(6)}")
+                try:
+                    os.mkdir(partial)  # honours the umask, unlike tempfile.mkdtemp
+                    break
+                except FileExistsError:
+                    continue
+        self._partial = partial
+        self._cleanup = weakref.finalize(self, _remove_tree, partial)
+        self._state = "open"
+        if claimed is None:
+            try:  # before the lock goes: no other writer sees this directory without its owner
+                with open(os.path.join(partial, _OWNER), "w", encoding="utf-8") as fh:
+                    json.dump(_owner_record(), fh)
+            except BaseException:
+                self._abort()
+                raise
+            return None
+        return claimed[1]
 
     def _array_paths(self) -> tuple[str, str]:
         return (os.path.join(self._partial, _FEATURES), os.path.join(self._partial, _POSITIONS))
@@ -1529,17 +1643,20 @@ class TokenStoreWriter:
         Returns
         -------
         TokenTrajectory
-            The new store, memory-mapped read-only.
+            The new store, memory-mapped read-only (or :attr:`existing`).
 
         Raises
         ------
         ValueError
             If fewer than ``n_frames`` frames were written or the metadata is
-            invalid; the partial store is then discarded.
+            invalid; the partial store is then discarded (a resumable
+            writer's committed chunks are kept for the next writer).
         OSError
             If the disk fills while the metadata is written; the partial
-            store is then discarded.
+            store is then discarded (kept, as above, for a resumable writer).
         """
+        if self.existing is not None:
+            return self.existing  # if_busy="wait" found another writer's store
         self._open()
         try:
             if self.n_written != self.n_frames:
@@ -1586,12 +1703,11 @@ class TokenStoreWriter:
                 raise
             _fsync(partial)
             tokens = self._commit(partial)
-        except BaseException as exc:
+        except BaseException:
             if self._state == "open":
-                # every frame is written: an interrupt or a full disk keeps a resumable
-                # write's committed chunks for the next writer
-                full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
-                self._abort(keep=full or not isinstance(exc, Exception))
+                # every frame is written: whatever failed (an interrupt, a full disk, a
+                # target that is not a store), a resumable write's chunks stay for the next
+                self._abort(keep=True)
             raise
         self._state = "finalized"
         self._cleanup.detach()
@@ -1712,6 +1828,7 @@ class RamTokenWriter:
         self.positions = np.empty((*shape, 3), dtype=np.float32)
         self.n_written = 0
         self.resumed_info = None
+        self.existing = None  # as TokenStoreWriter's: never another writer's store here
 
     def checkpoint(self, info=None):
         """Nothing to commit: frames in RAM do not outlive the process."""

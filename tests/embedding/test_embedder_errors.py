@@ -255,6 +255,102 @@ def test_interrupted_store_leaves_nothing_complete(fitted, small_ala2, tmp_path,
     fitted.set_params(store_dir=None, batch_size=32)
 
 
+def test_bond_errors_say_what_a_unit_mix_up_looks_like(fitted, small_ala2):
+    """xyz scaled by 10 or 1e6 was reported as a broken molecule, without a word on units."""
+    def scaled(factor):
+        frames = small_ala2[:2]
+        frames.xyz = small_ala2.xyz[:2] * factor
+        return frames
+
+    with pytest.raises(ValueError, match=r"longer than any covalent bond: .* or the coordinates are in another "
+                                         r"unit. Every bond in that frame is about 10 times its usual length: "
+                                         r"coordinates in Angstrom where nanometres belong: .*divide it by 10"):
+        fitted.transform([scaled(10.0)])
+    with pytest.raises(ValueError, match=r"about 1e\+06 times its usual length: the coordinates are 1e\+06 times "
+                                         r"too large for their unit: multiply them by 1e-06"):
+        fitted.transform([scaled(1e6)])
+    with pytest.raises(ValueError, match=r"outside the .* Angstrom a bond .* about 0.1 times its usual length: "
+                                         r"coordinates in nanometres where Angstrom belong .*multiply them by 10"):
+        fitted.transform([scaled(0.1)])
+    # a molecule broken otherwise says what a unit mix-up would look like, and that this is not one
+    zeros = small_ala2[:1]
+    zeros.xyz = np.zeros_like(small_ala2.xyz[:1])
+    with pytest.raises(ValueError, match=r"A mix-up of units makes every bond about the same factor too long or "
+                                         r"too short: 10 times .*placeholder coordinates, not another unit"):
+        fitted.transform([zeros])
+    stretched = small_ala2[:1]
+    stretched.xyz = small_ala2.xyz[:1].copy()
+    stretched.xyz[0, 8] += 0.3  # one atom 3 Angstrom away: its bonds only
+    with pytest.raises(ValueError, match=r"longer than any covalent bond.*A mix-up of units makes every bond.*"
+                                         r"here they are .* times their usual length, so it is not that"):
+        fitted.transform([stretched])
+
+
+def _failing_at_batch(monkeypatch, n):
+    """Make the n-th batch embedded raise a RuntimeError (as CUDA running out of memory
+    would); returns the counter of frames embedded, which the rerun reads."""
+    calls = {"batches": 0, "frames": 0, "fail_at": n}
+    original = embedder_module._Engine.embed_batch
+
+    def failing(self, pos, *args):
+        calls["batches"] += 1
+        if calls["batches"] == calls["fail_at"]:
+            raise RuntimeError("CUDA out of memory (injected)")
+        calls["frames"] += len(pos)
+        return original(self, pos, *args)
+
+    monkeypatch.setattr(embedder_module._Engine, "embed_batch", failing)
+    return calls
+
+
+@pytest.mark.parametrize("mode", ["memory", "store_dir"])
+def test_an_error_mid_embedding_keeps_the_committed_chunks(fitted, ala2_trajs, tmp_path, monkeypatch,
+                                                            mode):
+    """Three chunks of ten frames committed, then an ordinary exception: the rerun embeds the
+    last ten frames only, and the tokens are those of an uninterrupted run."""
+    frames = ala2_trajs[0][:40]
+    expected = fitted.set_params(chunk_size=10, batch_size=5).transform([frames])[0]
+    emb = fitted.set_params(**{mode: str(tmp_path / mode)})
+    try:
+        calls = _failing_at_batch(monkeypatch, 7)  # the first batch of the fourth chunk
+        with pytest.raises(RuntimeError, match="out of memory"):
+            emb.transform([frames])
+        calls["fail_at"], calls["frames"] = None, 0  # no more failures; count the rerun
+        got = emb.transform([frames])[0]
+        assert calls["frames"] == 10  # 30 committed frames kept (40 embedded again before)
+        np.testing.assert_array_equal(got.features, expected.features)
+        assert sorted(os.listdir(tmp_path / mode)) == [os.path.basename(got.path)]  # no debris
+        del got
+    finally:
+        fitted.set_params(**{mode: None}, chunk_size=1000, batch_size="auto")
+
+
+def test_commits_by_time_let_a_short_trajectory_resume(fitted, ala2_trajs, tmp_path, monkeypatch):
+    """A trajectory shorter than chunk_size is one chunk: without commits by time, an error
+    in it lost every frame. With a commit after every batch (COMMIT_SECONDS=0), the rerun
+    embeds from the last batch committed, batched as the uninterrupted run was."""
+    frames = ala2_trajs[0][:20]
+    expected = fitted.set_params(chunk_size=8, batch_size=3).transform([frames])[0]
+    emb = fitted.set_params(memory=str(tmp_path / "cache"))
+    try:
+        calls = _failing_at_batch(monkeypatch, 3)  # frames 6-7, the first chunk's last batch
+        with pytest.raises(RuntimeError):
+            emb.transform([frames])  # the default commits only at the chunk's end: nothing kept
+        assert os.listdir(tmp_path / "cache") == []
+        monkeypatch.setattr(embedder_module, "COMMIT_SECONDS", 0.0)
+        calls["batches"] = 0
+        with pytest.raises(RuntimeError):
+            emb.transform([frames])  # committed by time after frames 0-2 and 3-5
+        calls["fail_at"], calls["frames"] = None, 0
+        got = emb.transform([frames])[0]
+        assert calls["frames"] == 14
+        np.testing.assert_array_equal(got.features, expected.features)
+        assert len(os.listdir(tmp_path / "cache")) == 1
+        del got
+    finally:
+        fitted.set_params(memory=None, chunk_size=1000, batch_size="auto")
+
+
 def test_coordinates_that_are_not_the_molecule_are_refused(fitted, small_ala2):
     """Bond lengths by element pair: the checks behind issue 11's silent wrong results."""
     zeros = small_ala2[:]
@@ -275,3 +371,30 @@ def test_coordinates_that_are_not_the_molecule_are_refused(fitted, small_ala2):
     with pytest.raises(ValueError, match=r"trajectory 0, frame 3, the bond"):
         fitted.transform([squeezed])
     fitted.transform([small_ala2])  # the real molecule passes
+
+
+def _ligand_with(small_ala2, element):
+    """The first frame with the alanine as a ligand 'LIG' (whose atom names are not checked
+    against elements, as a standard residue's are) and its C-alpha made ``element``."""
+    ligand = small_ala2[:1]
+    ligand.topology = small_ala2.topology.copy()
+    ligand.topology.residue(1).name = "LIG"
+    ligand.topology.atom(8).element = element  # LIG2-CA
+    return ligand
+
+
+def test_elements_rare_in_biomolecules_or_unseen_in_pretraining_are_named(visnet_checkpoint, small_ala2):
+    with pytest.warns(UserWarning, match=r"include B \(1 atom: LIG2-CA\): Li, Be and B are rare in "
+                                         r"biomolecules.*repartitioned.*atomic_numbers="):
+        GeomEmbedder(visnet_checkpoint, progress=False).fit([_ligand_with(small_ala2, md.element.boron)])
+    with pytest.warns(UserWarning, match=r"include Se \(1 atom: LIG2-CA\): the pretrained backbone never "
+                                         r"saw .* untrained"):
+        GeomEmbedder(visnet_checkpoint, progress=False).fit([_ligand_with(small_ala2, md.element.selenium)])
+    # numbers the user gave are not second-guessed as mass artefacts
+    numbers = np.array([a.element.number for a in small_ala2.topology.atoms])
+    numbers[8] = 5
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GeomEmbedder(visnet_checkpoint, atomic_numbers=numbers, progress=False).fit([small_ala2])

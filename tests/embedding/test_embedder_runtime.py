@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import textwrap
 from pathlib import Path
 
 import mdtraj as md
@@ -162,6 +163,73 @@ def test_concurrent_cache_writers_short_stress(visnet_checkpoint, tmp_path, monk
                            frames=20, checkpoint=visnet_checkpoint)
     assert report["calls"] == 9
     assert report["exceptions"] == [] and report["debris"] == [] and report["bad_token_sets"] == []
+
+
+# Another process embedding 40 frames of alanine dipeptide into a memory= key, slowly (0.1 s
+# a batch of 5): it says "embedding" after its first batch, and its frame count at the end.
+OTHER_WRITER = textwrap.dedent("""
+    import json, sys, time
+    from g2v_sklearn import GeomEmbedder
+    from g2v_sklearn.datasets import load_alanine_dipeptide
+    from g2v_sklearn.embedding import _embedder
+
+    checkpoint, cache = sys.argv[1:3]
+    frames = load_alanine_dipeptide(stride=10).trajectories[0][:40]
+    emb = GeomEmbedder(checkpoint, memory=cache, batch_size=5, progress=False).fit([frames])
+    counted = {"frames": 0}
+    embed_batch = _embedder._Engine.embed_batch
+
+    def slow(self, pos, *args):
+        out = embed_batch(self, pos, *args)
+        counted["frames"] += len(pos)
+        if counted["frames"] == len(pos):
+            print("embedding", flush=True)
+        time.sleep(0.1)
+        return out
+
+    _embedder._Engine.embed_batch = slow
+    tokens = emb.transform([frames])[0]
+    print(json.dumps({"frames": counted["frames"], "path": tokens.path}), flush=True)
+""")
+
+
+def test_a_second_process_wanting_the_same_cache_key_waits_for_the_first(visnet_checkpoint, tmp_path,
+                                                                         count_batches):
+    """Two processes on one memory= key (as GridSearchCV(n_jobs=2) over a pipeline that embeds):
+    the second, finding the first embedding the key, waits for its entry and reads it instead
+    of embedding the trajectory again (it had embedded all 40 frames too)."""
+    import json
+    import subprocess
+    import sys
+
+    from g2v_sklearn.datasets import load_alanine_dipeptide
+
+    cache = str(tmp_path / "cache")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    other = subprocess.Popen([sys.executable, "-c", OTHER_WRITER, visnet_checkpoint, cache], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "embedding", other.stderr.read()[-2000:]
+        frames = load_alanine_dipeptide(stride=10).trajectories[0][:40]
+        emb = GeomEmbedder(visnet_checkpoint, memory=cache, batch_size=5, progress=False).fit([frames])
+        got = emb.transform([frames])[0]
+        out, err = other.communicate(timeout=120)
+    finally:
+        other.kill()
+    theirs = json.loads(out.strip().splitlines()[-1])
+    assert count_batches["frames"] == 0 and theirs["frames"] == 40  # 40 embedded in all, not 80
+    assert got.path == theirs["path"] and os.listdir(cache) == [os.path.basename(got.path)]
+    expected = GeomEmbedder(visnet_checkpoint, batch_size=5, progress=False).fit([frames]).transform([frames])[0]
+    np.testing.assert_allclose(got.features, expected.features, rtol=1e-5, atol=1e-6)  # threads may differ
+
+
+def test_the_exception_case_of_the_stress_benchmark_embeds_each_frame_once(visnet_checkpoint, tmp_path,
+                                                                          monkeypatch):
+    stress = _stress_module(monkeypatch)
+    report = stress.exception_case(str(tmp_path / "cache"), frames=40, checkpoint=visnet_checkpoint)
+    assert "out of memory" in report["error"]
+    assert (report["embedded_before_the_error"], report["embedded_by_the_rerun"]) == (30, 10)
+    assert report["same_tokens"] and report["debris"] == []
 
 
 def _stress_module(monkeypatch):

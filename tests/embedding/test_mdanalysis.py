@@ -150,3 +150,56 @@ def test_groups_in_any_order_and_boxes_that_change(visnet_checkpoint, adk_univer
     topology = mdanalysis_topology(npt.atoms)
     chunk = next(mdanalysis_frames(npt.atoms, np.arange(10), topology, stride=1, chunk_size=5))
     np.testing.assert_allclose(chunk.unitcell_lengths[:, 0], [3.0, 3.1, 3.2, 3.3, 3.4], rtol=1e-5)
+    # resumed inside a chunk (a commit by time), the chunks still end where a full run's do
+    resumed = mdanalysis_frames(npt.atoms, np.arange(10), topology, stride=1, chunk_size=2, first=1)
+    assert [c.n_frames for c in resumed] == [1, 2, 1]
+
+
+def _repartitioned(ala2_files, hydrogen_mass, hydrogens=True):
+    """Alanine dipeptide as an MDAnalysis Universe without elements, its masses hydrogen-mass
+    repartitioned (each hydrogen at ``hydrogen_mass``, the difference taken from its heavy
+    atom), with bonds; or, without ``hydrogens``, its heavy atoms alone and no bonds."""
+    import mdtraj as md
+
+    traj = md.load(ala2_files[0])
+    top = traj.topology
+    masses = np.array([a.element.mass for a in top.atoms])
+    for a, b in top.bonds:
+        for h, heavy in ((a, b), (b, a)):
+            if h.element.number == 1:
+                masses[heavy.index] -= hydrogen_mass - 1.008
+                masses[h.index] = hydrogen_mass
+    atoms = [a for a in top.atoms if hydrogens or a.element.number != 1]
+    local = {a.index: i for i, a in enumerate(atoms)}
+    u = mda.Universe.empty(len(atoms), n_residues=top.n_residues, atom_resindex=[a.residue.index for a in atoms],
+                           trajectory=True)
+    for attr, values in (("names", [a.name for a in atoms]), ("resnames", [r.name for r in top.residues]),
+                         ("resids", [r.resSeq for r in top.residues]), ("segids", ["A"]),
+                         ("masses", [masses[a.index] for a in atoms])):
+        u.add_TopologyAttr(attr, values)
+    if hydrogens:
+        u.add_TopologyAttr("bonds", [(local[a.index], local[b.index]) for a, b in top.bonds])
+    u.atoms.positions = traj.xyz[0][[a.index for a in atoms]] * 10.0
+    return u, np.array([a.element.number for a in atoms])
+
+
+@pytest.mark.parametrize("hydrogen_mass", [3.024, 4.032])
+def test_repartitioned_masses_give_the_right_elements_or_an_error(visnet_checkpoint, ala2_files, hydrogen_mass):
+    """Guessing elements from masses gives each heavy atom back the mass its hydrogens took
+    (once [3, 6, 8, 6, 5, 3, 6, 8, 6, 3]: lithium, boron, an amide nitrogen read as carbon)."""
+    heavy_numbers = [6, 6, 8, 7, 6, 6, 6, 8, 7, 6]
+    u, numbers = _repartitioned(ala2_files, hydrogen_mass)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no unusual element left to warn about
+        whole = GeomEmbedder(visnet_checkpoint, progress=False).fit([u])
+        assert whole.atomic_numbers_.tolist() == heavy_numbers
+        # a group of the heavy atoms: their hydrogens, outside it, still count
+        heavy = GeomEmbedder(visnet_checkpoint, progress=False).fit([u.select_atoms("not name H*")])
+    assert heavy.atomic_numbers_.tolist() == heavy_numbers
+    # the heavy atoms alone, no hydrogens to account for their masses: refused, not guessed
+    alone, _ = _repartitioned(ala2_files, hydrogen_mass, hydrogens=False)
+    with pytest.raises(ValueError, match=r"Atom \w+ of residue \w+ .* weighs \d+\.\d{3} amu, which is no "
+                                         r"element's mass \(the nearest, \w+, weighs .*atomic_numbers="):
+        GeomEmbedder(visnet_checkpoint).fit([alone])
+    given = GeomEmbedder(visnet_checkpoint, atomic_numbers=heavy_numbers, progress=False).fit([alone])
+    assert given.atomic_numbers_.tolist() == heavy_numbers

@@ -152,3 +152,69 @@ def test_init_distributed_without_a_master_address_says_what_to_set(monkeypatch)
         init_distributed()
     monkeypatch.setenv("SLURM_NTASKS", "1")
     assert init_distributed() == (0, 1)  # one task: nothing to join
+
+
+_LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID",
+                     "SLURM_NTASKS", "SLURM_LOCALID", "TORCHELASTIC_USE_AGENT_STORE")
+
+
+@pytest.fixture
+def bare_environment(monkeypatch):
+    for name in _LAUNCH_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_a_partial_or_garbled_launcher_environment_is_an_error_that_names_the_variable(bare_environment):
+    from g2v_sklearn import init_distributed
+
+    env = bare_environment
+    env.setenv("RANK", "1")  # had trained alone, as rank 0 of 1
+    with pytest.raises(ValueError, match=r"RANK=1 is set but WORLD_SIZE is not.*torchrun sets RANK, WORLD_SIZE"):
+        init_distributed()
+    env.delenv("RANK")
+    env.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="WORLD_SIZE=2 is set but RANK is not"):
+        init_distributed()
+    env.setenv("RANK", "2")
+    with pytest.raises(ValueError, match=r"RANK=2 and WORLD_SIZE=2 do not make a rank of a job: RANK must be "
+                                         r"at least 0 and less than WORLD_SIZE"):
+        init_distributed()
+    env.setenv("RANK", "0")
+    env.setenv("WORLD_SIZE", "two")  # had been "invalid literal for int() with base 10: 'two'"
+    with pytest.raises(ValueError, match=r"The environment variable WORLD_SIZE='two' is not a whole number: a "
+                                         r"launcher sets it to the number of ranks"):
+        init_distributed()
+    est = VAMPNetEstimator(lagtime=5, hidden_layer_sizes=(8,), max_epochs=1, progress=False)
+    with pytest.raises(ValueError, match="WORLD_SIZE='two' is not a whole number"):
+        est.fit(np.zeros((50, 2)))
+    env.delenv("RANK")
+    env.delenv("WORLD_SIZE")
+    env.setenv("SLURM_PROCID", "0")  # a batch script without --ntasks: one process
+    assert init_distributed() == (0, 1)
+
+
+def test_a_slurm_job_whose_other_rank_never_started_says_so_early(bare_environment):
+    """--ntasks=2 with `python` instead of `srun python`: one process with SLURM_NTASKS=2 had
+    waited the whole collective timeout (10 minutes), then said '1/2 clients joined'."""
+    import torch.distributed as dist
+
+    from g2v_sklearn import DistributedTrainingError, init_distributed
+
+    env = bare_environment
+    env.setenv("SLURM_PROCID", "0")
+    env.setenv("SLURM_NTASKS", "2")
+    env.setenv("MASTER_ADDR", "127.0.0.1")
+    env.setenv("MASTER_PORT", str(_free_port()))
+    clock = time.perf_counter()
+    with pytest.raises(DistributedTrainingError, match=r"only 1 of 2 ranks arrived within 0.5 s \(this is rank 0; "
+                                                       r"SLURM_PROCID=0 and SLURM_NTASKS=2\).*`srun python "
+                                                       r"script.py`.*join_timeout"):
+        init_distributed(join_timeout=0.5)
+    assert time.perf_counter() - clock < 10
+    assert not dist.is_initialized()
+    env.setenv("SLURM_PROCID", "1")  # and a rank whose rank 0 never came
+    no_rank_0 = r"rank 1 of 2 .* found no rank 0 at MASTER_ADDR:MASTER_PORT \(127.0.0.1:\d+\) within 0.5 s"
+    with pytest.raises(DistributedTrainingError, match=no_rank_0):
+        init_distributed(join_timeout=0.5)
+    assert not dist.is_initialized()

@@ -409,3 +409,22 @@ def test_alanine_dipeptide_states_with_the_defaults_find_alpha_l(ala2_tokens, di
           f"(phi, psi) Bayesian MSM's 95 % interval [{low * 40:.0f}, {high * 40:.0f}] ps")
     assert precision >= 0.9 and recall >= 0.9
     assert low <= its <= high
+
+
+def test_save_best_weights_records_every_rounds_file_and_resume(dihedral_features, tmp_path):
+    """SaveBestWeights wrote and resumed SPIB's files, but history_ lacked best_weights_file and
+    resumed_from_epoch (a KeyError), which the callback promises."""
+    from g2v_sklearn import SaveBestWeights
+
+    x = [t[:400] for t in dihedral_features[:2]]
+    params = dict(lagtime=5, n_states=4, refinements=1, hidden_layer_sizes=(16,), batch_size=128, max_epochs=4,
+                  patience=None, validation_fraction=0, progress=False, random_state=0)
+    first = SPIBEstimator(callbacks=[SaveBestWeights(tmp_path)], **params).fit(x)
+    files = first.history_["best_weights_file"]
+    assert len(files) == first.n_refinements_ >= 1 and len(set(files)) == len(files)
+    for path, best in zip(files, first.history_["best_epoch"]):
+        assert torch.load(path, weights_only=True)["epoch"] == best
+    assert "resumed_from_epoch" not in first.history_
+    again = SPIBEstimator(callbacks=[SaveBestWeights(tmp_path, resume=True)], **params).fit(x)
+    assert again.history_["best_weights_file"][0] == files[0]
+    assert again.history_["resumed_from_epoch"][0] == first.history_["best_epoch"][0]

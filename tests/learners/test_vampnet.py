@@ -154,6 +154,28 @@ def test_input_errors(dihedral_features, rng):
         VAMPNetEstimator(**FAST).fit([tok, other])
 
 
+def test_more_components_than_the_network_can_give_are_refused(dihedral_features, rng):
+    """A linear map of 8 units spans 8 functions: n_components=10 had returned 8 components,
+    silently (and, with no hidden layers, as many as X has features)."""
+    x = dihedral_features[0][:600]  # (cos, sin) of (phi, psi): 4 features
+    with pytest.raises(ValueError, match=r"n_components=10 is more than VAMPNetEstimator's network can give: "
+                                         r"its last hidden layer has 8 units \(hidden_layer_sizes=\(8,\)\).*"
+                                         r"at most 8 independent functions. Use n_components <= 8"):
+        VAMPNetEstimator(lagtime=2, n_components=10, hidden_layer_sizes=(8,), progress=False).fit(x)
+    with pytest.raises(ValueError, match=r"n_components=5 .*: with hidden_layer_sizes=\(\) it is linear in "
+                                         r"X's 4 features.*Use n_components <= 4"):
+        VAMPNetEstimator(lagtime=2, n_components=5, hidden_layer_sizes=(), progress=False).partial_fit(x)
+    tok = TokenTrajectory(rng.normal(size=(60, 5, 4, 8)).astype(np.float32),
+                          rng.normal(size=(60, 5, 3)).astype(np.float32),
+                          residue_names=["ALA"] * 5, chain_ids=["A"] * 5, residue_ids=range(5))
+    with pytest.raises(ValueError, match=r"n_components=9 .*: its head ends in d_model=8 units"):
+        VAMPNetEstimator(n_components=9, d_model=8, n_heads=2, progress=False).fit([tok])
+    # nonlinear hidden layers may give more components than X has features
+    est = VAMPNetEstimator(lagtime=2, n_components=6, hidden_layer_sizes=(16,), max_epochs=1, progress=False,
+                           random_state=0).fit(x)
+    assert est.transform(x).shape == (600, 6)
+
+
 @pytest.mark.parametrize("Learner", [VAMPNetEstimator, SPIBEstimator])
 def test_list_input_errors_name_the_trajectory(Learner, dihedral_features, ala2_trajs):
     """Issue 11's learner probes: each error says what is wrong, where, in the user's terms."""
@@ -175,6 +197,18 @@ def test_list_input_errors_name_the_trajectory(Learner, dihedral_features, ala2_
         Learner(**FAST).fit([x, "traj.xtc"])
     with pytest.raises(TypeError, match=r"^X is an MD trajectory"):
         Learner(**FAST).fit(ala2_trajs[0][:50])
+
+
+@pytest.mark.parametrize("Learner", [VAMPNetEstimator, SPIBEstimator])
+def test_text_features_are_refused_for_what_they_are(Learner, dihedral_features):
+    """Had been NumPy's "could not convert string to float: np.str_('a')"."""
+    x = dihedral_features[0][:50]
+    labelled = np.column_stack([x, ["a"] * 50])
+    expects = f"{Learner.__name__} expects numeric features, a float array of shape \\(n_frames, n_features\\)"
+    with pytest.raises(ValueError, match=r"^X holds text, not numbers \('a' is not a number\): " + expects):
+        Learner(**FAST).fit(labelled)
+    with pytest.raises(ValueError, match=r"^Trajectory 1 of X holds text, not numbers .*one-hot"):
+        Learner(**FAST).fit([x, labelled])
 
 
 @pytest.mark.parametrize("Learner", [VAMPNetEstimator, SPIBEstimator])

@@ -143,6 +143,27 @@ def test_discretizer_errors(discretizer, features):
         KMeansDiscretizer(5).transform(features)
 
 
+def test_discretizer_given_tokens_or_text_says_what_it_needs(features, visnet_checkpoint, ala2_trajs):
+    """Token trajectories had failed with "setting an array element with a sequence", text
+    with "could not convert string to float: np.str_('a')"."""
+    from g2v_sklearn import GeomEmbedder
+
+    tokens = GeomEmbedder(visnet_checkpoint, progress=False).fit_transform([ala2_trajs[0][:10]])
+    needs = (r"KMeansDiscretizer clusters 2-D features, one array of shape \(n_frames, n_features\) per "
+             r"trajectory. Put a learner in between .*VAMPNetEstimator")
+    with pytest.raises(ValueError, match=r"X\[0\] is a token trajectory of shape \(10, 3, 4, 64\) \(n_frames, "
+                                         r"n_residues, 4, H\): " + needs):
+        KMeansDiscretizer(3).fit(tokens)
+    with pytest.raises(ValueError, match=r"^X is a token trajectory of shape \(10, 3, 4, 64\)"):
+        KMeansDiscretizer(3).fit(tokens[0])
+    with pytest.raises(ValueError, match=r"X\[0\] is an array of shape \(10, 3, 4, 64\) .*" + needs):
+        KMeansDiscretizer(3).fit([np.asarray(tokens[0].features)])
+    labelled = np.column_stack([features[0][:50], ["ALA"] * 50])  # a residue name as a column
+    with pytest.raises(ValueError, match=r"X\[0\] holds text, not numbers \('ALA' is not a number\): "
+                                         r"KMeansDiscretizer.fit expects numeric features"):
+        KMeansDiscretizer(3).fit([labelled])
+
+
 # ----------------------------------------------------------------------------
 # MSMEstimator: against deeptime by hand
 # ----------------------------------------------------------------------------

@@ -6,7 +6,9 @@ of its pretraining (``output_model...``, ``mean``, ``std``) that are set aside.
 """
 
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -77,6 +79,29 @@ def test_keys_that_do_not_fit_the_backbone_are_named(geom2vec_state, tmp_path):
     with pytest.raises(ValueError, match=r"shape mismatches \['vis_mp_layers.0.q_proj.weight: file "
                                          r"\(16, 8\) vs model \(16, 16\)'\]"):
         load_checkpoint(save(reshaped, tmp_path))
+
+
+def test_a_file_that_is_not_a_checkpoint_is_called_so_without_torchs_advice(geom2vec_state, tmp_path):
+    """Random bytes had passed on torch's advice to load with weights_only=False: wrong for a
+    damaged file, and dangerous (it runs whatever code a pickle holds)."""
+    garbage = tmp_path / "random.pth"
+    garbage.write_bytes(b"\x13" + np.random.default_rng(0).bytes(4999))
+    not_torch = r"could not be read as a weights-only torch file: it is not a torch checkpoint \(neither a zip"
+    with pytest.raises(ValueError, match=not_torch + r" archive nor a pickle.*Use a good copy") as info:
+        load_checkpoint(str(garbage))
+    truncated = tmp_path / "truncated.pth"
+    data = Path(save(geom2vec_state[2], tmp_path)).read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])  # a download cut short
+    with pytest.raises(ValueError, match=r"it is damaged or not a torch checkpoint \(\w+Error: .*\), e.g. a "
+                                         r"download cut short"):
+        load_checkpoint(str(truncated))
+    pickled = tmp_path / "pickled.pth"
+    torch.save({"representation_model.settings": Path("x")}, pickled)  # an object, not a tensor
+    with pytest.raises(ValueError, match=r"holds Python objects besides tensors \(first: pathlib\.\w*Path\)"
+                                         r".*torch.save\(model.state_dict\(\), path\)") as unsafe:
+        load_checkpoint(str(pickled))
+    for message in (str(info.value), str(unsafe.value)):
+        assert "weights_only=False" not in message and "weights_only` set to `False" not in message
 
 
 def test_files_that_are_not_a_visnet_state_dict(geom2vec_state, tmp_path):

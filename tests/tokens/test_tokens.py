@@ -775,3 +775,158 @@ def test_a_store_moved_aside_by_a_killed_commit_is_put_back(tmp_path):
         w.close()  # any writer of that name, even one that finishes nothing
     assert _siblings(str(d)) == ["store"]
     _assert_same(load_tokens(d), _tokens(seed=3))
+
+
+# ------------------------------------------------------ work kept on failure
+@pytest.mark.parametrize("where", ["in the block", "in finalize"])
+def test_any_exception_keeps_a_resumable_writes_committed_chunks(tmp_path, where):
+    """A CUDA out-of-memory error is a RuntimeError, not an interrupt: the chunks committed
+    before it are kept for the next writer all the same (they are re-verified on resume)."""
+    d = tmp_path / "store"
+    feats, pos = _arrays()
+    if where == "in the block":
+        with pytest.raises(RuntimeError, match="out of memory"), _resumable(d) as w:
+            for c in range(2):
+                w.write(feats[4 * c:4 * c + 4], pos[4 * c:4 * c + 4])
+                w.checkpoint({"chunk": c})
+            w.write(feats[8:10], pos[8:10])
+            raise RuntimeError("CUDA out of memory (injected)")
+        kept = 8
+    else:
+        with pytest.raises(ValueError, match="residue_names has 1 entries"), _resumable(d) as w:
+            _finish_with(w, residue_names=["ALA"])
+        kept = N_FRAMES
+    (partial,) = _siblings(str(d))
+    assert ".partial-" in partial and "writer.json" not in os.listdir(tmp_path / partial)
+    with _resumable(d) as w:
+        assert w.n_written == kept
+        _assert_same(_finish(w), _tokens())
+    assert _siblings(str(d)) == ["store"]
+
+
+def _finish_with(w, **meta):
+    feats, pos = _arrays()
+    for start in range(w.n_written, N_FRAMES, 4):
+        w.write(feats[start:start + 4], pos[start:start + 4])
+        w.checkpoint()
+    return w.finalize(**{**_meta(), **meta}, timestep=2.0, provenance={"model": "toy", "seed": 0})
+
+
+def _waiting(d):
+    return TokenStoreWriter(d, n_frames=N_FRAMES, n_residues=N_RES, n_channels=H, resume_key="k1",
+                            if_exists="keep", if_busy="wait")
+
+
+def _open_in_thread(writer):
+    """Open ``writer`` on a thread; returns the thread and a dict that gets the outcome."""
+    import threading
+
+    outcome = {}
+
+    def run():
+        try:
+            outcome["writer"] = writer.__enter__()
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_second_writer_waits_for_a_live_one_and_returns_its_store(tmp_path):
+    d = tmp_path / "store"
+    first = _waiting(d).__enter__()
+    feats, pos = _arrays()
+    first.write(feats[:4], pos[:4])
+    first.checkpoint()
+    second = _waiting(d)
+    thread, outcome = _open_in_thread(second)
+    thread.join(0.5)
+    assert thread.is_alive() and outcome == {}  # waiting: the first writer's process lives
+    assert len([e for e in _siblings(str(d)) if ".partial-" in e]) == 1  # no second copy begun
+    done = _finish(first)
+    thread.join(10)
+    assert outcome["writer"] is second and second.existing is not None
+    got = second.finalize(**_meta(), timestep=2.0, provenance={"model": "toy", "seed": 0})
+    assert got is second.existing and got._store[2] == done._store[2]
+    second.__exit__(None, None, None)  # nothing to discard, nothing to warn about
+    assert _siblings(str(d)) == ["store"]
+    with pytest.raises(ValueError, match="if_busy='wait' .* needs if_exists='keep'"):
+        TokenStoreWriter(d, n_frames=1, n_residues=1, n_channels=1, if_busy="wait")
+    with pytest.raises(ValueError, match="if_busy must be 'write' or 'wait'; got 'block'"):
+        TokenStoreWriter(d, n_frames=1, n_residues=1, n_channels=1, if_exists="keep", if_busy="block")
+
+
+def test_a_waiting_writer_takes_over_from_one_that_failed_or_died(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    from g2v_sklearn.tokens import _tokens as tokens_module
+
+    # the writer waited for fails (an exception): its committed chunk is taken over
+    d = tmp_path / "failed"
+    first = _waiting(d).__enter__()
+    feats, pos = _arrays()
+    first.write(feats[:4], pos[:4])
+    first.checkpoint()
+    thread, outcome = _open_in_thread(_waiting(d))
+    thread.join(0.3)
+    assert thread.is_alive()
+    first.__exit__(RuntimeError, RuntimeError("CUDA out of memory"), None)
+    thread.join(10)
+    with outcome["writer"] as w:
+        assert w.n_written == 4 and w.existing is None
+        _assert_same(_finish(w), _tokens())
+    # the writer waited for is another process, killed with SIGKILL while this one waits
+    d = tmp_path / "killed"
+    np.save(tmp_path / "f.npy", feats[:4])
+    np.save(tmp_path / "p.npy", pos[:4])
+    code = textwrap.dedent(f"""
+        import importlib.util, sys, time, numpy as np
+        spec = importlib.util.spec_from_file_location("_tokens", {tokens_module.__file__!r})
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["_tokens"] = mod
+        spec.loader.exec_module(mod)
+        w = mod.TokenStoreWriter({str(d)!r}, n_frames={N_FRAMES}, n_residues={N_RES}, n_channels={H},
+                                 resume_key="k1", if_exists="keep", if_busy="wait").__enter__()
+        w.write(np.load({str(tmp_path / "f.npy")!r}), np.load({str(tmp_path / "p.npy")!r}))
+        w.checkpoint()
+        print("committed", flush=True)
+        time.sleep(60)
+        """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "committed"
+        thread, outcome = _open_in_thread(_waiting(d))
+        thread.join(0.3)
+        assert thread.is_alive()  # its holder lives
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        proc.kill()
+        proc.stdout.close()
+    thread.join(10)
+    with outcome["writer"] as w:
+        assert w.n_written == 4  # the dead holder's chunk, taken over
+        _assert_same(_finish(w), _tokens())
+    assert _siblings(str(d)) == ["killed"]
+
+
+def test_metadata_that_disagrees_with_the_arrays_names_the_store_and_the_file(tmp_path):
+    """Had been "residue_names has 1 entries but the features have 5 residues", naming neither."""
+    import json
+
+    d = tmp_path / "store"
+    save_tokens(_tokens(), d)
+    meta = json.loads((d / "meta.json").read_text())
+    meta["residue_names"] = ["ALA"]
+    (d / "meta.json").write_text(json.dumps(meta))
+    for verify in ("full", "header"):
+        with pytest.raises(ValueError, match=rf"token store '{d}' is corrupt: its meta.json disagrees with its "
+                                             rf"arrays \(residue_names has 1 entries but the features have 5 "
+                                             rf"residues\)"):
+            load_tokens(d, verify=verify)
+    assert not is_complete_store(d)
