@@ -2,7 +2,7 @@
 
 Usage::
 
-    python examples/alanine_dipeptide.py [--out ala2_report] [--checkpoint PATH] [--quick]
+    python examples/alanine_dipeptide.py [--out ala2_report] [--checkpoint NAME|PATH] [--quick]
 
 Reads the alanine-dipeptide dataset shipped with the package (4 x 100 ns, heavy
 atoms), embeds every frame with geom2vec's pretrained ViSNet, grid-searches the
@@ -15,9 +15,14 @@ on (cos, sin) of the backbone dihedrals (phi, psi).
 
 A few minutes on a 2-core laptop (the embedding is cached in the output
 folder, so a second run skips it). ``--quick`` (or ``G2V_EXAMPLE_QUICK=1``)
-runs a reduced version in about a minute, as CI does. The checkpoint is
-``--checkpoint``, else ``$G2V_CHECKPOINT``, else
-``../shared/checkpoints/visnet_l6_h64_rbf64_r75.pth`` beside the repository.
+runs a reduced version in about a minute, as CI does.
+
+The backbone is geom2vec's pretrained ViSNet by name (``--checkpoint visnet``,
+the default): the authors' published file (github.com/dinner-group/geom2vec,
+MIT licence), downloaded on first use into the per-user cache and checked
+against its SHA-256. ``$G2V_MIRROR`` points at a folder or server that holds
+the files instead (for machines without internet access), ``$G2V_CACHE``
+moves the cache, and ``--checkpoint PATH`` reads a checkpoint file.
 """
 
 from __future__ import annotations
@@ -50,9 +55,6 @@ from g2v_sklearn import (
 )
 from g2v_sklearn.datasets import load_alanine_dipeptide
 
-DEFAULT_CHECKPOINT = (
-    Path(__file__).resolve().parents[1].parent / "shared" / "checkpoints" / "visnet_l6_h64_rbf64_r75.pth"
-)
 LAG_PS = 100.0  # far below the few-ns alpha_L exchange, far above the ps-scale librations
 
 # Full and reduced (CI) sizes. The reduced run checks that every step still works;
@@ -103,13 +105,11 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("ala2_report"),
                         help="output folder (default: ala2_report, which git ignores)")
-    parser.add_argument("--checkpoint", default=os.environ.get("G2V_CHECKPOINT", str(DEFAULT_CHECKPOINT)))
+    parser.add_argument("--checkpoint", default="visnet",
+                        help="a pretrained backbone by name (visnet, et, tensornet) or a checkpoint file")
     parser.add_argument("--quick", action="store_true", default=os.environ.get("G2V_EXAMPLE_QUICK") == "1",
                         help="reduced size, as in CI")
     args = parser.parse_args(argv)
-    if not Path(args.checkpoint).is_file():
-        raise SystemExit(f"Checkpoint {args.checkpoint} not found: pass --checkpoint PATH or set G2V_CHECKPOINT "
-                         "to geom2vec's visnet_l6_h64_rbf64_r75.pth.")
     size = SIZES["quick" if args.quick else "full"]
     args.out.mkdir(parents=True, exist_ok=True)
     clock = time.perf_counter()
