@@ -216,6 +216,8 @@ def _run_fit(config, out: Path, rank: int) -> None:
         fitted = search.best_estimator_
     else:
         fitted = pipe.fit(X)
+    if rank != 0:
+        return  # every rank holds the fitted model; one writes it
     model = Pipeline([("embed", embedder)] + fitted.steps) if embedder is not None else fitted
     msm, learner = fitted["msm"], fitted[config.learner]
     timestep = getattr(X[0], "timestep", None)
@@ -232,8 +234,6 @@ def _run_fit(config, out: Path, rank: int) -> None:
         run["grid_search"] = {"candidates": cv_table(search), "chosen": search.best_params_,
                               "best_cv_score": float(search.best_score_),
                               "scoring": config.search["scoring"]}
-    if rank != 0:
-        return
     out.mkdir(parents=True, exist_ok=True)
     joblib.dump(model, out / "model.joblib")
     (out / "history.json").write_text(json.dumps(learner.history_, indent=1, default=_jsonable) + "\n")

@@ -72,12 +72,12 @@ class ConfigError(click.ClickException):
 
 def nearest(word: str, valid, aliases: dict | None = None) -> str | None:
     """The valid name nearest ``word`` (through ``aliases`` for common synonyms)."""
-    valid = list(valid)
-    candidates = valid + [a for a in (aliases or {}) if aliases[a] in valid]
+    valid, aliases = list(valid), aliases or {}
+    candidates = valid + [alias for alias, name in aliases.items() if name in valid]
     found = difflib.get_close_matches(word, candidates, n=1, cutoff=0.0)
     if not found:
         return None
-    return (aliases or {}).get(found[0], found[0]) if found[0] not in valid else found[0]
+    return found[0] if found[0] in valid else aliases[found[0]]
 
 
 def _suggest(name: str | None, template: str = "{}") -> str:
