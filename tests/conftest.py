@@ -17,10 +17,10 @@ SHARED = Path(os.environ.get("G2V_SHARED", REPO.parent / "shared"))
 CHECKPOINTS = SHARED / "checkpoints"
 VISNET = CHECKPOINTS / "visnet_l6_h64_rbf64_r75.pth"
 ALA2 = SHARED / "data" / "ala2"
-# Named backbones ("visnet", "et", "tensornet") come from $G2V_MIRROR: here the folder of
-# geom2vec's files beside the repository, read in place, so that no test reaches the network
-# (a mirror set outside, a local server say, is kept). Downloads go to a session folder.
-os.environ.setdefault("G2V_MIRROR", str(CHECKPOINTS))
+# Named backbones ("visnet", "et", "tensornet") come from $G2V_MIRROR: here always the folder
+# of geom2vec's files beside the repository (G2V_SHARED moves it), read in place, so that no
+# test reaches the network. The tests that download set their own local server.
+os.environ["G2V_MIRROR"] = str(CHECKPOINTS)
 ADK_QUICK_FRAMES = 8  # frames per path: examples/adenylate_kinase.py's QUICK_FRAMES
 ALA2_STRIDE = 20  # 20 ps between frames: 20,000 frames over the four trajectories
 

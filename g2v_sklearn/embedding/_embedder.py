@@ -36,9 +36,9 @@ from ..nn._backbone import (
     file_sha256,
     load_checkpoint,
 )
-from ..nn._pretrained import resolve_checkpoint
 from ..nn._neighbors import radius_graph
 from ..nn._padded_visnet import padded_forward, supports_padded
+from ..nn._pretrained import resolve_checkpoint
 from ..tokens._tokens import (
     RamTokenWriter,
     TokenStoreWriter,
@@ -420,8 +420,9 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
     Examples
     --------
     Real use loads geom2vec's pretrained weights by name, e.g.
-    ``GeomEmbedder("visnet")``, and gives tokens with H = 64 channels. So that this example runs anywhere without a
-    checkpoint file, it embeds 50 frames of two alanine-dipeptide
+    ``GeomEmbedder("visnet")``, and gives tokens with H = 64 channels. So
+    that this example runs anywhere without a checkpoint file (or network
+    access), it embeds 50 frames of two alanine-dipeptide
     trajectories with a small untrained backbone (``pretrain="random"``, an
     ablation setting: the shapes are those of real use, the features are not
     meaningful).
