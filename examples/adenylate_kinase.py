@@ -2,12 +2,13 @@
 
 Usage::
 
-    python examples/adenylate_kinase.py [--out adk_report] [--checkpoint PATH] [--quick]
+    python examples/adenylate_kinase.py [--out adk_report] [--checkpoint NAME|PATH] [--quick]
 
 Embeds the two closed -> open transition paths of adenylate kinase that
 MDAnalysisTests ships (98 + 102 frames, 1,656 heavy atoms in 214 residues)
-with geom2vec's pretrained ViSNet (or, with ``--checkpoint``, its equivariant
-transformer or TensorNet file: the architecture is read from the file),
+with geom2vec's pretrained ViSNet (or, with ``--checkpoint et`` or
+``--checkpoint tensornet``, its equivariant transformer or TensorNet; a
+checkpoint file's architecture is read from the file),
 grid-searches the token-merging window
 ``w`` (residues per fragment token) with the two paths as the two
 cross-validation folds, and writes the per-residue attention importance of the
@@ -17,7 +18,8 @@ closed state with the importance in the B-factor column.
 These frames are transition paths made by a biased method, not equilibrium
 dynamics: the slow coordinate found is the opening itself, and any timescale
 is illustrative only. ``--quick`` (or ``G2V_EXAMPLE_QUICK=1``) uses 8 frames
-per path, as CI does. The checkpoint is found as in alanine_dipeptide.py.
+per path, as CI does. Backbones by name are fetched and verified as in
+alanine_dipeptide.py (``$G2V_MIRROR``, ``$G2V_CACHE``).
 Tokens are cached in ``--memory`` (default: a ``token-cache`` folder in the
 output folder), so a second run skips the embedding.
 """
@@ -47,26 +49,19 @@ from g2v_sklearn import (
 )
 from g2v_sklearn.datasets import load_adenylate_kinase
 
-DEFAULT_CHECKPOINT = (
-    Path(__file__).resolve().parents[1].parent / "shared" / "checkpoints" / "visnet_l6_h64_rbf64_r75.pth"
-)
-
 QUICK_FRAMES = 8  # frames per path with --quick
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("adk_report"), help="output folder")
-    parser.add_argument("--checkpoint", default=os.environ.get("G2V_CHECKPOINT", str(DEFAULT_CHECKPOINT)))
+    parser.add_argument("--checkpoint", default="visnet",
+                        help="a pretrained backbone by name (visnet, et, tensornet) or a checkpoint file")
     parser.add_argument("--memory", type=Path, default=None,
                         help="token cache folder (default: OUT/token-cache)")
     parser.add_argument("--quick", action="store_true", default=os.environ.get("G2V_EXAMPLE_QUICK") == "1",
                         help="reduced size, as in CI")
     args = parser.parse_args(argv)
-    if not Path(args.checkpoint).is_file():
-        raise SystemExit(f"Checkpoint {args.checkpoint} not found: pass --checkpoint PATH or set G2V_CHECKPOINT "
-                         "to one of geom2vec's files (visnet_l6_h64_rbf64_r75.pth, et_l6_h64_rbf64_r75.pth, "
-                         "tensornet_l3_h64_rbf32_r5.pth).")
     args.out.mkdir(parents=True, exist_ok=True)
     clock = time.perf_counter()
     print("NOTE: these frames are two closed -> open transition paths (DIMS), not equilibrium "

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python examples/alanine_dipeptide.py [--out ala2_report] [--checkpoint PATH] [--quick]
+    python examples/alanine_dipeptide.py [--out ala2_report] [--checkpoint NAME|PATH] [--quick]
 
 Reads the alanine-dipeptide dataset shipped with the package (4 x 100 ns, heavy
 atoms), embeds every frame with geom2vec's pretrained ViSNet, grid-searches the
@@ -15,9 +15,14 @@ on (cos, sin) of the backbone dihedrals (phi, psi).
 
 A few minutes on a 2-core laptop (the embedding is cached in the output
 folder, so a second run skips it). ``--quick`` (or ``G2V_EXAMPLE_QUICK=1``)
-runs a reduced version in about a minute, as CI does. The checkpoint is
-``--checkpoint``, else ``$G2V_CHECKPOINT``, else
-``../shared/checkpoints/visnet_l6_h64_rbf64_r75.pth`` beside the repository.
+runs a reduced version in about a minute, as CI does.
+
+The backbone is geom2vec's pretrained ViSNet by name (``--checkpoint visnet``,
+the default): the authors' published file (github.com/dinner-group/geom2vec,
+MIT licence), downloaded on first use into the per-user cache and checked
+against its SHA-256. ``$G2V_MIRROR`` points at a folder or server that holds
+the files instead (for machines without internet access), ``$G2V_CACHE``
+moves the cache, and ``--checkpoint PATH`` reads a checkpoint file.
 """
 
 from __future__ import annotations
@@ -46,12 +51,10 @@ from g2v_sklearn import (
     TokenMerger,
     VAMPNetEstimator,
     plotting,
+    reporting,
 )
 from g2v_sklearn.datasets import load_alanine_dipeptide
 
-DEFAULT_CHECKPOINT = (
-    Path(__file__).resolve().parents[1].parent / "shared" / "checkpoints" / "visnet_l6_h64_rbf64_r75.pth"
-)
 LAG_PS = 100.0  # far below the few-ns alpha_L exchange, far above the ps-scale librations
 
 # Full and reduced (CI) sizes. The reduced run checks that every step still works;
@@ -102,13 +105,11 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("ala2_report"),
                         help="output folder (default: ala2_report, which git ignores)")
-    parser.add_argument("--checkpoint", default=os.environ.get("G2V_CHECKPOINT", str(DEFAULT_CHECKPOINT)))
+    parser.add_argument("--checkpoint", default="visnet",
+                        help="a pretrained backbone by name (visnet, et, tensornet) or a checkpoint file")
     parser.add_argument("--quick", action="store_true", default=os.environ.get("G2V_EXAMPLE_QUICK") == "1",
                         help="reduced size, as in CI")
     args = parser.parse_args(argv)
-    if not Path(args.checkpoint).is_file():
-        raise SystemExit(f"Checkpoint {args.checkpoint} not found: pass --checkpoint PATH or set G2V_CHECKPOINT "
-                         "to geom2vec's visnet_l6_h64_rbf64_r75.pth.")
     size = SIZES["quick" if args.quick else "full"]
     args.out.mkdir(parents=True, exist_ok=True)
     clock = time.perf_counter()
@@ -139,12 +140,7 @@ def main(argv=None) -> dict:
     print(f"grid search: {n_fits} fits ({size['grid']}, 2 folds), one line each:", flush=True)
     search = GridSearchCV(pipe, size["grid"], cv=KFold(2, shuffle=True, random_state=0),
                           error_score="raise", verbose=2, n_jobs=N_JOBS).fit(tokens)
-    cv_table = [
-        {**{k.removeprefix("vamp__"): v for k, v in params.items()},
-         "mean_cv_vamp2": float(m), "std_cv_vamp2": float(s)}
-        for params, m, s in zip(search.cv_results_["params"], search.cv_results_["mean_test_score"],
-                                search.cv_results_["std_test_score"])
-    ]
+    cv_table = reporting.cv_table(search, score_name="vamp2")
     best = search.best_estimator_
     chosen = {k.removeprefix("vamp__"): v for k, v in search.best_params_.items()}
     print(f"grid search: {len(cv_table)} candidates x 2 folds; chosen {chosen} "
@@ -159,11 +155,9 @@ def main(argv=None) -> dict:
           f"precision {precision:.3f} and recall {recall:.3f}")
     msm, dtrajs = msm_on(z, lag, size["clusters"])
     ref_msm, ref_dtrajs = msm_on(dihedral_feats, lag, size["clusters"])
-    ours_ns, ref_ns = msm.timescales(2) * dt / 1000, ref_msm.timescales(2) * dt / 1000
-    # 95 % credible intervals from the Bayesian MSMs: alpha_L is visited rarely, so they are wide
-    ours_ci, ref_ci = ([(stats.L * dt / 1000).tolist(), (stats.R * dt / 1000).tolist()]
-                       for stats in (m.posterior_.gather_stats("timescales", k=2, confidence=0.95)
-                                     for m in (msm, ref_msm)))
+    # with 95 % credible intervals from the Bayesian MSMs: alpha_L is visited rarely, so they are wide
+    ours, ref = (reporting.slowest_timescales(m, 2, timestep=dt / 1000) for m in (msm, ref_msm))
+    ours_ns, ref_ns = ours["timescales"], ref["timescales"]
 
     # 5. SPIB: metastable states that predict the future, on the same tokens
     spib = Pipeline([("merge", TokenMerger(window=1)),
@@ -197,7 +191,7 @@ def main(argv=None) -> dict:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     zz = np.concatenate(z)
     # the learned coordinates have long sparse tails: histogram the central 99.8 % of each
-    view = [np.percentile(zz[:, i], [0.1, 99.9]).tolist() for i in range(2)]
+    view = reporting.central_range(zz[:, :2])
     plotting.plot_free_energy(zz[:, 0], zz[:, 1], ax=axes[0], range=view)
     axes[0].set(xlabel="learned coordinate 1", ylabel="learned coordinate 2", title="VAMPNet coordinates")
     aa = np.concatenate(angles)
@@ -216,18 +210,14 @@ def main(argv=None) -> dict:
 
     figures["training.png"] = plotting.plot_history(best["vamp"]).figure
 
-    for name, fig in figures.items():
-        # leave room above the panels for the CK test's figure legend
-        fig.tight_layout(rect=(0, 0, 1, 0.92) if name == "ck_test.png" else None)
-        fig.savefig(args.out / name, dpi=120)
-        plt.close(fig)
+    reporting.save_figures(figures, args.out)
 
     summary = {
         "data": {"trajectories": len(trajs), "frames_each": trajs[0].n_frames, "timestep_ps": dt,
                  "lag_frames": lag, "lag_ps": lag * dt, "settings": data.settings},
         "grid_search": {"candidates": cv_table, "chosen": chosen, "best_cv_vamp2": float(search.best_score_)},
-        "slowest_timescales_ns": {"learned": ours_ns.tolist(), "phi_psi_msm": ref_ns.tolist(),
-                                  "learned_95ci": ours_ci, "phi_psi_msm_95ci": ref_ci},
+        "slowest_timescales_ns": {"learned": ours_ns, "phi_psi_msm": ref_ns,
+                                  "learned_95ci": ours["ci"], "phi_psi_msm_95ci": ref["ci"]},
         "alpha_L_from_coordinate_1": {"precision": precision, "recall": recall},
         "spib": {"n_states": int(spib["spib"].n_states_), "populations": populations.tolist(),
                  "alpha_L_fraction": float(in_alpha_l.mean()), "alpha_L_entries": entries},

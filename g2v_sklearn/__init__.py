@@ -18,6 +18,7 @@ from .learners._vampnet import VAMPNetEstimator
 from .msm._discretize import KMeansDiscretizer
 from .msm._estimator import MSMEstimator
 from .msm._selection import ContiguousSplit, msm_vamp2_scorer, split_trajectory
+from .nn._pretrained import CheckpointWarning, fetch_backbone
 from .nn._neighbors import RadiusDistance, radius_graph
 from .tokens._tokens import MergeSpec, TokenTrajectory, load_tokens, save_tokens
 
@@ -25,6 +26,7 @@ _moved.register(__name__)  # pickles made by the flat layout name its modules
 
 __all__ = [
     "Callback",
+    "CheckpointWarning",
     "ContiguousSplit",
     "DistributedTrainingError",
     "EarlyStopping",
@@ -44,6 +46,7 @@ __all__ = [
     "TrainingWarning",
     "VAMPNetEstimator",
     "VersionWarning",
+    "fetch_backbone",
     "init_distributed",
     "load_tokens",
     "msm_vamp2_scorer",

@@ -17,6 +17,10 @@ SHARED = Path(os.environ.get("G2V_SHARED", REPO.parent / "shared"))
 CHECKPOINTS = SHARED / "checkpoints"
 VISNET = CHECKPOINTS / "visnet_l6_h64_rbf64_r75.pth"
 ALA2 = SHARED / "data" / "ala2"
+# Named backbones ("visnet", "et", "tensornet") come from $G2V_MIRROR: here always the folder
+# of geom2vec's files beside the repository (G2V_SHARED moves it), read in place, so that no
+# test reaches the network. The tests that download set their own local server.
+os.environ["G2V_MIRROR"] = str(CHECKPOINTS)
 ADK_QUICK_FRAMES = 8  # frames per path: examples/adenylate_kinase.py's QUICK_FRAMES
 ALA2_STRIDE = 20  # 20 ps between frames: 20,000 frames over the four trajectories
 
@@ -42,9 +46,24 @@ def _mdanalysis_tests():
     return datafiles
 
 
+@pytest.fixture(scope="session", autouse=True)
+def backbone_cache(tmp_path_factory) -> Path:
+    """$G2V_CACHE for the session: no test writes into the user's cache of fetched backbones."""
+    path = tmp_path_factory.mktemp("backbone-cache")
+    os.environ["G2V_CACHE"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def visnet_checkpoint() -> str:
     return str(need(VISNET))
+
+
+@pytest.fixture(scope="session")
+def visnet_name() -> str:
+    """The name "visnet", once the file it resolves to under this session's mirror exists."""
+    need(VISNET)
+    return "visnet"
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,9 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def run_example(name, out, checkpoint, *args):
-    env = dict(os.environ, G2V_CHECKPOINT=str(checkpoint), G2V_EXAMPLE_QUICK="1", MPLBACKEND="Agg")
+def run_example(name, out, *args):
+    """Run an example with its default backbone, the name "visnet" (from $G2V_MIRROR, set in conftest)."""
+    env = dict(os.environ, G2V_EXAMPLE_QUICK="1", MPLBACKEND="Agg")
     done = subprocess.run([sys.executable, str(EXAMPLES / name), "--out", str(out), *args], check=False,
                           env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -28,9 +29,9 @@ def assert_png(path):
     assert path.stat().st_size > 5000, f"{path} is suspiciously small"
 
 
-def test_alanine_dipeptide_example(visnet_checkpoint, tmp_path):
+def test_alanine_dipeptide_example(visnet_name, tmp_path):
     out = tmp_path / "report"
-    stdout = run_example("alanine_dipeptide.py", out, visnet_checkpoint)
+    stdout = run_example("alanine_dipeptide.py", out)
     for name in ("implied_timescales.png", "ck_test.png", "free_energy.png", "training.png"):
         assert_png(out / name)
     summary = json.loads((out / "summary.json").read_text())
@@ -53,7 +54,7 @@ def test_alanine_dipeptide_example(visnet_checkpoint, tmp_path):
     assert f"precision {recovery['precision']:.3f}, recall {recovery['recall']:.3f}" in report
 
 
-def test_adenylate_kinase_example(visnet_checkpoint, tmp_path, adk_paths_short, token_cache):
+def test_adenylate_kinase_example(visnet_name, tmp_path, adk_paths_short, token_cache):
     """Run on the session's token cache, holding (or about to hold) the quick size's 2 x 8 frames."""
     import mdtraj as md
     from conftest import ADK_QUICK_FRAMES
@@ -64,12 +65,12 @@ def test_adenylate_kinase_example(visnet_checkpoint, tmp_path, adk_paths_short, 
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     assert example.QUICK_FRAMES == ADK_QUICK_FRAMES == adk_paths_short[0].n_frames
-    g2v_sklearn.GeomEmbedder(visnet_checkpoint, memory=token_cache, progress=False).fit_transform(adk_paths_short)
+    g2v_sklearn.GeomEmbedder(visnet_name, memory=token_cache, progress=False).fit_transform(adk_paths_short)
 
     cached = sorted(Path(token_cache).rglob("*"))
 
     out = tmp_path / "report"
-    stdout = run_example("adenylate_kinase.py", out, visnet_checkpoint, "--memory", token_cache)
+    stdout = run_example("adenylate_kinase.py", out, "--memory", token_cache)
     # the tokens came from the given cache: nothing new in it, no cache of its own
     assert sorted(Path(token_cache).rglob("*")) == cached and not (out / "token-cache").exists()
     assert "transition paths" in stdout and "illustrative" in stdout

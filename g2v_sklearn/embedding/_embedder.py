@@ -39,6 +39,7 @@ from ..nn._backbone import (
 )
 from ..nn._neighbors import radius_graph
 from ..nn._padded_visnet import padded_forward, supports_padded
+from ..nn._pretrained import resolve_checkpoint
 from ..tokens._tokens import (
     RamTokenWriter,
     TokenStoreWriter,
@@ -294,11 +295,15 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
 
     Parameters
     ----------
-    checkpoint : str or path-like, default=None
-        A geom2vec-format checkpoint (``visnet_l6_h64_rbf64_r75.pth``,
-        ``et_l6_h64_rbf64_r75.pth`` or ``tensornet_l3_h64_rbf32_r5.pth``),
-        read with ``weights_only=True`` and strict key checking. Its
-        architecture is read from its keys, not from its name.
+    checkpoint : {"visnet", "et", "tensornet"}, str or path-like, default=None
+        A pretrained backbone: one of geom2vec's published files by name
+        (``"visnet"``, ``"et"``, ``"tensornet"``: fetched once into the
+        per-user cache and verified by SHA-256, see :func:`fetch_backbone`),
+        or the path of a geom2vec-format checkpoint file, read with
+        ``weights_only=True`` and strict key checking. A file's architecture
+        is read from its keys, not from its name; a file named or laid out
+        as one of the published files but with another SHA-256 gets a
+        :class:`CheckpointWarning`.
     architecture : {"visnet", "et", "tensornet"}, default=None
         The backbone: ViSNet, TorchMD-Net's equivariant transformer, or
         TensorNet. ``None`` reads it from the checkpoint (ViSNet without
@@ -412,7 +417,7 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
     config_ : dict
         Its architecture.
     checkpoint_sha256_ : str or None
-        SHA-256 of the checkpoint file.
+        SHA-256 of the checkpoint file (of the fetched file for a name).
     weights_sha256_ : str
         SHA-256 of the backbone weights actually used.
     atom_indices_ : ndarray of shape (n_selected,)
@@ -443,10 +448,10 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
 
     Examples
     --------
-    Real use loads geom2vec's pretrained weights, e.g.
-    ``GeomEmbedder("visnet_l6_h64_rbf64_r75.pth")``, and gives tokens with
-    H = 64 channels. So that this example runs anywhere without a
-    checkpoint file, it embeds 50 frames of two alanine-dipeptide
+    Real use loads geom2vec's pretrained weights by name, e.g.
+    ``GeomEmbedder("visnet")``, and gives tokens with H = 64 channels. So
+    that this example runs anywhere without a checkpoint file (or network
+    access), it embeds 50 frames of two alanine-dipeptide
     trajectories with a small untrained backbone (``pretrain="random"``, an
     ablation setting: the shapes are those of real use, the features are not
     meaningful).
@@ -662,12 +667,15 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
                     "pretrain='random' asks for an untrained backbone, but a checkpoint was "
                     "given; drop one of them."
                 )
-            module, config, head_state = load_checkpoint(self.checkpoint, explicit)
-            self.checkpoint_sha256_ = file_sha256(self.checkpoint)
+            path = resolve_checkpoint(self.checkpoint, progress=bool(self.progress))
+            sha256 = file_sha256(path) if os.path.isfile(path) else None  # else the loader says why
+            module, config, head_state = load_checkpoint(path, explicit, sha256=sha256)
+            self.checkpoint_sha256_ = sha256
             return module, config, head_state
         if self.pretrain is None:
             raise ValueError(
-                "GeomEmbedder has no weights: pass checkpoint= (a geom2vec-format file such as "
+                "GeomEmbedder has no weights: pass checkpoint= (a pretrained backbone by name, "
+                "'visnet', 'et' or 'tensornet', or a geom2vec-format file such as "
                 "'visnet_l6_h64_rbf64_r75.pth'), or pretrain='denoise' to learn the backbone "
                 "by coordinate denoising on the frames given to fit. (pretrain='random' gives "
                 "an untrained backbone, for ablations only.)"

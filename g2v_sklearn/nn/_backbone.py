@@ -21,7 +21,6 @@ exponential-normal basis of all three sets to ``exp(-cutoff)``.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
@@ -32,6 +31,7 @@ from torch import Tensor, nn
 from torch_geometric.nn.models.visnet import EquivariantScalar, ViSNetBlock
 
 from ._neighbors import RadiusDistance
+from ._pretrained import check_known_file, file_sha256, missing_file_hint
 from ._torchmd import EquivariantTransformer, TensorNet
 
 __all__ = [
@@ -194,15 +194,6 @@ class DenoisingHead(nn.Module):
         return vec.squeeze(-1)
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
@@ -237,7 +228,8 @@ def _read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
             f"(for example visnet_l6_h64_rbf64_r75.pth)."
         )
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"Checkpoint file {os.fspath(path)!r} does not exist.")
+        raise FileNotFoundError(f"Checkpoint file {os.fspath(path)!r} does not exist."
+                                + missing_file_hint(path))
     with open(path, "rb") as handle:
         head = handle.read(4)
     if head[:4] != _ZIP_MAGIC and head[:1] != b"\x80":  # torch.save writes a zip, or (legacy) a pickle
@@ -357,7 +349,7 @@ def _conflicts(inferred, value) -> bool:
 
 
 def load_checkpoint(
-    path: str | os.PathLike, overrides: dict | None = None
+    path: str | os.PathLike, overrides: dict | None = None, *, sha256: str | None = None
 ) -> tuple[nn.Module, BackboneConfig, dict[str, Tensor]]:
     """Build a backbone from a geom2vec-format checkpoint, strictly.
 
@@ -369,6 +361,11 @@ def load_checkpoint(
     overrides : dict, optional
         Architecture values the user set explicitly. A value that disagrees
         with the weights is an error; the rest are read from the file.
+    sha256 : str, optional
+        The file's SHA-256, when the caller has it already (else it is
+        computed). A file named or laid out as one of geom2vec's published
+        files (:data:`._pretrained.BACKBONES`) with another hash gets a
+        :class:`CheckpointWarning` naming both hashes.
 
     Returns
     -------
@@ -392,6 +389,8 @@ def load_checkpoint(
     """
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     state = _read_state_dict(path)
+    # torch does not check the zip CRCs: a damaged copy of a known file loads; its hash tells
+    check_known_file(path, state, file_sha256(path) if sha256 is None else sha256)
     inferred = _infer_config(state, path)
     for name, value in overrides.items():
         if name in inferred and _conflicts(inferred[name], value):
