@@ -77,18 +77,6 @@ def reference(feats, lag):
     return float(msm.timescales(1)[0]), float(np.ravel(stats.L)[0]), float(np.ravel(stats.R)[0]), labels
 
 
-def alpha_l_recovery(states: np.ndarray, ref_labels: np.ndarray) -> tuple[float, float]:
-    """Precision and recall of the SPIB states that map (by majority) to the reference's alpha_L set."""
-    kept = ref_labels >= 0
-    states, ref = states[kept], ref_labels[kept]
-    mapped = np.zeros(states.max() + 1, dtype=bool)
-    for k in np.unique(states):
-        mapped[k] = ref[states == k].mean() > 0.5
-    found = mapped[states]
-    hits = np.sum(found & (ref == 1))
-    return float(hits / max(found.sum(), 1)), float(hits / max((ref == 1).sum(), 1))
-
-
 def run(args) -> dict:
     from sklearn.pipeline import Pipeline
 
@@ -117,7 +105,8 @@ def run(args) -> dict:
             states = spib.labels_
             flat = np.concatenate(states)
             its = float(MSMEstimator(lagtime=lag).fit(states).timescales_[0]) if spib.n_states_ > 1 else 0.0
-            precision, recall = alpha_l_recovery(flat, ref_labels)
+            kept = ref_labels >= 0
+            precision, recall = example.states_alpha_l_recovery(flat[kept], ref_labels[kept] == 1)
             h = spib.history_
             row = {
                 "dataset": name, "seed": seed, "timestep_ps": dt, "lag_frames": lag,
@@ -128,6 +117,7 @@ def run(args) -> dict:
                 "passes": bool(spib.n_states_ >= 2 and precision >= 0.9 and recall >= 0.9
                                and ref_low <= its <= ref_high),
                 "epochs": len(h["train"]), "rounds": spib.n_refinements_, "n_states_per_round": h["n_states"],
+                "restarts": len(h["restarts"]), "refused_round": h["refused_round"],
                 "initial_states": int(np.concatenate(spib.labels_history_[0]).max() + 1),
                 "warnings": [str(w.message)[:200] for w in caught], "fit_seconds": seconds,
             }
@@ -135,7 +125,8 @@ def run(args) -> dict:
             print(f"  seed {seed}: {row['n_states']} states {np.round(row['populations'], 3).tolist()}; alpha_L "
                   f"precision {precision:.3f} recall {recall:.3f}; ITS {row['its_ns']:.3f} ns; "
                   f"{'pass' if row['passes'] else 'FAIL'}; {row['epochs']} epochs in {row['rounds']} rounds "
-                  f"(states {row['n_states_per_round']}), fit {seconds:.0f} s", flush=True)
+                  f"(states {row['n_states_per_round']}, restarts {row['restarts']}, refused round "
+                  f"{row['refused_round']}), fit {seconds:.0f} s", flush=True)
     return {"rows": rows}
 
 

@@ -32,6 +32,11 @@ reports what it finished), skipping what is left when ``--budget-s`` runs low:
     The same step against geom2vec v1.0's ``Lobe`` (standard-transformer
     mixer, imported from ../shared/anchors), with the settings of
     ../shared/anchors/side_by_side.py (hidden 64, 4 mixer layers, 8 heads).
+``command_line``
+    ``g2v embed`` then ``g2v fit`` on the device (one small case: two shipped
+    alanine-dipeptide trajectories, every 50th frame, into token stores;
+    merge, VAMPNet on the device, k-means, MSM): seconds for each, where
+    the fitted network lives, and the MSM's slowest implied timescale.
 
 The sizes are fixed lists (no search for the largest batch that fits); a
 configuration that runs out of memory is recorded as such.
@@ -343,6 +348,42 @@ def side_by_side(args, device, budget: Budget, report: dict) -> list:
 
 
 # ------------------------------------------------------------------------------ driver
+def command_line(args, device, budget: Budget, report: dict) -> dict:
+    """``g2v embed`` then ``g2v fit`` on the device, one small case: two shipped alanine-dipeptide
+    trajectories (every 50th frame), token stores, merge, VAMPNet, k-means and an MSM."""
+    import tempfile
+    from pathlib import Path
+
+    import joblib
+
+    import g2v_sklearn.datasets
+    from g2v_sklearn.cli import main as g2v
+
+    data = Path(g2v_sklearn.datasets.__file__).parent / "_data" / "alanine_dipeptide"
+    trajectories = [str(data / "traj_0.xtc"), str(data / "traj_1.xtc")]
+    config = (f'[data]\nstores = ["tokens"]\n[merge]\nwindow = 1\n[vamp]\nlagtime = 2\nn_components = 2\n'
+              f'max_epochs = 2\nprogress = false\nrandom_state = 0\ndevice = "{device.type}"\n'
+              f'[cluster]\nn_clusters = 10\nrandom_state = 0\n[msm]\nlagtime = 2\n')
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        (root / "fit.toml").write_text(config)
+        start = time.perf_counter()
+        g2v(["embed", *trajectories, "--topology", str(data / "ala2_heavy.pdb"), "--backbone", args.checkpoint,
+             "--out", str(root / "tokens"), "--stride", "50", "--device", device.type],
+            prog_name="g2v", standalone_mode=False)
+        embedded = time.perf_counter()
+        cwd = os.getcwd()
+        os.chdir(root)  # the config names its stores relative to itself
+        try:
+            g2v(["fit", "fit.toml", "--out", "fit"], prog_name="g2v", standalone_mode=False)
+        finally:
+            os.chdir(cwd)
+        model = joblib.load(root / "fit" / "model.joblib")  # the fitted pipeline
+        return {"embed_s": embedded - start, "fit_s": time.perf_counter() - embedded,
+                "vamp_device": str(next(model["vamp"].module_.parameters()).device),
+                "slowest_timescale_frames": float(model["msm"].timescales_[0])}
+
+
 def write(args, report: dict) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -364,7 +405,7 @@ def parse_args(argv=None):
     parser.add_argument("--budget-s", type=float, default=230.0)
     parser.add_argument("--out", default=str(HERE / "results" / "gpu_check.json"))
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU")
-    parser.add_argument("--sections", default="environment,tests,embedding,training,side_by_side")
+    parser.add_argument("--sections", default="environment,tests,embedding,training,side_by_side,command_line")
     args = parser.parse_args(argv)
     if not args.dry_run and not (args.adk_psf and args.adk_dcd):
         try:
@@ -388,7 +429,8 @@ def main(argv=None) -> dict:
     steps = {"environment": lambda: environment(device), "tests": lambda: run_tests(args, budget),
              "embedding": lambda: embedding(args, device, budget, report),
              "training": lambda: training(args, device, budget, report),
-             "side_by_side": lambda: side_by_side(args, device, budget, report)}
+             "side_by_side": lambda: side_by_side(args, device, budget, report),
+             "command_line": lambda: command_line(args, device, budget, report)}
     for name in sections:
         start = time.perf_counter()
         try:

@@ -45,6 +45,7 @@ def test_alanine_dipeptide_example(visnet_name, tmp_path):
     ours, ref = summary["slowest_timescales_ns"]["learned"], summary["slowest_timescales_ns"]["phi_psi_msm"]
     assert len(ours) == len(ref) == 2 and all(t > 0 for t in ours + ref)
     assert sum(summary["spib"]["populations"]) == pytest.approx(1.0)
+    assert 0 <= summary["spib"]["alpha_L_precision"] <= 1 and 0 <= summary["spib"]["alpha_L_recall"] <= 1
     recovery = summary["alpha_L_from_coordinate_1"]
     assert set(recovery) == {"precision", "recall"} and all(0.0 <= v <= 1.0 for v in recovery.values())
     assert "precision" in stdout and "recall" in stdout

@@ -40,6 +40,9 @@ def test_dry_run_runs_every_section_and_writes_its_report(visnet_checkpoint, tmp
     assert len(rows) == 2 * 2 * 2 and all("error" not in r and r["step_s"] > 0 for r in rows), rows
     assert "skipped" in report["training"]["flash_attention_step"]  # CUDA only
     assert all(r["geom2vec_over_ours"] > 0 for r in report["side_by_side"]), report["side_by_side"]
+    cli = report["command_line"]  # g2v embed and g2v fit, on the CPU here
+    assert "error" not in cli, cli
+    assert cli["vamp_device"] == "cpu" and cli["slowest_timescale_frames"] > 0
 
 
 def test_refuses_to_run_without_cuda_unless_dry(visnet_checkpoint, tmp_path):

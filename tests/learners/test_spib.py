@@ -362,16 +362,26 @@ def test_adenylate_kinase_pipeline_to_msm_and_window_search(visnet_checkpoint, a
     assert best["spib"].module_.lobe.merger.spec.n_fragments == math.ceil(214 / best["merge"].window)
 
 
-# Every second frame of the session's 20-ps tokens (4 x 2,500 frames, 40 ps apart: a subsample
-# for time), and a lag of 120 ps, as the example's 100 ps at 50 ps a frame.
-STRIDE, LAG = 2, 3
+# The data the example uses: the shipped alanine dipeptide at 50 ps a frame (4 x 2,000 frames), lag
+# 100 ps. (benchmarks/bench_spib.py runs the same pipeline on it and on ../shared/data/ala2 at 10 ps
+# a frame, for ten seeds each.)
+LAG = 2
 
 
 @pytest.fixture(scope="module")
-def dihedral_reference(dihedral_features):
-    """k-means(100) on (cos, sin) of (phi, psi) and a Bayesian MSM on it: every frame's PCCA+ set
-    (alpha_L, the rare one, is 1) and the slowest implied timescale's 95 % interval."""
-    feats = [f[::STRIDE] for f in dihedral_features]
+def shipped_ala2(visnet_checkpoint, token_cache):
+    """The shipped trajectories' tokens, every frame's (phi, psi) PCCA+ set (alpha_L, the rare one, is
+    1) and the 95 % interval of the (phi, psi) Bayesian MSM's slowest implied timescale (frames)."""
+    import mdtraj as md
+
+    from g2v_sklearn.datasets import load_alanine_dipeptide
+
+    trajs = load_alanine_dipeptide(stride=5).trajectories
+    tokens = GeomEmbedder(visnet_checkpoint, memory=token_cache, progress=False).fit_transform(trajs)
+    feats = []
+    for t in trajs:
+        phi, psi = md.compute_phi(t)[1][:, 0], md.compute_psi(t)[1][:, 0]
+        feats.append(np.stack([np.cos(phi), np.sin(phi), np.cos(psi), np.sin(psi)], 1))
     dtrajs = KMeansDiscretizer(100, random_state=0).fit_transform(feats)
     msm = MSMEstimator(lagtime=LAG, bayesian=True, n_samples=100, random_state=0).fit(dtrajs)
     sets = np.full(100, -1)
@@ -380,19 +390,17 @@ def dihedral_reference(dihedral_features):
     if np.sum(labels == 1) > np.sum(labels == 0):
         labels = np.where(labels >= 0, 1 - labels, labels)
     stats = msm.posterior_.gather_stats("timescales", k=1, confidence=0.95)
-    return labels, (float(np.ravel(stats.L)[0]), float(np.ravel(stats.R)[0]))
+    return tokens, labels, (float(np.ravel(stats.L)[0]), float(np.ravel(stats.R)[0]))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_alanine_dipeptide_states_with_the_defaults_find_alpha_l(ala2_tokens, dihedral_reference, seed):
-    # The README's pipeline, SPIB with the defaults a user gets (benchmarks/bench_spib.py runs the
-    # same on the shipped data and on ../shared/data/ala2 at 10 ps a frame, for five seeds each).
+def test_alanine_dipeptide_states_with_the_defaults_find_alpha_l(shipped_ala2, seed):
+    # The README's pipeline, SPIB with the defaults a user gets.
+    tokens, ref_labels, (low, high) = shipped_ala2
     pipe = Pipeline([("merge", TokenMerger(window=1)),
-                     ("spib", SPIBEstimator(lagtime=LAG, progress=False, random_state=seed))])
-    pipe.fit([t[::STRIDE] for t in ala2_tokens])
+                     ("spib", SPIBEstimator(lagtime=LAG, progress=False, random_state=seed))]).fit(tokens)
     spib = pipe["spib"]
     found = np.concatenate(spib.labels_)
-    ref_labels, (low, high) = dihedral_reference
     print(f"SPIB: {spib.n_states_} states, populations {np.bincount(found) / len(found)}; "
           f"history: states per round {spib.history_['n_states']}, restarts {spib.history_['restarts']}, "
           f"refused round {spib.history_['refused_round']}")
@@ -405,10 +413,13 @@ def test_alanine_dipeptide_states_with_the_defaults_find_alpha_l(ala2_tokens, di
     precision = np.mean(ref[in_alpha_l] == 1)
     recall = np.mean(in_alpha_l[ref == 1])
     its = MSMEstimator(lagtime=LAG).fit(spib.labels_).timescales_[0]
-    print(f"alpha_L precision {precision:.3f} recall {recall:.3f}; slowest implied timescale {its * 40:.0f} ps, "
-          f"(phi, psi) Bayesian MSM's 95 % interval [{low * 40:.0f}, {high * 40:.0f}] ps")
+    print(f"alpha_L precision {precision:.3f} recall {recall:.3f}; slowest implied timescale {its * 50:.0f} ps, "
+          f"(phi, psi) Bayesian MSM's 95 % interval [{low * 50:.0f}, {high * 50:.0f}] ps")
     assert precision >= 0.9 and recall >= 0.9
     assert low <= its <= high
+    # the pipeline's states are the training labels
+    np.testing.assert_array_equal(np.concatenate(pipe.set_params(spib__transform_output="states")
+                                                 .transform(tokens)), np.concatenate(spib.labels_))
 
 
 def test_save_best_weights_records_every_rounds_file_and_resume(dihedral_features, tmp_path):
