@@ -21,7 +21,8 @@ py="$work/venv/bin/python"
 "$py" -m build --wheel --outdir "$work/dist" "$repo" >"$work/build.log"
 wheel=$(ls "$work"/dist/g2v_sklearn-*.whl)
 "$py" -m pip install --quiet "torch==2.13.0" "$wheel[plot]" pytest
-"$py" -c "import g2v_sklearn, sys; assert g2v_sklearn.__file__.startswith(sys.prefix), g2v_sklearn.__file__; print('installed:', g2v_sklearn.__file__)"
+# from outside the checkout: python -c puts the working folder first on sys.path
+(cd "$work" && "$py" -c "import g2v_sklearn, sys; assert g2v_sklearn.__file__.startswith(sys.prefix), g2v_sklearn.__file__; print('installed:', g2v_sklearn.__file__)")
 
 echo "== serve geom2vec's files from $checkpoints on 127.0.0.1"
 port=$("$py" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")

@@ -662,7 +662,7 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         score = self._states_score(labels, train, weights)
         history["states_score"].append(score)
         net, means = self._new_network(series, labels, train, device, rng, ranks)
-        previous = None  # (network, latent means) whose decoder gave ``labels``, once a round has
+        previous = None  # (network, latent means) whose decoder gave ``labels``, once a refinement is taken
         epochs_left, round_ = int(self.max_epochs), 0
         while round_ <= self.refinements:
             self._reset_prior(net, state, means, labels, candidates, frame_weights, offsets)
