@@ -372,15 +372,12 @@ def command_line(args, device, budget: Budget, report: dict) -> dict:
              "--out", str(root / "tokens"), "--stride", "50", "--device", device.type],
             prog_name="g2v", standalone_mode=False)
         embedded = time.perf_counter()
-        cwd = os.getcwd()
-        os.chdir(root)  # the config names its stores relative to itself
-        try:
-            g2v(["fit", "fit.toml", "--out", "fit"], prog_name="g2v", standalone_mode=False)
-        finally:
-            os.chdir(cwd)
-        model = joblib.load(root / "fit" / "model.joblib")  # the fitted pipeline
+        _reset_peak(device)
+        # the config names its stores relative to itself
+        g2v(["fit", str(root / "fit.toml"), "--out", str(root / "fit")], prog_name="g2v", standalone_mode=False)
+        model = joblib.load(root / "fit" / "model.joblib")  # the fitted pipeline (pickles hold CPU weights)
         return {"embed_s": embedded - start, "fit_s": time.perf_counter() - embedded,
-                "vamp_device": str(next(model["vamp"].module_.parameters()).device),
+                "fit_peak_gb": _peak_gb(device),  # None on the CPU; above 0 when the fit used the GPU
                 "slowest_timescale_frames": float(model["msm"].timescales_[0])}
 
 

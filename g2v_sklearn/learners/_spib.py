@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import warnings
 from dataclasses import dataclass
@@ -231,7 +232,9 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         warning).
     callbacks : list of Callback or None, default=None
         Training callbacks; they run in every training round
-        (``context.run`` is the round).
+        (``context.run`` numbers the rounds trained, restarts and ``n_init``
+        runs included, in order, so that :class:`SaveBestWeights` keeps a
+        file for each).
     precision : {"float32", "bfloat16"}, default="float32"
         ``"bfloat16"`` runs the network under autocast where the device
         computes it natively (else float32, with a warning); the loss is
@@ -270,7 +273,9 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
     history_ : dict
         ``train`` and ``validation`` scores (minus the loss) per epoch,
         ``round`` (the training round of each epoch), ``best_epoch`` (per
-        round, counted within the round), ``n_states`` (before each round)
+        round trained, counted within the round; a restarted first round
+        and a refused round have entries too), ``n_states`` (before each
+        round trained)
         ``rollbacks`` (epochs, counted over all rounds, after which a
         non-finite loss sent training back to the best weights at half the
         learning rate), ``states_score`` (the VAMP-2 of the initial states
@@ -280,8 +285,8 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         weights), ``refused_round`` (the round whose refinement was refused,
         or None), ``best_run`` and ``runs`` (the history of every
         ``n_init`` run), all of the kept run. With :class:`SaveBestWeights`,
-        ``best_weights_file`` lists the file of each round (every round
-        saves its own best weights), and, when a round resumed from its
+        ``best_weights_file`` lists the file of each round trained (every
+        round saves its own best weights), and, when a round resumed from its
         file, ``resumed_from_epoch`` lists the epoch each round resumed
         after (None for a round that started afresh).
     timestep_ : float or None
@@ -328,8 +333,8 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
     what it is for, but a round whose training went wrong (a fresh optimizer
     can throw a trained network off) leaves a decoder that predicts little
     more than the state populations, and its relabelling would merge a rare
-    metastable state into a common one. So every refinement after the
-    first is checked: the new states must keep at least half of the slow
+    metastable state into a common one. So every refinement is checked: the
+    new states must keep at least half of the slow
     dynamics that the states before them resolved (when those resolve a
     process slower than the lag time, :math:`\\sum_{i \\le k} \\sigma_i^2(\\text{old}) > e^{-2}`),
 
@@ -347,9 +352,11 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
     decoder predicts the state populations: a rare state's few frames in a
     batch can leave its gradient too weak to leave that plateau), and the
     first round starts again with fresh weights, at most twice and within
-    ``max_epochs`` (``history_["restarts"]``). On the
-    shipped alanine dipeptide this kept the 3 % alpha_L state that one
-    seed in ten lost without it.
+    ``max_epochs`` (``history_["restarts"]``). On alanine dipeptide
+    without these checks, one run in ten on the shipped data and three in
+    ten on independent trajectories at 10 ps a frame lost the alpha_L state
+    (1-3 % of the frames); with them, none of ten on either (see
+    docs/benchmarks.md).
 
     The initial k-means runs on the leading ``init_components`` TICA
     components of the pooled invariants because k-means on the raw features
@@ -603,9 +610,10 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         series, weights, pairs, rng, device, ranks = self._setup(X, sample_weight, constant_is_an_error=y is None)
         train, val = self._split(series, pairs, rng)
         best, histories = None, []
+        attempts = itertools.count()  # every training round of every run, numbered in order
         with ThreadBudget(device=device) as threads:
             for run in range(self.n_init):
-                outcome = self._fit_run(series, y, weights, train, val, rng, device, ranks, threads)
+                outcome = self._fit_run(series, y, weights, train, val, rng, device, ranks, threads, attempts)
                 histories.append(outcome.history)
                 if best is None or outcome.score > best.score:
                     best, best_run = outcome, run
@@ -633,7 +641,7 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         self._fit_score_model(series, pairs, best.means, weights, device)
         return self
 
-    def _fit_run(self, series, y, weights, train, val, rng, device, ranks, threads) -> _Run:
+    def _fit_run(self, series, y, weights, train, val, rng, device, ranks, threads, attempts) -> _Run:
         """One initialisation: initial labels, a network, and training rounds with refinements.
 
         Every refinement is checked (:meth:`_states_score`): one that loses the
@@ -642,7 +650,8 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         predicts the populations), and the round starts again with fresh
         weights, at most ``_MAX_RESTARTS`` times while epochs are left;
         after a later round, the run ends with the network and the labels of
-        the round before, whose decoder gave those labels.
+        the round before, whose decoder gave those labels. Each round trained
+        takes the next number of ``attempts`` as its ``context.run``.
         """
         labels = ranks.broadcast_object(self._initial_labels(series, y, rng))  # rank 0's, to the frame
         lengths = series.lengths
@@ -659,7 +668,7 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
             offsets=offsets, representatives=np.zeros((0, 2), dtype=np.int64),
             generator=torch_generator(rng, device), validation_seed=int(rng.integers(0, 2**63 - 1)),
         )
-        score = self._states_score(labels, train, weights)
+        score = ranks.broadcast_object(self._states_score(labels, train, weights))  # every rank decides alike
         history["states_score"].append(score)
         net, means = self._new_network(series, labels, train, device, rng, ranks)
         previous = None  # (network, latent means) whose decoder gave ``labels``, once a refinement is taken
@@ -668,13 +677,13 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
             self._reset_prior(net, state, means, labels, candidates, frame_weights, offsets)
             state.labels = torch.as_tensor(np.concatenate(labels), device=device)
             ctx = self._new_context(net, series, train, val, weights, device, rng, max_epochs=epochs_left,
-                                    run=round_, extra={"spib": state}, threads=threads, ranks=ranks)
+                                    run=next(attempts), extra={"spib": state}, threads=threads, ranks=ranks)
             rounds = self._fit_loop(ctx)
             self._record_round(history, rounds, round_, net.n_states)
             epochs_left -= len(rounds["train"])
             means = self._latent_means(net, series, device, ranks)  # the same arrays on every rank
             keep, new_labels = self._relabelled(net, means, device)
-            new_score = self._states_score(new_labels, train, weights)
+            new_score = ranks.broadcast_object(self._states_score(new_labels, train, weights))
             if score - 1.0 > _SLOW_FLOOR and new_score - 1.0 < _KEEP_SLOW * (score - 1.0):
                 if previous is not None:
                     net, means = previous

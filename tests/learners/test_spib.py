@@ -430,12 +430,21 @@ def test_save_best_weights_records_every_rounds_file_and_resume(dihedral_feature
     x = [t[:400] for t in dihedral_features[:2]]
     params = dict(lagtime=5, n_states=4, refinements=1, hidden_layer_sizes=(16,), batch_size=128, max_epochs=4,
                   patience=None, validation_fraction=0, progress=False, random_state=0)
-    first = SPIBEstimator(callbacks=[SaveBestWeights(tmp_path)], **params).fit(x)
+    first = SPIBEstimator(callbacks=[SaveBestWeights(tmp_path / "one")], **params).fit(x)
     files = first.history_["best_weights_file"]
     assert len(files) == first.n_refinements_ >= 1 and len(set(files)) == len(files)
     for path, best in zip(files, first.history_["best_epoch"]):
         assert torch.load(path, weights_only=True)["epoch"] == best
     assert "resumed_from_epoch" not in first.history_
-    again = SPIBEstimator(callbacks=[SaveBestWeights(tmp_path, resume=True)], **params).fit(x)
+    again = SPIBEstimator(callbacks=[SaveBestWeights(tmp_path / "one", resume=True)], **params).fit(x)
     assert again.history_["best_weights_file"][0] == files[0]
     assert again.history_["resumed_from_epoch"][0] == first.history_["best_epoch"][0]
+    # every round of every n_init run keeps a file of its own (a round settles after two epochs
+    # without a gain of half its loss: several rounds in 12 epochs); the kept run's files hold its networks
+    params.update(refinements=3, max_epochs=12, patience=2, tolerance=0.5, n_init=2)
+    two = SPIBEstimator(callbacks=[SaveBestWeights(tmp_path / "two")], **params).fit(x)
+    runs = two.history_["runs"]
+    names = [name for run in runs for name in run["best_weights_file"]]
+    assert len(names) == len(set(names)) == sum(len(run["best_epoch"]) for run in runs) >= 4
+    last = torch.load(two.history_["best_weights_file"][-1], weights_only=True)
+    assert last["epoch"] == two.history_["best_epoch"][-1]
