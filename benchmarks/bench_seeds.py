@@ -57,19 +57,24 @@ CHECKPOINT = SHARED / "checkpoints" / "visnet_l6_h64_rbf64_r75.pth"
 LAG_PS = 100.0
 
 
-def load(name: str):
-    """(trajectories, timestep in ps) of a data set."""
+#: Frames kept of each data set (every n-th): the shipped one is saved every 10 ps, ../shared's every 1 ps.
+STRIDES = {"shipped": 5, "shared": 20}
+
+
+def load(name: str, stride: int | None = None):
+    """(trajectories, timestep in ps) of a data set, heavy atoms only, at ``stride`` (default ``STRIDES``)."""
     import mdtraj as md
 
+    stride = STRIDES[name] if stride is None else stride
     if name == "shipped":
         from g2v_sklearn.datasets import load_alanine_dipeptide
 
-        data = load_alanine_dipeptide(stride=5)
+        data = load_alanine_dipeptide(stride=stride)
         return data.trajectories, data.timestep_ps
     folder = SHARED / "data" / "ala2"
-    trajs = [md.load(str(folder / f"traj_{i}.xtc"), top=str(folder / "ala2.pdb"), stride=20) for i in range(4)]
+    trajs = [md.load(str(folder / f"traj_{i}.xtc"), top=str(folder / "ala2.pdb"), stride=stride) for i in range(4)]
     trajs = [t.atom_slice(t.topology.select("element != H")) for t in trajs]
-    return trajs, 20.0
+    return trajs, 1.0 * stride
 
 
 def _example():

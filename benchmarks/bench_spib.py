@@ -42,24 +42,11 @@ from pathlib import Path
 import numpy as np
 
 from _common import cpu_model
-from bench_seeds import CHECKPOINT, HERE, LAG_PS, SHARED, _example
+from bench_seeds import CHECKPOINT, HERE, LAG_PS, _example
+from bench_seeds import load as load_data
 
+#: Frames kept (every n-th): 50 ps and 10 ps between frames.
 STRIDES = {"shipped": 5, "shared": 10}
-
-
-def load(name: str):
-    """(trajectories, timestep in ps) of a data set, heavy atoms only."""
-    import mdtraj as md
-
-    if name == "shipped":
-        from g2v_sklearn.datasets import load_alanine_dipeptide
-
-        data = load_alanine_dipeptide(stride=STRIDES[name])
-        return data.trajectories, data.timestep_ps
-    folder = SHARED / "data" / "ala2"
-    trajs = [md.load(str(folder / f"traj_{i}.xtc"), top=str(folder / "ala2.pdb"), stride=STRIDES[name])
-             for i in range(4)]
-    return [t.atom_slice(t.topology.select("element != H")) for t in trajs], 1.0 * STRIDES[name]
 
 
 def reference(feats, lag):
@@ -85,7 +72,7 @@ def run(args) -> dict:
     example = _example()
     rows = []
     for name in args.datasets:
-        trajs, dt = load(name)
+        trajs, dt = load_data(name, STRIDES[name])
         lag = max(1, round(LAG_PS / dt))
         _, feats = example.dihedral_features(trajs)
         ref, ref_low, ref_high, ref_labels = reference(feats, lag)
