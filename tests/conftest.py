@@ -25,6 +25,17 @@ ADK_QUICK_FRAMES = 8  # frames per path: examples/adenylate_kinase.py's QUICK_FR
 ALA2_STRIDE = 20  # 20 ps between frames: 20,000 frames over the four trajectories
 
 
+@pytest.fixture
+def fixed_threads(monkeypatch):
+    """Keep torch's thread count fixed for the test (``G2V_THREAD_BUDGET=0``).
+
+    The thread budget resizes torch's team when the machine is busy, and a float32
+    reduction split over another number of threads rounds differently (about 1e-6 on
+    the tokens): tests that compare two embeddings bit for bit pin the count, so that
+    what they check is the batching, not the machine's load."""
+    monkeypatch.setenv("G2V_THREAD_BUDGET", "0")
+
+
 def need(path: Path) -> Path:
     """Return ``path`` if it exists; else skip (fail under CI) naming it."""
     if not path.exists():

@@ -20,6 +20,9 @@ from g2v_sklearn import (
 )
 from g2v_sklearn.datasets import load_alanine_dipeptide
 
+# Embeddings compared bit for bit across runs: the same torch threads in every run.
+pytestmark = pytest.mark.usefixtures("fixed_threads")
+
 FLAT_PICKLES = Path(__file__).parent / "data" / "flat_layout_pickles.pkl"
 
 

@@ -22,6 +22,9 @@ from sklearn.pipeline import Pipeline
 
 from g2v_sklearn import GeomEmbedder, TokenMerger, VAMPNetEstimator
 
+# Embeddings compared bit for bit across runs: the same torch threads in every run.
+pytestmark = pytest.mark.usefixtures("fixed_threads")
+
 FILES = {"et": "et_l6_h64_rbf64_r75.pth", "tensornet": "tensornet_l3_h64_rbf32_r5.pth"}
 # geom2vec's factory arguments for each file: layers, rbf, cutoff
 SHAPES = {"et": (6, 64, 7.5), "tensornet": (3, 32, 5.0)}

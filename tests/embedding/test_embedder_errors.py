@@ -13,6 +13,9 @@ from sklearn.utils._param_validation import InvalidParameterError
 from g2v_sklearn import GeomEmbedder
 from g2v_sklearn.embedding import _embedder as embedder_module
 
+# Embeddings compared bit for bit across runs: the same torch threads in every run.
+pytestmark = pytest.mark.usefixtures("fixed_threads")
+
 
 @pytest.fixture(scope="module")
 def small_ala2(ala2_trajs):

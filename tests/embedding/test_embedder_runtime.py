@@ -15,6 +15,9 @@ import torch
 from g2v_sklearn import GeomEmbedder
 from g2v_sklearn.embedding import _embedder as embedder_module
 
+# Embeddings compared bit for bit across runs: the same torch threads in every run.
+pytestmark = pytest.mark.usefixtures("fixed_threads")
+
 
 @pytest.fixture(scope="module")
 def two_short(ala2_trajs):

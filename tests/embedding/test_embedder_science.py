@@ -14,6 +14,9 @@ from torch_geometric.nn.models import ViSNet
 
 from g2v_sklearn import GeomEmbedder
 
+# Embeddings compared bit for bit across runs: the same torch threads in every run.
+pytestmark = pytest.mark.usefixtures("fixed_threads")
+
 
 def norm_relative_error(a, b) -> float:
     return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))

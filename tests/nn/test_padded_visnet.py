@@ -15,6 +15,9 @@ from g2v_sklearn.embedding import _embedder as embedder_module
 from g2v_sklearn.nn import _padded_visnet as padded
 from g2v_sklearn.nn._backbone import BackboneConfig, build_backbone
 
+# Embeddings compared bit for bit across runs: the same torch threads in every run.
+pytestmark = pytest.mark.usefixtures("fixed_threads")
+
 
 def norm_relative_error(a, b) -> float:
     a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()

@@ -33,6 +33,9 @@ from g2v_sklearn.datasets import load_alanine_dipeptide
 from g2v_sklearn.nn._backbone import load_checkpoint
 from g2v_sklearn.nn._pretrained import BACKBONES, CACHE_ENV, MIRROR_ENV
 
+# Embeddings compared bit for bit across runs: the same torch threads in every run.
+pytestmark = pytest.mark.usefixtures("fixed_threads")
+
 VISNET = BACKBONES["visnet"]
 
 
