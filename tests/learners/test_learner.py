@@ -27,6 +27,9 @@ from g2v_sklearn import (
 )
 from g2v_sklearn._validation import lagged_pairs
 
+# Fits compared bit for bit across runs: the same torch threads in every run.
+pytestmark = pytest.mark.usefixtures("fixed_threads")
+
 FAST = dict(hidden_layer_sizes=(16,), batch_size=128, progress=False)
 
 

@@ -24,6 +24,9 @@ from g2v_sklearn import (
     TokenTrajectory,
 )
 
+# Fits compared bit for bit across runs: the same torch threads in every run.
+pytestmark = pytest.mark.usefixtures("fixed_threads")
+
 FAST = dict(hidden_layer_sizes=(32, 32), batch_size=64, max_epochs=60, patience=3, validation_fraction=0,
             progress=False, random_state=0)
 

@@ -16,6 +16,9 @@ from g2v_sklearn._validation import lagged_pairs
 from g2v_sklearn.nn import _lobes
 from g2v_sklearn.nn._lobes import attention, attention_backend
 
+# Fits compared bit for bit across runs: the same torch threads in every run.
+pytestmark = pytest.mark.usefixtures("fixed_threads")
+
 FAST = dict(max_epochs=3, batch_size=128, hidden_layer_sizes=(16,), progress=False, random_state=0)
 
 
