@@ -17,10 +17,12 @@ from .learners._spib import SPIBEstimator
 from .learners._vampnet import VAMPNetEstimator
 from .msm._discretize import KMeansDiscretizer
 from .msm._estimator import MSMEstimator
+from .msm._kinetics import KineticModel, TransitionPathways, kinetic_model
 from .msm._selection import ContiguousSplit, msm_vamp2_scorer, split_trajectory
 from .nn._pretrained import CheckpointWarning, fetch_backbone
 from .nn._neighbors import RadiusDistance, radius_graph
 from .tokens._tokens import MergeSpec, TokenTrajectory, load_tokens, save_tokens
+from .structures import save_structures, source_frames
 
 _moved.register(__name__)  # pickles made by the flat layout name its modules
 
@@ -33,6 +35,7 @@ __all__ = [
     "FitContext",
     "GeomEmbedder",
     "KMeansDiscretizer",
+    "KineticModel",
     "LRScheduler",
     "MSMEstimator",
     "MergeSpec",
@@ -44,13 +47,17 @@ __all__ = [
     "TokenMerger",
     "TokenTrajectory",
     "TrainingWarning",
+    "TransitionPathways",
     "VAMPNetEstimator",
     "VersionWarning",
     "fetch_backbone",
     "init_distributed",
+    "kinetic_model",
     "load_tokens",
     "msm_vamp2_scorer",
     "radius_graph",
+    "save_structures",
     "save_tokens",
+    "source_frames",
     "split_trajectory",
 ]

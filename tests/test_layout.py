@@ -17,13 +17,13 @@ ORDER = ["base", "tokens", "nn", "embedding", "learners"]
 ALLOWED = {layer: set(ORDER[: i + 1]) for i, layer in enumerate(ORDER)}
 ALLOWED["msm"] = {"base", "tokens", "msm"}  # the MSM end knows only trajectories
 ALLOWED["learners"] |= {"msm"}  # SPIB starts from k-means states
-ALLOWED["top"] = set(ORDER) | {"msm", "top"}  # __init__, plotting, reporting, datasets, the command line
+ALLOWED["top"] = set(ORDER) | {"msm", "top"}  # __init__, plotting, reporting, structures, datasets, the command line
 
 
 def layer_of(module: str) -> str:
     parts = module.split(".")
     assert parts[0] == "g2v_sklearn"
-    if len(parts) == 1 or parts[1] in ("plotting", "datasets", "reporting", "cli", "__main__"):
+    if len(parts) == 1 or parts[1] in ("plotting", "datasets", "reporting", "structures", "cli", "__main__"):
         return "top"
     if parts[1] in BASE:
         return "base"
