@@ -473,3 +473,15 @@ def test_a_deeptime_without_the_seeded_sampler_breaks_bayesian_fits_only(dtrajs,
     with pytest.raises(ImportError, match="moved its transition-matrix sampler, which Bayesian"):
         MSMEstimator(lagtime=LAG, bayesian=True, n_samples=2, random_state=0).fit(dtrajs)
     assert MSMEstimator(lagtime=LAG).fit(dtrajs).timescales_[0] > 0  # the rest still works
+
+
+def test_auto_clusters_scale_with_the_features_not_the_rare_basin(rng):
+    """n_clusters="auto": five centres per feature and one more set, at most 100 and the frames."""
+    two = [rng.normal(size=(400, 2)), rng.normal(size=(300, 2))]
+    km = KMeansDiscretizer(random_state=0).fit(two)
+    assert km.n_clusters_ == 15 and km.cluster_centers_.shape == (15, 2)
+    assert KMeansDiscretizer(random_state=0).fit([rng.normal(size=(40, 30))]).n_clusters_ == 40
+    assert KMeansDiscretizer(random_state=0).fit([rng.normal(size=(500, 30))]).n_clusters_ == 100
+    assert KMeansDiscretizer(7, random_state=0).fit(two).n_clusters_ == 7
+    with pytest.raises(ValueError, match="'n_clusters' parameter .* 'auto'"):
+        KMeansDiscretizer("many").fit(two)
