@@ -22,7 +22,7 @@ from .msm._selection import ContiguousSplit, msm_vamp2_scorer, split_trajectory
 from .nn._pretrained import CheckpointWarning, fetch_backbone
 from .nn._neighbors import RadiusDistance, radius_graph
 from .tokens._tokens import MergeSpec, TokenTrajectory, load_tokens, save_tokens
-from .structures import save_structures, source_frames
+from .structures import save_structures, source_frames, state_importance
 
 _moved.register(__name__)  # pickles made by the flat layout name its modules
 
@@ -60,4 +60,5 @@ __all__ = [
     "save_tokens",
     "source_frames",
     "split_trajectory",
+    "state_importance",
 ]

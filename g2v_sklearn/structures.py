@@ -1,4 +1,5 @@
-"""Structures of metastable sets: representative frames written as files mdtraj reloads.
+"""Structures of metastable sets: representative frames written as files mdtraj reloads,
+and the residues that distinguish each set.
 
 :func:`save_structures` takes a :class:`~g2v_sklearn.KineticModel` and the
 trajectories its frames came from (what was given to :class:`GeomEmbedder`:
@@ -7,6 +8,12 @@ writes, for every set, its most typical frame as a PDB file and frames drawn
 by membership as one DCD or XTC file (with a PDB of the first as topology).
 Every file is written under a temporary name and renamed when complete, so
 an interrupted call never leaves a half-written file.
+
+:func:`state_importance` scores every residue for every set by substitution:
+the residue's tokens in frames of the other sets are replaced by its tokens
+in frames of the set, and the learned coordinates move by how much that one
+residue's change carries. :func:`save_structures` writes the scores into the
+B-factor column of each set's typical structure.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import numpy as np
 
 from .embedding import _mdanalysis as mdanalysis
 
-__all__ = ["save_structures", "source_frames"]
+__all__ = ["save_structures", "source_frames", "state_importance"]
 
 _FORMATS = ("xtc", "dcd")
 
@@ -109,7 +116,7 @@ def _write_atomic(traj: md.Trajectory, path: Path) -> None:
 
 
 def save_structures(model, folder, source=None, *, tokens=None, topology=None, stride=None,
-                    n_samples: int = 10, format: str = "xtc", random_state=None) -> dict:
+                    n_samples: int = 10, format: str = "xtc", importance=None, random_state=None) -> dict:
     """Write every metastable set's typical frame (PDB) and frames drawn by membership.
 
     Parameters
@@ -133,13 +140,19 @@ def save_structures(model, folder, source=None, *, tokens=None, topology=None, s
         The embedder's stride (default: from ``tokens``' provenance, else 1).
     n_samples : int, default=10
     format : {"xtc", "dcd"}, default="xtc"
+    importance : ndarray of shape (n_sets, n_residues), optional
+        From :func:`state_importance` (needs ``tokens``, whose residues it
+        scores): also writes ``set{k}_importance.pdb``, the typical frame
+        with each atom's B-factor the importance of its residue, scaled to
+        99 for the set's most important residue (PDB files allow below 100).
     random_state : int, numpy.random.Generator or None
 
     Returns
     -------
     files : dict
         Per set ``k``: ``{"typical": path, "samples": path, "topology": path,
-        "frames": ndarray of (trajectory, frame) pairs, typical first}``.
+        "frames": ndarray of (trajectory, frame) pairs, typical first}``,
+        and ``"importance": path`` when ``importance`` is given.
     """
     if format not in _FORMATS:
         raise ValueError(f"format must be one of {_FORMATS}; got {format!r}.")
@@ -160,5 +173,130 @@ def save_structures(model, folder, source=None, *, tokens=None, topology=None, s
         _write_atomic(first, paths["typical"])
         _write_atomic(samples[0], paths["topology"])
         _write_atomic(samples, paths["samples"])
+        if importance is not None:
+            paths["importance"] = folder / f"set{k}_importance.pdb"
+            bfactors = _atom_values(first.topology, tokens, np.asarray(importance)[k])
+            _write_pdb_atomic(first, paths["importance"], bfactors)
         files[k] = dict(paths, frames=np.vstack([np.asarray(typical[k])[None], drawn[k]]))
     return files
+
+
+def _atom_values(topology: md.Topology, tokens, values: np.ndarray) -> np.ndarray:
+    """Each atom's residue's value (scaled to 100 at the largest), 0 for residues without tokens.
+
+    Residues are matched by chain and sequence number, the chain named as the
+    embedder names it (its id, or its index where it has none)."""
+    if tokens is None:
+        raise ValueError("Writing importance into structures needs tokens= (the residues it scores).")
+    template = tokens[0]
+    if len(values) != template.n_residues:
+        raise ValueError(f"importance has {len(values)} values per set but the tokens have "
+                         f"{template.n_residues} residues.")
+    # PDB B-factors must lie in (-10, 100): the set's most important residue gets 99, and
+    # residues less distinctive than their own fluctuation (negative scores) no less than -9.9
+    scaled = np.clip(99.0 * values / max(float(np.max(values)), np.finfo(float).tiny), -9.9, 99.0)
+    table = {(str(c), int(r)): v for c, r, v in zip(template.chain_ids, template.residue_ids, scaled)}
+    out = np.zeros(topology.n_atoms)
+    for atom in topology.atoms:
+        chain = atom.residue.chain
+        out[atom.index] = table.get((str(getattr(chain, "chain_id", None) or chain.index), atom.residue.resSeq), 0.0)
+    return out
+
+
+def _write_pdb_atomic(traj: md.Trajectory, path: Path, bfactors: np.ndarray) -> None:
+    handle, temporary = tempfile.mkstemp(suffix=".pdb", prefix=f".{path.stem}.", dir=path.parent)
+    os.close(handle)
+    try:
+        traj.save_pdb(temporary, force_overwrite=True, bfactors=bfactors)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _coordinate_steps(estimator):
+    """The part of a fitted pipeline that maps tokens to learned coordinates."""
+    steps = list(estimator.steps) if hasattr(estimator, "steps") else [("model", estimator)]
+    while steps and (hasattr(steps[-1][1], "cluster_centers_") or hasattr(steps[-1][1], "active_set_")):
+        steps.pop()  # the discretiser and the MSM: they see coordinates, not residues
+    if not steps:
+        raise ValueError("state_importance needs the learner that maps tokens to coordinates; the "
+                         "pipeline given has only a discretiser and an MSM.")
+    return [step for _, step in steps if step is not None and step != "passthrough"]
+
+
+def _coordinates(steps, tokens) -> np.ndarray:
+    out = tokens
+    for step in steps:
+        out = step.transform(out)
+    out = np.concatenate(out if isinstance(out, list) else [out])
+    return out.reshape(len(out), -1)
+
+
+def _frames_as_tokens(template, features, positions):
+    from .tokens._tokens import TokenTrajectory
+
+    return TokenTrajectory(features, positions, residue_names=template.residue_names,
+                           chain_ids=template.chain_ids, residue_ids=template.residue_ids,
+                           timestep=template.timestep)
+
+
+def state_importance(model, estimator, tokens, *, n_frames: int = 100, random_state=None) -> np.ndarray:
+    """How much each residue distinguishes each metastable set, by token substitution.
+
+    For set ``k``: ``n_frames`` frames of the other sets are drawn, and for
+    every residue ``r`` its tokens are replaced by those of as many frames
+    drawn from set ``k``; the importance of ``r`` for ``k`` is the mean
+    distance the learned coordinates move, less the distance they move when
+    the tokens come from other frames of the other sets instead (the
+    residue's own fluctuation). A residue whose tokens do not differ between
+    the sets scores about 0, whatever the network; one that changes but that
+    the network ignores scores about 0 too. Only ``transform`` is used, so
+    any learner and merger work, and the answer is about the fitted model
+    over many frames, not a gradient at one point.
+
+    Parameters
+    ----------
+    model : KineticModel
+        Its ``assignments`` say which frame is in which set.
+    estimator : Pipeline
+        The fitted pipeline the model came from (its discretiser and MSM are
+        skipped), or the steps that map tokens to coordinates.
+    tokens : list of TokenTrajectory
+        The token trajectories the model's frames index.
+    n_frames : int, default=100
+        Frames drawn per set (with replacement where a set has fewer).
+    random_state : int, numpy.random.Generator or None
+
+    Returns
+    -------
+    importance : ndarray of shape (n_sets, n_residues)
+        In the units of the learned coordinates; larger is more distinctive,
+        and values near or below 0 mean not distinctive.
+    """
+    from ._utils import check_generator
+
+    steps = _coordinate_steps(estimator)
+    rng = check_generator(random_state)
+    where = np.concatenate([np.stack([np.full(len(a), i), np.arange(len(a))], 1)
+                            for i, a in enumerate(model.assignments)])
+    sets = np.concatenate(model.assignments)
+    n_res = tokens[0].n_residues
+    importance = np.zeros((model.n_sets, n_res))
+    for k in range(model.n_sets):
+        mine, others = np.flatnonzero(sets == k), np.flatnonzero((sets >= 0) & (sets != k))
+        if not len(mine) or not len(others):
+            continue
+        take = [where[rng.choice(pool, size=n_frames)] for pool in (others, mine, others)]
+        base, donor, null = (np.stack([tokens[t].features[f] for t, f in pick]) for pick in take)
+        positions = np.stack([tokens[t].positions[f] for t, f in take[0]])
+        before = _coordinates(steps, [_frames_as_tokens(tokens[0], base, positions)])
+        for r in range(n_res):
+            moved = []
+            for source in (donor, null):
+                swapped = base.copy()
+                swapped[:, r] = source[:, r]
+                after = _coordinates(steps, [_frames_as_tokens(tokens[0], swapped, positions)])
+                moved.append(np.linalg.norm(after - before, axis=1).mean())
+            importance[k, r] = moved[0] - moved[1]
+    return importance

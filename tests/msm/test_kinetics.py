@@ -213,3 +213,50 @@ def test_spib_states_take_the_same_path(dihedral_features, ala2_trajs, tmp_path)
     files = save_structures(km, tmp_path, [t[:1000] for t in ala2_trajs], n_samples=2)
     reloaded = md.load(str(files[0]["samples"]), top=str(files[0]["topology"]))
     assert reloaded.n_frames == 2
+
+
+def moving_residues_tokens(moving=(1, 4), n_res=6, seed=0):
+    """Token trajectories of a two-state chain in which only ``moving`` residues change:
+    their scalar channels shift by 3 in state 1; every other number is noise."""
+    from g2v_sklearn import TokenTrajectory
+
+    rng = np.random.default_rng(seed)
+    trajs = []
+    for _ in range(4):
+        state = np.cumsum(rng.random(1500) < 0.01) % 2
+        features = rng.normal(size=(1500, n_res, 4, 4)).astype(np.float32)
+        features[:, list(moving), 0, :] += 3.0 * state[:, None, None]
+        positions = np.broadcast_to(np.arange(n_res, dtype=np.float32)[:, None] * 3.8, (1500, n_res, 3)).copy()
+        trajs.append(TokenTrajectory(features, positions, residue_names=["ALA"] * n_res, chain_ids=["A"] * n_res,
+                                     residue_ids=list(range(1, n_res + 1)), timestep=10.0))
+    return trajs
+
+
+def test_state_importance_ranks_the_residues_that_move_first(tmp_path):
+    import mdtraj as md
+
+    from g2v_sklearn import TokenMerger, VAMPNetEstimator, state_importance
+
+    tokens = moving_residues_tokens()
+    pipe = Pipeline([("merge", TokenMerger(window=1, operator="none")),
+                     ("vamp", VAMPNetEstimator(lagtime=5, n_components=1, d_model=16, n_heads=2, n_layers=1,
+                                               hidden_layer_sizes=(16,), max_epochs=3, batch_size=500,
+                                               progress=False, random_state=0)),
+                     ("cluster", KMeansDiscretizer(random_state=0)),
+                     ("msm", MSMEstimator(lagtime=5))]).fit(tokens)
+    km = kinetic_model(pipe, tokens, n_sets=2)
+    importance = state_importance(km, pipe, tokens, random_state=0)
+    assert importance.shape == (2, 6)
+    for k in range(2):
+        assert set(np.argsort(importance[k])[-2:]) == {1, 4}, importance[k]
+        assert importance[k, [1, 4]].min() > 2 * np.abs(importance[k, [0, 2, 3, 5]]).max(), importance[k]
+    # written into the B-factors of a structure whose residues the tokens name
+    top = md.Topology()
+    chain = top.add_chain(chain_id="A")
+    for i in range(6):
+        top.add_atom("CA", md.element.carbon, top.add_residue("ALA", chain, resSeq=i + 1))
+    frames = [md.Trajectory(np.zeros((len(t.features), 6, 3), np.float32) + np.arange(6)[:, None] * 0.38, top)
+              for t in tokens]
+    files = save_structures(km, tmp_path, frames, tokens=tokens, importance=importance, n_samples=2)
+    bfactors = [float(line[60:66]) for line in open(files[0]["importance"]) if line.startswith("ATOM")]
+    assert np.argmax(bfactors) in (1, 4) and max(bfactors) == pytest.approx(99.0)
