@@ -21,10 +21,14 @@ import numpy as np
 
 __all__ = [
     "plot_ck_test",
+    "plot_committor",
     "plot_free_energy",
     "plot_history",
     "plot_implied_timescales",
     "plot_residue_importance",
+    "plot_state_importance",
+    "plot_state_network",
+    "plot_states_on_coordinates",
 ]
 
 
@@ -933,3 +937,12 @@ def plot_residue_importance(importance, *, residue_ids=None, domains=None, sprea
     if ranges or label is not None:
         ax.legend(loc="upper right")
     return ax
+
+
+# The kinetic model's figures live in their own file (they build on the helpers above).
+from ._plotting_kinetics import (  # noqa: E402 - after the helpers they import
+    plot_committor,
+    plot_state_importance,
+    plot_state_network,
+    plot_states_on_coordinates,
+)

@@ -23,7 +23,8 @@ ALLOWED["top"] = set(ORDER) | {"msm", "top"}  # __init__, plotting, reporting, s
 def layer_of(module: str) -> str:
     parts = module.split(".")
     assert parts[0] == "g2v_sklearn"
-    if len(parts) == 1 or parts[1] in ("plotting", "datasets", "reporting", "structures", "cli", "__main__"):
+    top = ("plotting", "_plotting_kinetics", "datasets", "reporting", "structures", "cli", "__main__")
+    if len(parts) == 1 or parts[1] in top:
         return "top"
     if parts[1] in BASE:
         return "base"

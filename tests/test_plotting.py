@@ -439,3 +439,57 @@ def test_fitted_vampnet_history_its_and_ck():
     assert axes[0, 0].get_ylabel() == "expectation"  # a Koopman test, no lag-0 estimate
     (legend,) = axes[0, 0].figure.legends
     assert [t.get_text() for t in legend.get_texts()] == ["estimate", "prediction"]
+
+
+def _three_well_model():
+    """A Metropolis chain over three wells (populations 1 : 2 : 1) and its Bayesian kinetic model,
+    with the chain position (plus noise) as two coordinates."""
+    from g2v_sklearn import kinetic_model
+
+    x = np.linspace(-1.6, 1.6, 33)
+    v = 6 * (x**2 - 1) ** 2 * x**2 - np.log(np.where(np.abs(x) < 0.5, 2.0, 1.0))
+    p = np.zeros((33, 33))
+    for i in range(33):
+        for j in (i - 1, i + 1):
+            if 0 <= j < 33:
+                p[i, j] = 0.5 * min(1.0, np.exp(-(v[j] - v[i])))
+        p[i, i] = 1 - p[i].sum()
+    d = MarkovStateModel(p).simulate(100_000, start=16, seed=0)
+    msm = MSMEstimator(lagtime=1, bayesian=True, n_samples=20, random_state=0).fit([d])
+    noise = np.random.default_rng(0).normal(scale=0.05, size=(len(d), 2))
+    coords = [np.stack([x[d], np.zeros(len(d))], 1) + noise]
+    model = kinetic_model(msm, [d], n_sets=3, timestep="10 ps")
+    model.coordinates = coords
+    return model, coords
+
+
+def test_kinetic_model_figures():
+    from g2v_sklearn.plotting import (
+        plot_committor,
+        plot_state_importance,
+        plot_state_network,
+        plot_states_on_coordinates,
+    )
+
+    model, coords = _three_well_model()
+    ax = plot_state_network(model)
+    sizes = ax.collections[0].get_sizes()
+    assert len(sizes) == 3 and np.argmax(sizes) == np.argmax(model.populations)
+    assert any("[" in t.get_text() for t in ax.texts)  # MFPTs with their intervals
+    ends = np.argsort([model.sets[k].mean() for k in range(3)])  # left, middle, right
+    paths = model.tpt(int(ends[0]), int(ends[2]))
+    ax = plot_state_network(model, tpt=paths)
+    assert "rate" in ax.get_title() and len(ax.texts) >= 3
+    ax = plot_states_on_coordinates(model)
+    assert len(ax.get_legend().get_texts()) == 3 and ax.collections  # surface, outlines, typical frames
+    ax = plot_committor(paths, coords)
+    y = ax.lines[0].get_ydata()
+    assert y[0] < 0.1 and y[-1] > 0.9  # from the source's side to the sink's
+    ax = plot_state_importance(np.abs(np.random.default_rng(0).normal(size=(3, 20))),
+                               domains={"A": [(1, 10)], "B": [(11, 20)]})
+    assert len(ax.lines) == 3 and {p.get_gid() for p in ax.patches} == {"domain A", "domain B"}
+    with pytest.raises(ValueError, match=r"shape \(n_sets, n_residues\)"):
+        plot_state_importance(np.ones(5))
+    with pytest.raises(ValueError, match="positions must have shape"):
+        plot_state_network(model, positions=np.zeros((2, 2)))
+    plt.close("all")
