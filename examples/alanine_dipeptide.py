@@ -6,12 +6,14 @@ Usage::
 
 Reads the alanine-dipeptide dataset shipped with the package (4 x 100 ns, heavy
 atoms), embeds every frame with geom2vec's pretrained ViSNet, grid-searches the
-VAMPNet (model width, learning rate, number of components) at a fixed lag time
-with trajectory-wise cross-validation, fits VAMPNet and SPIB, discretises the
-learned coordinates, builds an MSM, and writes a report (PNG figures, a
-Markdown summary and a JSON file) to the output folder. Its slowest implied
-timescale is printed next to that of the usual hand-made reference, an MSM
-on (cos, sin) of the backbone dihedrals (phi, psi).
+VAMPNet (learning rate) at a fixed lag time with trajectory-wise
+cross-validation, fits VAMPNet and SPIB, discretises the learned coordinates,
+builds a Bayesian MSM and its kinetic model (two metastable sets, their
+populations, mean first-passage times with 95 % intervals, transition path
+theory, representative structures and what distinguishes each set), and
+writes a report (PNG figures, structures, a Markdown summary and a JSON file)
+to the output folder. Every number is printed next to that of the usual
+hand-made reference, an MSM on (cos, sin) of the backbone dihedrals (phi, psi).
 
 A few minutes on a 2-core laptop (the embedding is cached in the output
 folder, so a second run skips it). ``--quick`` (or ``G2V_EXAMPLE_QUICK=1``)
@@ -50,8 +52,11 @@ from g2v_sklearn import (
     SPIBEstimator,
     TokenMerger,
     VAMPNetEstimator,
+    kinetic_model,
     plotting,
     reporting,
+    save_structures,
+    state_importance,
 )
 from g2v_sklearn.datasets import load_alanine_dipeptide
 
@@ -104,10 +109,47 @@ def states_alpha_l_recovery(states, in_alpha_l):
     return float(hits / max(called.sum(), 1)), float(hits / max(in_alpha_l.sum(), 1))
 
 
-def msm_on(features, lag, clusters, seed=0):
-    """k-means + Bayesian MSM (its samples give the confidence bands); returns (msm, dtrajs)."""
-    dtrajs = KMeansDiscretizer(clusters, random_state=seed).fit_transform(features)
-    return MSMEstimator(lagtime=lag, bayesian=True, n_samples=50, random_state=seed).fit(dtrajs), dtrajs
+def msm_on(features, lag, clusters="auto", seed=0):
+    """k-means + Bayesian MSM (its samples give the intervals); returns the fitted pipeline and dtrajs.
+
+    The learned coordinates take the discretiser's default number of centres; the (phi, psi)
+    reference keeps its usual 100."""
+    pipe = Pipeline([("cluster", KMeansDiscretizer(clusters, random_state=seed)),
+                     ("msm", MSMEstimator(lagtime=lag, bayesian=True, n_samples=100, random_state=seed))])
+    pipe.fit(features)
+    return pipe, pipe["cluster"].transform(features)
+
+
+def set_table(model, name):
+    """The kinetic model's sets as printed lines: population, free energy, MFPTs with intervals."""
+    energies, energy_ci = model.free_energies()
+    lines = [f"{name}: {model.n_sets} metastable sets"]
+    for k in range(model.n_sets):
+        text = f"  set {k}: population {model.populations[k]:.3f}"
+        if model.populations_interval is not None:
+            low, high = model.populations_interval[:, k]
+            text += f" [{low:.3f}, {high:.3f}], free energy {energies[k]:.2f} kT [{energy_ci[0, k]:.2f}, {energy_ci[1, k]:.2f}]"
+        for j in range(model.n_sets):
+            if j != k:
+                text += f"; MFPT to set {j} {model.mfpt[k, j]:.3g} {model.unit}"
+                if model.mfpt_interval is not None:
+                    text += f" [{model.mfpt_interval[0, k, j]:.3g}, {model.mfpt_interval[1, k, j]:.3g}]"
+        lines.append(text)
+    return lines
+
+
+def match_sets(model, reference):
+    """Precision and recall of every set of ``model`` against the reference's set with most of its frames."""
+    ours, ref = np.concatenate(model.assignments), np.concatenate(reference.assignments)
+    kept = (ours >= 0) & (ref >= 0)
+    ours, ref = ours[kept], ref[kept]
+    pairs = {}
+    for k in range(model.n_sets):
+        target = int(np.bincount(ref[ours == k], minlength=reference.n_sets).argmax()) if np.any(ours == k) else -1
+        mine, theirs = ours == k, ref == target
+        pairs[k] = {"reference_set": target, "precision": float(np.mean(theirs[mine])) if mine.any() else 0.0,
+                    "recall": float(np.mean(mine[theirs])) if theirs.any() else 0.0}
+    return pairs
 
 
 def main(argv=None) -> dict:
@@ -162,11 +204,29 @@ def main(argv=None) -> dict:
     precision, recall = alpha_l_recovery(np.concatenate(z)[:, 0], in_alpha_l)
     print(f"alpha_L    : learned coordinate 1, split in two by 1-D k-means, finds the frames with phi > 0 at "
           f"precision {precision:.3f} and recall {recall:.3f}")
-    msm, dtrajs = msm_on(z, lag, size["clusters"])
-    ref_msm, ref_dtrajs = msm_on(dihedral_feats, lag, size["clusters"])
+    msm_pipe, dtrajs = msm_on(z, lag)  # the discretiser's default number of centres for learned coordinates
+    ref_pipe, ref_dtrajs = msm_on(dihedral_feats, lag, size["clusters"])
+    msm, ref_msm = msm_pipe["msm"], ref_pipe["msm"]
     # with 95 % credible intervals from the Bayesian MSMs: alpha_L is visited rarely, so they are wide
     ours, ref = (reporting.slowest_timescales(m, 2, timestep=dt / 1000) for m in (msm, ref_msm))
     ours_ns, ref_ns = ours["timescales"], ref["timescales"]
+
+    # 4b. the kinetic model: two metastable sets of each MSM (PCCA+), their populations, MFPTs and
+    # pathways with intervals, the residues that distinguish them, and their structures
+    kinetics = kinetic_model(msm_pipe, z, n_sets=2, timestep=f"{dt} ps", unit="ns")
+    ref_kinetics = kinetic_model(ref_pipe, dihedral_feats, n_sets=2, timestep=f"{dt} ps", unit="ns")
+    rare = int(np.argmin(kinetics.populations))
+    paths = kinetics.tpt(1 - rare, rare)  # into the rare set (alpha_L)
+    matched = match_sets(kinetics, ref_kinetics)
+    importance = state_importance(kinetics, best, tokens, random_state=0)
+    structures = save_structures(kinetics, args.out / "structures", trajs, tokens=tokens, importance=importance,
+                                 random_state=0)
+    print("\n".join(set_table(kinetics, "learned MSM") + set_table(ref_kinetics, "(phi, psi) MSM")))
+    print("sets       : " + "; ".join(f"learned set {k} = (phi, psi) set {m['reference_set']} at precision "
+                                      f"{m['precision']:.3f}, recall {m['recall']:.3f}" for k, m in matched.items()))
+    rate_ci = "" if paths.rate_interval is None else f" [{paths.rate_interval[0]:.3g}, {paths.rate_interval[1]:.3g}]"
+    print(f"TPT        : set {1 - rare} -> set {rare} at {paths.rate:.3g}{rate_ci} per ns; structures in "
+          f"{args.out / 'structures'}, {time.perf_counter() - clock:.0f} s so far")
 
     # 5. SPIB: metastable states that predict the future, on the same tokens
     # with its defaults (the reduced run only caps the epochs)
@@ -176,6 +236,10 @@ def main(argv=None) -> dict:
     states = np.concatenate(spib.predict(tokens))
     populations = np.bincount(states) / states.size
     spib_precision, spib_recall = states_alpha_l_recovery(states, in_alpha_l)
+    spib_kinetics = None
+    if spib["spib"].n_states_ >= 2:  # SPIB's states are the sets: the same kinetic model, from its labels
+        spib_kinetics = kinetic_model(spib, tokens, timestep=f"{dt} ps", unit="ns", random_state=0)
+        print("\n".join(set_table(spib_kinetics, "SPIB's states")))
     entries = int(sum(np.sum(np.diff((a[:, 0] > 0).astype(int)) == 1) for a in angles))
     total_ns = sum(len(a) for a in angles) * dt / 1000
     print(f"SPIB       : {spib['spib'].n_states_} states, populations "
@@ -220,6 +284,21 @@ def main(argv=None) -> dict:
 
     figures["training.png"] = plotting.plot_history(best["vamp"]).figure
 
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.5))
+    plotting.plot_state_network(kinetics, tpt=paths, ax=axes[0])
+    plotting.plot_states_on_coordinates(kinetics, ax=axes[1], range=view)
+    axes[1].set(xlabel="learned coordinate 1", ylabel="learned coordinate 2", title="sets on the learned coordinates")
+    # the learned coordinate is nearly an indicator of alpha_L (two narrow wells): the Ramachandran
+    # plane shows what the sets are
+    plotting.plot_states_on_coordinates(kinetics, coordinates=angles, ax=axes[2], range=[[-180, 180], [-180, 180]])
+    axes[2].set(xlabel="phi (degrees)", ylabel="psi (degrees)", title="the same sets on (phi, psi)")
+    plotting.plot_committor(paths, z, ax=axes[3])
+    axes[3].set_xlabel("learned coordinate 1")
+    figures["kinetics.png"] = fig
+    ax = plotting.plot_state_importance(importance, residue_ids=tokens[0].residue_ids)
+    ax.set_title("what distinguishes each set (token substitution)")
+    figures["state_importance.png"] = ax.figure
+
     reporting.save_figures(figures, args.out)
 
     summary = {
@@ -232,6 +311,17 @@ def main(argv=None) -> dict:
         "spib": {"n_states": int(spib["spib"].n_states_), "populations": populations.tolist(),
                  "alpha_L_fraction": float(in_alpha_l.mean()), "alpha_L_entries": entries,
                  "alpha_L_precision": spib_precision, "alpha_L_recall": spib_recall},
+        "kinetics": {
+            "learned": kinetics.table(), "phi_psi_msm": ref_kinetics.table(), "set_match": matched,
+            "learned_clusters": int(msm_pipe["cluster"].n_clusters_),
+            "second_timescale_ns": {"learned": ours_ns[1], "phi_psi_msm": ref_ns[1]},
+            "tpt": {"source": list(paths.source), "sink": list(paths.sink), "rate_per_ns": paths.rate,
+                    "rate_per_ns_95ci": None if paths.rate_interval is None else list(paths.rate_interval),
+                    "pathways": [[list(p), f] for p, f in paths.pathways]},
+            "importance": importance.tolist(),
+            "structures": {str(k): {n: str(v) for n, v in e.items() if n != "frames"} for k, e in structures.items()},
+            "spib": None if spib_kinetics is None else spib_kinetics.table(),
+        },
         "seconds": time.perf_counter() - clock,
         "quick": bool(args.quick),
     }
@@ -252,14 +342,21 @@ def main(argv=None) -> dict:
         "Maximum-likelihood MSMs; 95 % credible intervals from the Bayesian posteriors are in summary.json.\n\n"
         "| process | learned | (phi, psi) MSM |\n|---|---|---|\n"
         + "".join(f"| {i + 1} | {row} |\n" for i, row in enumerate(timescale_rows(" | ")))
+        + "\n## Metastable sets (PCCA+ of each MSM; MFPTs in ns with 95 % credible intervals)\n\n```\n"
+        + "\n".join(set_table(kinetics, "learned MSM") + set_table(ref_kinetics, "(phi, psi) MSM"))
+        + "\n```\n\nStructures of each set (typical frame, frames drawn by membership, importance in the "
+        "B-factors) are in structures/.\n"
         + "\n![implied timescales](implied_timescales.png)\n![CK test](ck_test.png)\n"
-        "![free energy](free_energy.png)\n![training](training.png)\n"
+        "![free energy](free_energy.png)\n![kinetics](kinetics.png)\n![importance](state_importance.png)\n"
+        "![training](training.png)\n"
     )
 
-    print(f"\nslowest implied timescales at lag {lag * dt:g} ps (ns):")
-    print(f"  process   {'learned':<14}   (phi, psi) MSM")
-    for i, row in enumerate(timescale_rows("   ")):
-        print(f"  {i + 1:>7}   {row}".rstrip())
+    print(f"\nslowest implied timescales at lag {lag * dt:g} ps (ns), with 95 % credible intervals:")
+    print(f"  process   {'learned':<30}   (phi, psi) MSM")
+    for i in range(2):
+        cells = [f"{t['timescales'][i]:.3f}" + ("" if t["ci"] is None else f" [{t['ci'][0][i]:.3f}, {t['ci'][1][i]:.3f}]")
+                 for t in (ours, ref)]
+        print(f"  {i + 1:>7}   {cells[0]:<30}   {cells[1]}")
     print(f"  alpha_L (phi > 0) holds {in_alpha_l.mean():.1%} of the frames and is entered {entries} times "
           f"in {total_ns:g} ns, so the slowest timescale rests on few events (95% credible intervals "
           "of both MSMs are in summary.json).")

@@ -57,8 +57,9 @@ def plot_state_network(model, *, tpt=None, ax=None, positions=None, cmap="tab10"
                 arrowstyle="-|>", lw=1 + 6 * flux[i, j] / top, color="0.4", shrinkA=22, shrinkB=22))
             mid = (xy[i] + xy[j]) / 2
             ax.text(*mid, f"{flux[i, j]:.3g}/{model.unit}", ha="center", va="bottom", fontsize=8)
-        ax.set_title(f"net flux {tpt.source} -> {tpt.sink}: rate {_time(tpt.rate, tpt.rate_interval)} per {model.unit}",
-                     fontsize=9)
+        names = [", ".join(str(k) for k in group) for group in (tpt.source, tpt.sink)]
+        ax.set_title(f"net flux, sets {names[0]} -> {names[1]}: rate {_time(tpt.rate, tpt.rate_interval)} "
+                     f"per {model.unit}", fontsize=9)
     else:
         for i in range(n):
             for j in range(i + 1, n):
@@ -167,7 +168,8 @@ def plot_committor(tpt, coordinate, *, bins=40, ax=None, **kwargs):
     ax.fill_between(centres[seen], (mean - spread)[seen], (mean + spread)[seen], alpha=0.3, linewidth=0)
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel("coordinate")
-    ax.set_ylabel(f"committor {tpt.source} -> {tpt.sink}")
+    names = [", ".join(str(k) for k in group) for group in (tpt.source, tpt.sink)]
+    ax.set_ylabel(f"committor, sets {names[0]} -> {names[1]}")
     return ax
 
 

@@ -53,6 +53,20 @@ def test_alanine_dipeptide_example(visnet_name, tmp_path):
     report = (out / "report.md").read_text()
     assert "| lr | mean_cv_vamp2 |" in report and "Chosen:" in report
     assert f"precision {recovery['precision']:.3f}, recall {recovery['recall']:.3f}" in report
+    # the kinetic model: two sets per MSM, their table printed and saved, structures that reload
+    import mdtraj as md
+
+    for name in ("kinetics.png", "state_importance.png"):
+        assert_png(out / name)
+    kinetics = summary["kinetics"]
+    for table in (kinetics["learned"], kinetics["phi_psi_msm"]):
+        assert len(table) == 2 and sum(row["population"] for row in table) == pytest.approx(1.0)
+        assert all(row["population_95ci"][0] <= row["population"] <= row["population_95ci"][1] for row in table)
+    assert "MFPT to set 1" in stdout and "TPT" in stdout and "metastable sets" in report
+    assert len(kinetics["importance"]) == 2 and len(kinetics["importance"][0]) == 3
+    for files in kinetics["structures"].values():
+        samples = md.load(files["samples"], top=files["topology"])
+        assert samples.n_frames == 10 and md.load(files["importance"]).n_atoms == samples.n_atoms
 
 
 def test_adenylate_kinase_example(visnet_name, tmp_path, adk_paths_short, token_cache):

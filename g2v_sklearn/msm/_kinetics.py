@@ -73,7 +73,9 @@ class TransitionPathways:
     frame_committors : list of ndarray of shape (n_frames,)
         The committor of every frame (NaN for frames outside the active set).
     net_flux : ndarray of shape (n_sets, n_sets)
-        Net reactive flux between the sets, per ``unit``.
+        Net reactive flux between the sets (probability per ``unit``).
+    total_flux : float
+        The reactive flux out of the source (probability per ``unit``).
     rate : float
         Total rate of source -> sink transitions, per ``unit``.
     rate_interval : tuple of float or None
@@ -89,6 +91,7 @@ class TransitionPathways:
     committor: np.ndarray
     frame_committors: list
     net_flux: np.ndarray
+    total_flux: float
     rate: float
     rate_interval: tuple | None
     mfpt: float
@@ -263,18 +266,39 @@ class KineticModel:
         a, b = np.concatenate([self.sets[k] for k in source]), np.concatenate([self.sets[k] for k in sink])
         flux = self.msm.reactive_flux(a, b)
         per_time = 1.0 / (self.lagtime * self.timestep)
-        _, coarse = flux.coarse_grain([list(s) for s in self.sets])
-        paths, capacities = coarse.pathways(fraction=fraction)
-        pathways = [(tuple(int(s) for s in p), float(c / coarse.total_flux)) for p, c in zip(paths, capacities)]
+        net_flux, pathways = self._coarse_flux(flux, fraction)
         rates = [s.reactive_flux(a, b).rate * per_time for s in self.samples]
         q = np.asarray(flux.forward_committor)
         return TransitionPathways(
             source=source, sink=sink, committor=q,
             frame_committors=[np.where(d >= 0, q[np.maximum(d, 0)], np.nan) for d in self.active_dtrajs],
-            net_flux=np.asarray(coarse.net_flux) * per_time, rate=float(flux.rate * per_time),
+            net_flux=net_flux * per_time, total_flux=float(flux.total_flux * per_time),
+            rate=float(flux.rate * per_time),
             rate_interval=tuple(np.quantile(rates, [0.025, 0.975])) if rates else None,
             mfpt=float(1.0 / (flux.rate * per_time)), pathways=pathways,
         )
+
+    def _coarse_flux(self, flux, fraction: float):
+        """Net flux between the sets (in their order) and the pathways through them.
+
+        deeptime's ``coarse_grain`` may reorder the sets (and split one at the source's or
+        sink's boundary), so each of its sets is mapped back to the set that holds it."""
+        coarse_sets, coarse = flux.coarse_grain([list(s) for s in self.sets])
+        owner = np.empty(self.memberships.shape[0], dtype=int)
+        for k, members in enumerate(self.sets):
+            owner[members] = k
+        mine = np.array([owner[next(iter(members))] for members in coarse_sets])
+        net = np.zeros((self.n_sets, self.n_sets))
+        np.add.at(net, (mine[:, None].repeat(len(mine), 1), mine[None, :].repeat(len(mine), 0)),
+                  np.asarray(coarse.net_flux))
+        np.fill_diagonal(net, 0.0)
+        paths, capacities = coarse.pathways(fraction=fraction)
+        pathways = []
+        for path, capacity in zip(paths, capacities):
+            steps = [int(mine[i]) for i in path]
+            steps = [k for i, k in enumerate(steps) if i == 0 or k != steps[i - 1]]
+            pathways.append((tuple(steps), float(capacity / coarse.total_flux)))
+        return net, pathways
 
     def _set_indices(self, sets, name: str) -> tuple:
         values = np.atleast_1d(np.asarray(sets))

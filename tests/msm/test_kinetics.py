@@ -260,3 +260,16 @@ def test_state_importance_ranks_the_residues_that_move_first(tmp_path):
     files = save_structures(km, tmp_path, frames, tokens=tokens, importance=importance, n_samples=2)
     bfactors = [float(line[60:66]) for line in open(files[0]["importance"]) if line.startswith("ATOM")]
     assert np.argmax(bfactors) in (1, 4) and max(bfactors) == pytest.approx(99.0)
+
+
+def test_net_flux_and_pathways_keep_the_sets_numbering():
+    """deeptime's coarse-graining orders the sets source first; the model reports them in its own order."""
+    true = double_well()
+    d = true.simulate(100_000, start=0, seed=1)
+    km = kinetic_model(MSMEstimator(lagtime=1).fit([d]), [d], n_sets=2)
+    for source, sink in ((0, 1), (1, 0)):
+        paths = km.tpt(source, sink)
+        assert paths.net_flux[source, sink] > 0 and paths.net_flux[sink, source] == 0
+        assert paths.net_flux[source, sink] == pytest.approx(paths.total_flux)
+        assert paths.rate > paths.total_flux  # the flux per unit of the source's committor-weighted population
+        assert paths.pathways == [((source, sink), pytest.approx(1.0))]
