@@ -23,6 +23,7 @@ ALA2 = SHARED / "data" / "ala2"
 os.environ["G2V_MIRROR"] = str(CHECKPOINTS)
 ADK_QUICK_FRAMES = 8  # frames per path: examples/adenylate_kinase.py's QUICK_FRAMES
 ALA2_STRIDE = 20  # 20 ps between frames: 20,000 frames over the four trajectories
+SHIPPED_LAG = 2  # frames of the shipped data at stride 5 (50 ps): 100 ps, the main job's lag
 
 
 @pytest.fixture
@@ -138,6 +139,35 @@ def ala2_embedder(visnet_checkpoint, ala2_trajs, token_cache):
 def ala2_tokens(ala2_embedder, ala2_trajs):
     """The four ala2 trajectories embedded once per session (20,000 frames)."""
     return ala2_embedder.transform(ala2_trajs)
+
+
+@pytest.fixture(scope="session")
+def shipped_ala2(visnet_checkpoint, token_cache):
+    """The shipped trajectories at the main job's stride (5: 50 ps a frame, 4 x 2,000 frames), their
+    tokens, every frame's (phi, psi) PCCA+ set (alpha_L, the rare one, is 1) and the (phi, psi)
+    pipeline (k-means 100, Bayesian MSM at lag 2 = 100 ps) on their features."""
+    import mdtraj as md
+    from sklearn.pipeline import Pipeline
+
+    from g2v_sklearn import GeomEmbedder, KMeansDiscretizer, MSMEstimator
+    from g2v_sklearn.datasets import load_alanine_dipeptide
+
+    trajs = load_alanine_dipeptide(stride=5).trajectories
+    tokens = GeomEmbedder(visnet_checkpoint, memory=token_cache, progress=False).fit_transform(trajs)
+    feats = []
+    for t in trajs:
+        phi, psi = md.compute_phi(t)[1][:, 0], md.compute_psi(t)[1][:, 0]
+        feats.append(np.stack([np.cos(phi), np.sin(phi), np.cos(psi), np.sin(psi)], 1))
+    reference = Pipeline([("cluster", KMeansDiscretizer(100, random_state=0)),
+                          ("msm", MSMEstimator(lagtime=SHIPPED_LAG, bayesian=True, n_samples=100,
+                                               random_state=0))]).fit(feats)
+    msm, dtrajs = reference["msm"], reference["cluster"].transform(feats)
+    sets = np.full(100, -1)
+    sets[msm.active_set_] = msm.model_.pcca(2).memberships.argmax(axis=1)
+    labels = np.concatenate([sets[d] for d in dtrajs])
+    if np.sum(labels == 1) > np.sum(labels == 0):
+        labels = np.where(labels >= 0, 1 - labels, labels)
+    return {"trajs": trajs, "tokens": tokens, "features": feats, "labels": labels, "reference": reference}
 
 
 @pytest.fixture(scope="session")

@@ -371,35 +371,12 @@ def test_adenylate_kinase_pipeline_to_msm_and_window_search(visnet_checkpoint, a
 LAG = 2
 
 
-@pytest.fixture(scope="module")
-def shipped_ala2(visnet_checkpoint, token_cache):
-    """The shipped trajectories' tokens, every frame's (phi, psi) PCCA+ set (alpha_L, the rare one, is
-    1) and the 95 % interval of the (phi, psi) Bayesian MSM's slowest implied timescale (frames)."""
-    import mdtraj as md
-
-    from g2v_sklearn.datasets import load_alanine_dipeptide
-
-    trajs = load_alanine_dipeptide(stride=5).trajectories
-    tokens = GeomEmbedder(visnet_checkpoint, memory=token_cache, progress=False).fit_transform(trajs)
-    feats = []
-    for t in trajs:
-        phi, psi = md.compute_phi(t)[1][:, 0], md.compute_psi(t)[1][:, 0]
-        feats.append(np.stack([np.cos(phi), np.sin(phi), np.cos(psi), np.sin(psi)], 1))
-    dtrajs = KMeansDiscretizer(100, random_state=0).fit_transform(feats)
-    msm = MSMEstimator(lagtime=LAG, bayesian=True, n_samples=100, random_state=0).fit(dtrajs)
-    sets = np.full(100, -1)
-    sets[msm.active_set_] = msm.model_.pcca(2).memberships.argmax(axis=1)
-    labels = np.concatenate([sets[d] for d in dtrajs])
-    if np.sum(labels == 1) > np.sum(labels == 0):
-        labels = np.where(labels >= 0, 1 - labels, labels)
-    stats = msm.posterior_.gather_stats("timescales", k=1, confidence=0.95)
-    return tokens, labels, (float(np.ravel(stats.L)[0]), float(np.ravel(stats.R)[0]))
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_alanine_dipeptide_states_with_the_defaults_find_alpha_l(shipped_ala2, seed):
     # The README's pipeline, SPIB with the defaults a user gets.
-    tokens, ref_labels, (low, high) = shipped_ala2
+    tokens, ref_labels = shipped_ala2["tokens"], shipped_ala2["labels"]
+    stats = shipped_ala2["reference"]["msm"].posterior_.gather_stats("timescales", k=1, confidence=0.95)
+    low, high = float(np.ravel(stats.L)[0]), float(np.ravel(stats.R)[0])
     pipe = Pipeline([("merge", TokenMerger(window=1)),
                      ("spib", SPIBEstimator(lagtime=LAG, progress=False, random_state=seed))]).fit(tokens)
     spib = pipe["spib"]

@@ -1,0 +1,100 @@
+"""The kinetic model at the end of the real pipeline: alanine dipeptide's sets and MFPTs against the
+(phi, psi) MSM, and adenylate kinase's end structures from a Markov walk along its opening path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.pipeline import Pipeline
+
+from conftest import SHIPPED_LAG
+from g2v_sklearn import (
+    GeomEmbedder,
+    KMeansDiscretizer,
+    MSMEstimator,
+    TokenMerger,
+    VAMPNetEstimator,
+    kinetic_model,
+    save_structures,
+)
+
+
+def test_learned_sets_and_mfpts_match_the_dihedral_msm(shipped_ala2):
+    """The main job's VAMPNet (its settings, the learning rate its grid search picks, seed 0), then the
+    package's default route: k-means with its default centres, a Bayesian MSM, two PCCA+ sets."""
+    tokens = shipped_ala2["tokens"]
+    learner = Pipeline([("merge", TokenMerger(window=1, operator="none")),
+                        ("vamp", VAMPNetEstimator(lagtime=SHIPPED_LAG, n_components=2, score_k=2, max_epochs=15,
+                                                  lr=5e-3, progress=False, random_state=0))]).fit(tokens)
+    z = learner.transform(tokens)
+    route = Pipeline([("cluster", KMeansDiscretizer(random_state=0)),
+                      ("msm", MSMEstimator(lagtime=SHIPPED_LAG, bayesian=True, n_samples=100,
+                                           random_state=0))]).fit(z)
+    ours = kinetic_model(route, z, n_sets=2, timestep="50 ps", unit="ns")
+    ref = kinetic_model(shipped_ala2["reference"], shipped_ala2["features"], n_sets=2, timestep="50 ps",
+                        unit="ns")
+    rare, ref_rare = int(np.argmin(ours.populations)), int(np.argmin(ref.populations))
+    a, b = np.concatenate(ours.assignments), np.concatenate(ref.assignments)
+    kept = (a >= 0) & (b >= 0)
+    mine, theirs = a[kept] == rare, b[kept] == ref_rare
+    for x, y in ((mine, theirs), (~mine, ~theirs)):  # alpha_L, then the rest
+        precision, recall = np.mean(y[x]), np.mean(x[y])
+        assert precision >= 0.9 and recall >= 0.9, (precision, recall)
+    for i, j, ri, rj in ((1 - rare, rare, 1 - ref_rare, ref_rare), (rare, 1 - rare, ref_rare, 1 - ref_rare)):
+        low, high = ref.mfpt_interval[:, ri, rj]
+        print(f"MFPT {i} -> {j}: {ours.mfpt[i, j]:.3g} ns, (phi, psi) MSM's 95 % interval [{low:.3g}, {high:.3g}]")
+        assert low <= ours.mfpt[i, j] <= high
+    # the default route's second timescale is no artefact (benchmarks/bench_kinetics.py: 10 of 10 seeds)
+    stats = shipped_ala2["reference"]["msm"].posterior_.gather_stats("timescales", k=2, confidence=0.95)
+    assert route["msm"].timescales(2)[1] <= np.ravel(stats.R)[1]
+
+
+def metropolis_walk(n_frames=98, seed=0, length=400, n_walks=4):
+    """A Metropolis chain over the path's frames in a double well along the frame index (wells near
+    both ends, 4 kT barrier), each step proposing a move of 1 to 4 frames; its walks and matrix."""
+    x = np.linspace(-1, 1, n_frames)
+    v = 4 * (x**2 - 0.64) ** 2 / 0.64**2
+    p = np.zeros((n_frames, n_frames))
+    for i in range(n_frames):
+        for step in (-4, -3, -2, -1, 1, 2, 3, 4):
+            j = i + step
+            if 0 <= j < n_frames:
+                p[i, j] = min(1.0, np.exp(v[i] - v[j])) / 8
+        p[i, i] = 1 - p[i].sum()
+    from deeptime.markov.msm import MarkovStateModel
+
+    chain = MarkovStateModel(p)
+    starts = [5, n_frames - 6] * (n_walks // 2)
+    return chain, [chain.simulate(length, start=s, seed=seed + k) for k, s in enumerate(starts)]
+
+
+def test_adenylate_kinase_end_sets_look_like_the_closed_and_open_ends(visnet_checkpoint, adk_files, token_cache,
+                                                                     tmp_path):
+    import mdtraj as md
+
+    psf, dcd, _ = adk_files
+    path = md.load(dcd, top=psf)
+    heavy = path.atom_slice(path.topology.select("element != H"))
+    tokens = GeomEmbedder(visnet_checkpoint, memory=token_cache, progress=False).fit_transform([heavy])[0]
+    chain, walks = metropolis_walk(heavy.n_frames)
+    walk_tokens = [tokens[w] for w in walks]
+    pipe = Pipeline([("merge", TokenMerger(window=16)),
+                     ("vamp", VAMPNetEstimator(lagtime=2, n_components=1, d_model=16, n_heads=2, n_layers=1,
+                                               hidden_layer_sizes=(16,), batch_size=200, max_epochs=3,
+                                               progress=False, random_state=0)),
+                     ("cluster", KMeansDiscretizer(random_state=0)),
+                     ("msm", MSMEstimator(lagtime=2))]).fit(walk_tokens)
+    model = kinetic_model(pipe, walk_tokens, n_sets=2)
+    files = save_structures(model, tmp_path, [path[w] for w in walks], n_samples=2)
+    ends = {"closed": path[0], "open": path[-1]}
+    ca = path.topology.select("name CA")
+    for k, entry in files.items():
+        typical = md.load(str(entry["typical"]))
+        rmsd = {name: float(md.rmsd(typical, end, atom_indices=ca)[0]) for name, end in ends.items()}
+        frame = walks[entry["frames"][0, 0]][entry["frames"][0, 1]]  # the path frame it shows
+        own = "closed" if frame < heavy.n_frames / 2 else "open"
+        print(f"set {k}: path frame {frame}, C-alpha RMSD to closed {rmsd['closed']:.2f} nm, open {rmsd['open']:.2f} nm")
+        assert rmsd[own] < rmsd["open" if own == "closed" else "closed"]
+    # the two sets are the two ends of the path
+    halves = {walks[t][f] < heavy.n_frames / 2 for t, f in (files[k]["frames"][0] for k in files)}
+    assert halves == {True, False}
