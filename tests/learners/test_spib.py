@@ -23,6 +23,7 @@ from g2v_sklearn import (
     TokenMerger,
     TokenTrajectory,
 )
+from g2v_sklearn.learners._spib_objective import SpibObjective
 
 # Fits compared bit for bit across runs: the same torch threads in every run.
 pytestmark = pytest.mark.usefixtures("fixed_threads")
@@ -229,7 +230,7 @@ def test_lagtime_errors(wells):
 
 def test_nan_loss_stops_restores_and_advises(wells, nan_on_fourth_loss):
     trajs, _ = wells
-    record = nan_on_fourth_loss(SPIBEstimator, "_batch_loss")
+    record = nan_on_fourth_loss(SpibObjective, "batch_loss")
     est = SPIBEstimator(lagtime=5, callbacks=[record], **FAST)
     with pytest.raises(FloatingPointError, match=r"loss became nan .*last good weights were restored.*smaller lr"):
         est.fit(trajs)
