@@ -44,6 +44,48 @@ _FEATURES_EXPECTED = ("numeric features, a float array of shape (n_frames, n_fea
                       "token trajectories from GeomEmbedder")
 
 
+def sample_weights(sample_weight, series: TimeSeries) -> list[np.ndarray] | None:
+    """``sample_weight`` as one float64 array per trajectory (None for None), checked."""
+    if sample_weight is None:
+        return None
+    weights = [sample_weight] if series.single else list(sample_weight)
+    if len(weights) != len(series.items):
+        raise ValueError(
+            f"sample_weight has {len(weights)} entries, but X has {len(series.items)} trajectories."
+        )
+    out = []
+    if all(np.all(np.asarray(w) == 0) for w in weights):
+        raise ValueError("All sample_weight values are zero: no time-lagged pair would count.")
+    for i, (w, n) in enumerate(zip(weights, series.lengths)):
+        w = np.asarray(w, dtype=np.float64)
+        if w.shape != (n,):
+            raise ValueError(
+                f"sample_weight for trajectory {i} has shape {w.shape}, expected ({n},): one "
+                f"weight per frame."
+            )
+        bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
+        if bad.size:
+            raise ValueError(
+                f"sample_weight for trajectory {i} is {w[bad[0]]} at frame {bad[0]} "
+                f"(frames like it: {bad.size}): weights must be finite and non-negative."
+            )
+        out.append(w)
+    return out
+
+def check_pair_weights(weights, pairs, lagtime: int) -> None:
+    """A pair (t, t + lagtime) has the weight of frame t: at least two must count."""
+    if weights is None:
+        return
+    positive = sum(int(np.count_nonzero(weights[i][t] > 0)) for i, t in grouped_pairs(pairs))
+    if positive < 2:
+        raise ValueError(
+            f"sample_weight gives a positive weight to {positive} time-lagged "
+            f"pair{'s' if positive != 1 else ''}, and the covariances need at least two. A "
+            f"pair (t, t + lagtime) takes the weight of frame t, so weights on the last "
+            f"lagtime={lagtime} frames of a trajectory count for no pair."
+        )
+
+
 class TorchLearner(PickleVersionMixin, BaseEstimator):
     """Base class of the torch learners (not public): the scikit-learn side of training.
 
@@ -85,22 +127,6 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
         "progress": ["boolean"],
         "random_state": ["random_state", np.random.Generator],
     }
-
-    #: Parameters added since 0.1.0.dev0, with the value that reproduces the fits made
-    #: before: a pickle made without them unpickles with them.
-    _ADDED_PARAMETERS = {"mixer": "invariant"}
-
-    def __setstate__(self, state):
-        for name, value in self._ADDED_PARAMETERS.items():
-            state.setdefault(name, value)
-        super().__setstate__(state)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.non_deterministic = False  # CPU fits with a random_state are repeatable
-        tags.input_tags.allow_nan = False
-        return tags
-
 
     #: Parameters added since 0.1.0.dev0, with the value that reproduces the fits made
     #: before: a pickle made without them unpickles with them.
@@ -187,47 +213,6 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
             return f"{shape[0]} features"
         return f"token trajectories of {shape[0]} residues with {shape[1]} channels"
 
-    @staticmethod
-    def _sample_weights(sample_weight, series: TimeSeries) -> list[np.ndarray] | None:
-        if sample_weight is None:
-            return None
-        weights = [sample_weight] if series.single else list(sample_weight)
-        if len(weights) != len(series.items):
-            raise ValueError(
-                f"sample_weight has {len(weights)} entries, but X has {len(series.items)} trajectories."
-            )
-        out = []
-        if all(np.all(np.asarray(w) == 0) for w in weights):
-            raise ValueError("All sample_weight values are zero: no time-lagged pair would count.")
-        for i, (w, n) in enumerate(zip(weights, series.lengths)):
-            w = np.asarray(w, dtype=np.float64)
-            if w.shape != (n,):
-                raise ValueError(
-                    f"sample_weight for trajectory {i} has shape {w.shape}, expected ({n},): one "
-                    f"weight per frame."
-                )
-            bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
-            if bad.size:
-                raise ValueError(
-                    f"sample_weight for trajectory {i} is {w[bad[0]]} at frame {bad[0]} "
-                    f"(frames like it: {bad.size}): weights must be finite and non-negative."
-                )
-            out.append(w)
-        return out
-
-    def _check_pair_weights(self, weights, pairs) -> None:
-        """A pair (t, t + lagtime) has the weight of frame t: at least two must count."""
-        if weights is None:
-            return
-        positive = sum(int(np.count_nonzero(weights[i][t] > 0)) for i, t in grouped_pairs(pairs))
-        if positive < 2:
-            raise ValueError(
-                f"sample_weight gives a positive weight to {positive} time-lagged "
-                f"pair{'s' if positive != 1 else ''}, and the covariances need at least two. A "
-                f"pair (t, t + lagtime) takes the weight of frame t, so weights on the last "
-                f"lagtime={self.lagtime} frames of a trajectory count for no pair."
-            )
-
     # ------------------------------------------------------------------ the fit's data
     def _fit_data(self, X, sample_weight, *, reset: bool = True, split: bool = True,
                   constant_is_an_error: bool = True) -> tuple[FitData, np.random.Generator]:
@@ -244,10 +229,10 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
         series = self._as_time_series(X, reset=reset)
         if constant_is_an_error and reset and series.kind == "array":
             check_not_constant(series.items, who)
-        weights = self._sample_weights(sample_weight, series)
+        weights = sample_weights(sample_weight, series)
         pairs = lagged_pairs(series.lengths, self.lagtime, who)
         if reset:
-            self._check_pair_weights(weights, pairs)
+            check_pair_weights(weights, pairs, self.lagtime)
         rng = self._shared_generator(ranks, series, weights, len(pairs))
         device = resolve_device(self.device)
         if reset:

@@ -21,6 +21,7 @@ from ..msm._discretize import KMeansDiscretizer
 from ..nn._spib import SPIBModule
 from ._learner import TorchLearner
 from ._series import FitData, TimeSeries, pair_arrays
+from ._spib_states import decode_means, states_score
 from ._spib_objective import SpibObjective
 from ._trainer import Trainer
 from ._vamp import fit_vamp, vamp_cv_score
@@ -48,7 +49,7 @@ class _RunProgress:
     net: SPIBModule
     means: list  # latent means of every frame under ``net``
     labels: list  # the labels the next round trains on (the last refinement's)
-    score: float  # VAMP-2 of the labels' states on the training pairs (``_states_score``)
+    score: float  # VAMP-2 of the labels' states on the training pairs (``states_score``)
     epochs_left: int
     history: dict
     labels_history: list  # the labels before the first round and after each accepted refinement
@@ -57,14 +58,26 @@ class _RunProgress:
     round_: int = 0
 
 
-#: A refinement is refused when its states keep less than this share of the slow singular values
-#: (squared, ``score_k`` of them) that the states before it resolved.
-_KEEP_SLOW = 0.5
-#: ... when those states resolve anything slower than the lag time: an indicator whose process
-#: relaxes in one lag time has singular value exp(-1), so exp(-2) squared.
-_SLOW_FLOOR = math.exp(-2.0)
-#: Fresh starts of a run whose first round learned nothing (its refinement refused).
-_MAX_RESTARTS = 2
+def accept_refinement(run: _RunProgress, keep: np.ndarray, labels: list, score: float) -> None:
+    """A refinement taken: empty states dropped, the new labels and their score recorded."""
+    if len(keep) < run.net.n_states:
+        run.net.keep_states(keep)
+    run.converged = all(np.array_equal(a, b) for a, b in zip(run.labels, labels))
+    run.labels, run.score = labels, score
+    run.labels_history.append(labels)
+    run.history["states_score"].append(score)
+
+
+def record_round(history: dict, rounds: dict, round_: int, n_states: int) -> None:
+    """Append one training round's epochs to the run's history."""
+    history["rollbacks"] += [len(history["train"]) + epoch for epoch in rounds["rollbacks"]]
+    history["train"] += rounds["train"]
+    history["validation"] += rounds["validation"]
+    history["round"] += [round_] * len(rounds["train"])
+    history["best_epoch"].append(rounds["best_epoch"])
+    history["n_states"].append(n_states)
+    for key in ("best_weights_file", "resumed_from_epoch"):  # what SaveBestWeights records, per round
+        history.setdefault(key, []).append(rounds.get(key))
 
 
 def _pooled_invariants(series: TimeSeries, chunk: int = 4096) -> list[np.ndarray]:
@@ -102,6 +115,98 @@ def _integer_labels(labels: np.ndarray, name: str) -> np.ndarray:
             f"{' with non-integer values' if labels.dtype.kind in 'fO' else ''}."
         )
     return values.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class InitialLabels:
+    """Where a fit's first labels come from: ``y``, or k-means into ``n_states`` clusters of the
+    leading ``init_components`` TICA components (at ``lagtime``) of the pooled invariants."""
+
+    n_states: int
+    init_components: int | None
+    lagtime: int
+    who: str
+
+    def initial(self, series: TimeSeries, y, rng) -> list[np.ndarray]:
+        """Initial state labels 0..K-1 per trajectory, from ``y`` or k-means."""
+        who = self.who
+        lengths = series.lengths
+        if y is None:
+            features = self.features(series)
+            n_clusters = min(int(self.n_states), sum(lengths))
+            kmeans = KMeansDiscretizer(n_clusters, random_state=int(rng.integers(0, 2**31 - 1)))
+            raw = [np.asarray(d, dtype=np.int64) for d in kmeans.fit(features).transform(features)]
+            source = f"k-means with n_states={self.n_states} found"
+        else:
+            raw = self.check(y, series)
+            source = "y has"
+        values, inverse = np.unique(np.concatenate(raw), return_inverse=True)
+        if len(values) < 2:
+            raise ValueError(
+                f"{who} needs at least two initial states, but {source} only {len(values)} distinct "
+                f"state{'s' if len(values) != 1 else ''} (are all frames alike?)."
+            )
+        return np.split(inverse.astype(np.int64), np.cumsum(lengths)[:-1])
+
+    def features(self, series: TimeSeries) -> list[np.ndarray]:
+        """Standardised pooled invariants, projected on their leading TICA components."""
+        from deeptime.decomposition import TICA
+        from deeptime.numeric import ZeroRankError
+
+        features = _pooled_invariants(series)
+        stacked = np.concatenate(features)
+        mean, std = stacked.mean(axis=0), stacked.std(axis=0)
+        std = np.where(std > 0, std, 1.0)
+        features = [(f - mean) / std for f in features]
+        if self.init_components is None:
+            return features
+        # fit has warned already about the trajectories this skips
+        long_enough = [features[i] for i in with_lagged_pair([len(f) for f in features], self.lagtime)]
+        try:
+            tica = TICA(lagtime=int(self.lagtime), dim=int(self.init_components)).fit(long_enough)
+        except ZeroRankError:
+            return features  # constant features: k-means then finds one state, and fit says so
+        model = tica.fetch_model()
+        return [model.transform(f) for f in features]
+
+    def check(self, y, series: TimeSeries) -> list[np.ndarray]:
+        """``y`` as int64 label arrays, one per trajectory, after checking their shapes and type."""
+        who = self.who
+        lengths = series.lengths
+        if series.single:
+            ys = [y]
+        elif isinstance(y, (list, tuple)):
+            ys = list(y)
+        else:
+            raise TypeError(
+                f"y must be a list of integer label arrays, one per trajectory; got {type(y).__name__}."
+            )
+        if len(ys) != len(lengths):
+            raise ValueError(
+                f"y has {len(ys)} label arrays, but X has {len(lengths)} trajectories; {who} needs one "
+                f"label per frame of every trajectory."
+            )
+        out = []
+        for i, (labels, n) in enumerate(zip(ys, lengths)):
+            labels = np.asarray(labels)
+            name = "y" if series.single else f"y[{i}]"
+            if labels.ndim != 1 or len(labels) != n:
+                raise ValueError(
+                    f"{name} has shape {labels.shape}, but trajectory {i} has {n} frames; {who} needs "
+                    f"one label per frame, shape ({n},)."
+                )
+            out.append(_integer_labels(labels, name))
+        return out
+
+
+#: A refinement is refused when its states keep less than this share of the slow singular values
+#: (squared, ``score_k`` of them) that the states before it resolved.
+_KEEP_SLOW = 0.5
+#: ... when those states resolve anything slower than the lag time: an indicator whose process
+#: relaxes in one lag time has singular value exp(-1), so exp(-2) squared.
+_SLOW_FLOOR = math.exp(-2.0)
+#: Fresh starts of a run whose first round learned nothing (its refinement refused).
+_MAX_RESTARTS = 2
 
 
 # --------------------------------------------------------------------------- estimator
@@ -450,77 +555,6 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         self.progress = progress
         self.random_state = random_state
 
-    # ------------------------------------------------------------------ labels
-    def _initial_labels(self, series: TimeSeries, y, rng) -> list[np.ndarray]:
-        """Initial state labels 0..K-1 per trajectory, from ``y`` or k-means."""
-        who = type(self).__name__
-        lengths = series.lengths
-        if y is None:
-            features = self._initial_features(series)
-            n_clusters = min(int(self.n_states), sum(lengths))
-            kmeans = KMeansDiscretizer(n_clusters, random_state=int(rng.integers(0, 2**31 - 1)))
-            raw = [np.asarray(d, dtype=np.int64) for d in kmeans.fit(features).transform(features)]
-            source = f"k-means with n_states={self.n_states} found"
-        else:
-            raw = self._check_labels(y, series)
-            source = "y has"
-        values, inverse = np.unique(np.concatenate(raw), return_inverse=True)
-        if len(values) < 2:
-            raise ValueError(
-                f"{who} needs at least two initial states, but {source} only {len(values)} distinct "
-                f"state{'s' if len(values) != 1 else ''} (are all frames alike?)."
-            )
-        return np.split(inverse.astype(np.int64), np.cumsum(lengths)[:-1])
-
-    def _initial_features(self, series: TimeSeries) -> list[np.ndarray]:
-        """Standardised pooled invariants, projected on their leading TICA components."""
-        from deeptime.decomposition import TICA
-        from deeptime.numeric import ZeroRankError
-
-        features = _pooled_invariants(series)
-        stacked = np.concatenate(features)
-        mean, std = stacked.mean(axis=0), stacked.std(axis=0)
-        std = np.where(std > 0, std, 1.0)
-        features = [(f - mean) / std for f in features]
-        if self.init_components is None:
-            return features
-        # fit has warned already about the trajectories this skips
-        long_enough = [features[i] for i in with_lagged_pair([len(f) for f in features], self.lagtime)]
-        try:
-            tica = TICA(lagtime=int(self.lagtime), dim=int(self.init_components)).fit(long_enough)
-        except ZeroRankError:
-            return features  # constant features: k-means then finds one state, and fit says so
-        model = tica.fetch_model()
-        return [model.transform(f) for f in features]
-
-    def _check_labels(self, y, series: TimeSeries) -> list[np.ndarray]:
-        who = type(self).__name__
-        lengths = series.lengths
-        if series.single:
-            ys = [y]
-        elif isinstance(y, (list, tuple)):
-            ys = list(y)
-        else:
-            raise TypeError(
-                f"y must be a list of integer label arrays, one per trajectory; got {type(y).__name__}."
-            )
-        if len(ys) != len(lengths):
-            raise ValueError(
-                f"y has {len(ys)} label arrays, but X has {len(lengths)} trajectories; {who} needs one "
-                f"label per frame of every trajectory."
-            )
-        out = []
-        for i, (labels, n) in enumerate(zip(ys, lengths)):
-            labels = np.asarray(labels)
-            name = "y" if series.single else f"y[{i}]"
-            if labels.ndim != 1 or len(labels) != n:
-                raise ValueError(
-                    f"{name} has shape {labels.shape}, but trajectory {i} has {n} frames; {who} needs "
-                    f"one label per frame, shape ({n},)."
-                )
-            out.append(_integer_labels(labels, name))
-        return out
-
     # ------------------------------------------------------------------ fit
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, sample_weight=None):
@@ -626,12 +660,12 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
 
     def _initialize(self, data: FitData, y, rng, *, epochs: int | None = None) -> _RunProgress:
         """A run's start: initial labels (``y`` or k-means), the objective's noise, a fresh network."""
-        labels = data.ranks.broadcast_object(self._initial_labels(data.series, y, rng))  # rank 0's, to the frame
+        labels = data.ranks.broadcast_object(self._labelling().initial(data.series, y, rng))  # rank 0's, to the frame
         objective = SpibObjective(self._network_spec(), self._inference(), self.z_dim, self.beta, self.batch_size,
                                   offsets=_offsets(data.series), generator=torch_generator(rng, data.device),
                                   validation_seed=int(rng.integers(0, 2**63 - 1)))
         objective.set_labels(labels, data.device)
-        score = data.ranks.broadcast_object(self._states_score(labels, data.train, data.weights))  # alike on every rank
+        score = data.ranks.broadcast_object(states_score(self.lagtime, self.score_k, labels, data.train, data.weights))  # alike on every rank
         net, means = self._new_network(objective, data, rng)
         run = _RunProgress(objective, net, means, labels, score, int(epochs or self.max_epochs),
                            history=_run_history(), labels_history=[labels])
@@ -649,13 +683,13 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
                                   offsets=_offsets(data.series), generator=torch_generator(self._rng, data.device),
                                   validation_seed=int(self._rng.integers(0, 2**63 - 1)))
         objective.set_labels(labels, data.device)
-        score = data.ranks.broadcast_object(self._states_score(labels, data.train, data.weights))
+        score = data.ranks.broadcast_object(states_score(self.lagtime, self.score_k, labels, data.train, data.weights))
         return _RunProgress(objective, net, means, labels, score, 1, history=history, labels_history=[labels])
 
     def _train_round(self, run: _RunProgress, data: FitData, rng, threads, attempts) -> bool:
         """One training round of a run and its checked refinement; whether another round follows.
 
-        Every refinement is checked (:meth:`_states_score`): one that loses the
+        Every refinement is checked (:func:`~g2v_sklearn.learners._spib_states.states_score`): one that loses the
         slow processes the states before it resolved is refused. After the
         first round that means the network learned nothing yet (its decoder
         predicts the populations), and the round starts again with fresh
@@ -669,11 +703,11 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         trainer = Trainer(self._train_config(), run.objective, self._callback_list(), owner=self)
         rounds = trainer.fit(trainer.start(run.net, data, rng, max_epochs=run.epochs_left, run=next(attempts),
                                            threads=threads))
-        self._record_round(run.history, rounds, run.round_, run.net.n_states)
+        record_round(run.history, rounds, run.round_, run.net.n_states)
         run.epochs_left -= len(rounds["train"])
         run.means = self._latent_means(run.net, data.series, data.device, data.ranks)  # alike on every rank
         keep, new_labels = self._relabelled(run.net, run.means, data.device)
-        new_score = data.ranks.broadcast_object(self._states_score(new_labels, data.train, data.weights))
+        new_score = data.ranks.broadcast_object(states_score(self.lagtime, self.score_k, new_labels, data.train, data.weights))
         if run.score - 1.0 > _SLOW_FLOOR and new_score - 1.0 < _KEEP_SLOW * (run.score - 1.0):
             if run.previous is not None:
                 run.net, run.means = run.previous
@@ -683,7 +717,7 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
                 run.history["restarts"].append(len(run.history["train"]))
                 run.net, run.means = self._new_network(run.objective, data, rng)
                 return True
-        self._accept(run, keep, new_labels, new_score)
+        accept_refinement(run, keep, new_labels, new_score)
         if run.converged or run.epochs_left < 1:
             return False
         run.previous = (copy.deepcopy(run.net), run.means)
@@ -697,20 +731,10 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         config = self._train_config(max_epochs=1, lr_schedule="constant", warmup=0.0)
         trainer = Trainer(config, run.objective, self._callback_list(early_stopping=False), owner=self)
         rounds = trainer.fit(trainer.start(run.net, data, self._rng, max_epochs=1, threads=threads))
-        self._record_round(run.history, rounds, len(run.history["best_epoch"]), run.net.n_states)
+        record_round(run.history, rounds, len(run.history["best_epoch"]), run.net.n_states)
         run.means = self._latent_means(run.net, data.series, data.device, data.ranks)
         keep, new_labels = self._relabelled(run.net, run.means, data.device)
-        self._accept(run, keep, new_labels, self._states_score(new_labels, data.train, data.weights))
-
-    @staticmethod
-    def _accept(run: _RunProgress, keep: np.ndarray, labels: list, score: float) -> None:
-        """A refinement taken: empty states dropped, the new labels and their score recorded."""
-        if len(keep) < run.net.n_states:
-            run.net.keep_states(keep)
-        run.converged = all(np.array_equal(a, b) for a, b in zip(run.labels, labels))
-        run.labels, run.score = labels, score
-        run.labels_history.append(labels)
-        run.history["states_score"].append(score)
+        accept_refinement(run, keep, new_labels, states_score(self.lagtime, self.score_k, new_labels, data.train, data.weights))
 
     def _end_run(self, run: _RunProgress, data: FitData) -> None:
         """The final states' representatives; SaveBestWeights' records only where it said something."""
@@ -744,23 +768,14 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
             )
         self._fit_score_model(data.series, data.pairs, run.means, data.weights, data.device)
 
+    def _labelling(self) -> InitialLabels:
+        return InitialLabels(self.n_states, self.init_components, self.lagtime, type(self).__name__)
+
     def _new_network(self, objective: SpibObjective, data: FitData, rng) -> tuple[SPIBModule, list[np.ndarray]]:
         """A freshly initialised network for the objective's states, and its latent means."""
         net = objective.build(data, rng)
         self._plan_memory(net, data)
         return net, self._latent_means(net, data.series, data.device, data.ranks)
-
-    @staticmethod
-    def _record_round(history: dict, rounds: dict, round_: int, n_states: int) -> None:
-        """Append one training round's epochs to the run's history."""
-        history["rollbacks"] += [len(history["train"]) + epoch for epoch in rounds["rollbacks"]]
-        history["train"] += rounds["train"]
-        history["validation"] += rounds["validation"]
-        history["round"] += [round_] * len(rounds["train"])
-        history["best_epoch"].append(rounds["best_epoch"])
-        history["n_states"].append(n_states)
-        for key in ("best_weights_file", "resumed_from_epoch"):  # what SaveBestWeights records, per round
-            history.setdefault(key, []).append(rounds.get(key))
 
     def _reset_prior(self, run: _RunProgress, data: FitData, *, weights_too: bool = True) -> None:
         """Representatives: per state, the training frame nearest the state's mean latent; and
@@ -796,40 +811,19 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
     def _relabelled(self, net, means, device) -> tuple[np.ndarray, list[np.ndarray]]:
         """(the states that keep frames, every frame's most likely state at its latent mean
         among them, renumbered 0..len(keep)-1)."""
-        raw = [self._decode_means(net, m, device).argmax(axis=1) for m in means]
+        raw = [decode_means(net, m, device).argmax(axis=1) for m in means]
         counts = np.bincount(np.concatenate(raw), minlength=net.n_states)
         keep = np.flatnonzero(counts > 0)
         remap = np.full(len(counts), -1, dtype=np.int64)
         remap[keep] = np.arange(len(keep))
         return keep, [remap[r] for r in raw]
 
-    def _states_score(self, labels, pairs, weights) -> float:
-        """VAMP-2 of the states on ``pairs`` (``score_k`` singular values of their indicator
-        functions, plus 1): how much of the slow dynamics the states resolve; 1 for one state."""
-        n_states = int(max(l.max() for l in labels)) + 1
-        if n_states < 2:
-            return 1.0
-        indicators = [np.eye(n_states)[l] for l in labels]
-        x, y, w = pair_arrays(indicators, pairs, self.lagtime, weights)
-        try:
-            singular_values = fit_vamp(x, y, weights=w).singular_values
-        except ValueError:  # no pair leaves or enters a state's frames: nothing resolved
-            return 1.0
-        return 1.0 + float(np.sum(singular_values[: self.score_k] ** 2))
-
-    @staticmethod
-    def _decode_means(net, means: np.ndarray, device, chunk: int = 65536) -> np.ndarray:
-        with torch.no_grad():
-            out = [net.decode(torch.as_tensor(means[s:s + chunk], dtype=torch.float32, device=device))
-                   .double().exp().cpu().numpy() for s in range(0, len(means), chunk)]
-        return np.concatenate(out) if out else np.zeros((0, net.n_states))
-
     def _fit_score_model(self, series, pairs, means, weights, device):
         """VAMP decomposition of the training state probabilities, for :meth:`score`."""
         self.vamp_ = None
         if self.n_states_ < 2:
             return
-        probs = [self._decode_means(self.module_, m, device) for m in means]
+        probs = [decode_means(self.module_, m, device) for m in means]
         x, y, w = pair_arrays(probs, pairs, self.lagtime, weights)
         try:
             self.vamp_ = fit_vamp(x, y, weights=w)
@@ -840,7 +834,7 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
     def _probabilities(self, X) -> tuple[list[np.ndarray], list[np.ndarray], TimeSeries]:
         series, net, device = self._fitted_input(X)
         means = self._latent_means(net, series, device)
-        return means, [self._decode_means(net, m, device) for m in means], series
+        return means, [decode_means(net, m, device) for m in means], series
 
     def predict_proba(self, X):
         """Probabilities of the states ``lagtime`` frames ahead, at each frame's latent mean.

@@ -37,7 +37,6 @@ from tqdm.auto import tqdm
 from .._runtime import compiled_or_eager
 from .._threads import ThreadBudget
 from ._callbacks import LRScheduler
-from ._distributed import Ranks
 from ._series import FitData
 
 __all__ = ["EpochScores", "FitContext", "Objective", "TrainConfig", "Trainer", "TrainingCollapsed",
