@@ -5,7 +5,7 @@ What it measures
 One training step of ``VAMPNetEstimator`` on the tokens of ``bench_train.py``
 (a protein-like chain of ``N`` residues, ``H = 64``, ``TokenMerger(window=w)``,
 the estimator's default network), taken with the estimator's own step
-``est._train_step(ctx, ctx.train)`` on a global batch of ``B`` time-lagged
+``trainer.step(ctx, ctx.train)`` on a global batch of ``B`` time-lagged
 pairs, in three set-ups:
 
 * ``1 rank, 1 thread``: one process, no process group;
@@ -56,13 +56,13 @@ def run_worker(args) -> None:
     torch.set_num_threads(args.threads)
     rank, world = g2v_sklearn.init_distributed(timeout=300)
     tokens = make_tokens(args.size, 2 * args.batch, seed=0)  # the same tokens on every rank
-    est, ctx = estimator_context(tokens, args.window, args.batch, memory_budget=1e15)
+    est, trainer, ctx = estimator_context(tokens, args.window, args.batch, memory_budget=1e15)
     assert ctx.ranks.world_size == world
-    est._train_step(ctx, ctx.train)  # warm-up
+    trainer.step(ctx, ctx.train)  # warm-up
     times = []
     for _ in range(args.steps):
         clock = time.perf_counter()
-        est._train_step(ctx, ctx.train)
+        trainer.step(ctx, ctx.train)
         times.append(time.perf_counter() - clock)
     if rank == 0:
         print(json.dumps({"size": args.size, "window": args.window, "batch": args.batch, "world": world,

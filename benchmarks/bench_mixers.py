@@ -77,10 +77,10 @@ def build(n: int, w: int, b: int, variants):
                                  dropout=0.0)
             step = geom2vec_step(lobe, tokens, b)
         else:  # ours: the estimator's own training step (fit's seams)
-            est, ctx = estimator_context(tokens, w, b, mixer=name, lr=1e-4, **ANCHOR_NETWORK)
+            est, trainer, ctx = estimator_context(tokens, w, b, mixer=name, lr=1e-4, **ANCHOR_NETWORK)
 
-            def step(est=est, ctx=ctx):
-                est._train_step(ctx, ctx.train)
+            def step(trainer=trainer, ctx=ctx):
+                trainer.step(ctx, ctx.train)
 
         steps[name] = step
     return steps

@@ -8,7 +8,7 @@ variants alternating, median of R timed steps after one warm-up, each
 configuration in a fresh interpreter.
 
 Variants (ours: the estimator's own training step, through fit's seams:
-``est._training_context(X)`` then ``est._train_step(ctx, pairs)``, so forward,
+``est.training_session(X)`` then ``trainer.step(ctx, pairs)``, so forward,
 VAMP-2, backward, gradient clipping, the fused AdamW step and the schedule are
 exactly what ``fit`` runs):
 
@@ -147,10 +147,10 @@ def worker(n: int, w: int, b: int, repeats: int, variants: list[str]) -> dict:
         operator, extra = OURS[name]
         if extra.get("memory_budget") == "half":
             extra = {"memory_budget": 0.5 * plans["ours"]["batch_activation_bytes"]}
-        est, ctx = estimator_context(tokens, w, b, operator=operator, dropout=0.0, lr=1e-4, **ANCHOR_NETWORK,
+        est, trainer, ctx = estimator_context(tokens, w, b, operator=operator, dropout=0.0, lr=1e-4, **ANCHOR_NETWORK,
                                      **extra)
         plans[name] = est.memory_plan_
-        steps[name] = (lambda est, ctx: lambda: est._train_step(ctx, ctx.train))(est, ctx)
+        steps[name] = (lambda trainer, ctx: lambda: trainer.step(ctx, ctx.train))(trainer, ctx)
     # geom2vec's Lobe, stepped as its own training code steps it
     torch.manual_seed(0)
     g2v = g2v_lobe.Lobe(output_channels=2, input_channels=64, hidden_channels=64, num_tokens=n, merger=w > 1,

@@ -10,9 +10,9 @@ mini-batch of ``B`` time-lagged pairs, done with the estimator's own code:
   8 A), so its defaults apply: ``d_model=64, n_heads=4, n_layers=2,
   pooling="cls"``, two outputs. ``window=1`` still goes through the merging
   module, as the paper's w=1 does;
-* ``est._training_context(X)`` sets up what ``fit`` sets up before its first
+* ``est.training_session(X)`` sets up what ``fit`` sets up before its first
   step (network, memory plan, optimizer, schedule), and every timed step is
-  ``est._train_step(ctx, batch)``, the step ``fit`` takes: the 2B frames read
+  ``trainer.step(ctx, batch)``, the step ``fit`` takes: the 2B frames read
   once and pushed through the network in one pass (autocast when
   ``precision="bfloat16"``), VAMP-2 loss, finite-loss check, ``backward``,
   gradient clipping, the fused AdamW ``step``. The estimator's
@@ -220,14 +220,14 @@ ANCHOR_NETWORK = dict(d_model=64, n_heads=8, n_layers=4)
 
 
 def estimator_context(tokens, w: int, b: int, *, operator: str = "graphconv", **params):
-    """``(est, ctx)``: ``VAMPNetEstimator(lagtime=B, batch_size=B, **params)`` on ``tokens``' 2B
+    """``(est, trainer, ctx)``: ``VAMPNetEstimator(lagtime=B, batch_size=B, **params)`` on ``tokens``' 2B
     frames after ``TokenMerger(window=w, operator=operator)``, and the context of its own
-    training step (fit's seams): ``est._train_step(ctx, ctx.train)`` is one step on all B pairs."""
+    training step (fit's seams): ``trainer.step(ctx, ctx.train)`` is one step on all B pairs."""
     from g2v_sklearn import TokenMerger, VAMPNetEstimator
 
     merged = TokenMerger(window=w, operator=operator).fit_transform([tokens])
     est = VAMPNetEstimator(lagtime=b, batch_size=b, **{"progress": False, "random_state": 0, **params})
-    return est, est._training_context(merged)
+    return (est, *est.training_session(merged))
 
 
 def geom2vec_step(lobe, tokens, b: int, device="cpu"):
@@ -343,7 +343,7 @@ def run_worker(args) -> None:
     try:
         # ---- set-up: the estimator's own training context (fit's seams); 2B frames, B pairs
         tokens = make_tokens(n, 2 * b, args.seed)
-        est, ctx = estimator_context(tokens, w, b, precision=args.precision, device=str(device),
+        est, trainer, ctx = estimator_context(tokens, w, b, precision=args.precision, device=str(device),
                                      memory_budget=args.memory_budget, random_state=args.seed)
         spec = ctx.series.spec
         rng = np.random.default_rng(args.seed)
@@ -364,8 +364,8 @@ def run_worker(args) -> None:
         state = {"score": None}
 
         def step() -> None:
-            """One optimizer step, exactly as fit takes it (VAMPNetEstimator._train_step)."""
-            state["score"] = -est._train_step(ctx, pairs[rng.permutation(len(pairs))])
+            """One optimizer step, exactly as fit takes it (the trainer's step)."""
+            state["score"] = -trainer.step(ctx, pairs[rng.permutation(len(pairs))])
 
         # ---- baseline, warm-up, timed steps
         if cuda:

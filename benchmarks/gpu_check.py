@@ -228,18 +228,18 @@ def embedding(args, device, budget: Budget, report: dict) -> list:
 
 
 def _training_setup(n: int, w: int, b: int, precision: str, device, operator: str = "graphconv"):
-    """The estimator and the context of its own training step (fit's seams) on B pairs of 2B frames."""
+    """The estimator, its own training step (fit's seams) on B pairs of 2B frames, and the tokens."""
     from bench_train import ANCHOR_NETWORK, estimator_context, make_tokens
 
     tokens = make_tokens(n, 2 * b, 0)
-    est, ctx = estimator_context(tokens, w, b, operator=operator, precision=precision, device=str(device),
-                                 **ANCHOR_NETWORK)
-    return est, ctx, tokens
+    est, trainer, ctx = estimator_context(tokens, w, b, operator=operator, precision=precision,
+                                          device=str(device), **ANCHOR_NETWORK)
 
+    def step() -> None:
+        """One optimizer step on all B pairs, as fit takes it."""
+        trainer.step(ctx, ctx.train)
 
-def _step(est, ctx) -> None:
-    """One optimizer step on all B pairs, as fit takes it."""
-    est._train_step(ctx, ctx.train)
+    return est, step, tokens
 
 
 def _time_steps(step, device, repeats: int) -> float:
@@ -274,8 +274,8 @@ def training(args, device, budget: Budget, report: dict) -> dict:
                         continue
                     try:
                         _reset_peak(device)
-                        est, ctx, _ = _training_setup(n, w, b, precision, device)
-                        seconds = _time_steps(lambda: _step(est, ctx), device, args.repeats)
+                        est, step, _ = _training_setup(n, w, b, precision, device)
+                        seconds = _time_steps(step, device, args.repeats)
                         peak = _peak_gb(device)
                         row.update(step_s=seconds, step_s_per_1000_frames=seconds * 1000 / (2 * b),
                                    peak_gb=peak, peak_gb_per_1000_frames=None if peak is None
@@ -283,7 +283,7 @@ def training(args, device, budget: Budget, report: dict) -> dict:
                     except Exception as exc:  # noqa: BLE001
                         row.update(error=f"{type(exc).__name__}: {str(exc)[:300]}", oom=_is_oom(exc))
                     finally:
-                        est = ctx = None
+                        est = step = None
                     rows.append(row)
                     write(args, report)
     # proof of the FlashAttention kernel: SDPA restricted to it must still run the step
@@ -295,13 +295,13 @@ def training(args, device, budget: Budget, report: dict) -> dict:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         try:
-            est, ctx, _ = _training_setup(sizes[-1], windows[-1], batches[0], "bfloat16", device)
+            est, step, _ = _training_setup(sizes[-1], windows[-1], batches[0], "bfloat16", device)
             from g2v_sklearn.nn._lobes import attention_backend
 
             probe = torch.zeros(1, 8, 64, 8, device=device, dtype=torch.bfloat16)
             flash["attention_backend"] = attention_backend(probe)  # "flash_attn" bypasses SDPA
             with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                flash["step_s"] = _time_steps(lambda: _step(est, ctx), device, 1)
+                flash["step_s"] = _time_steps(step, device, 1)
             flash["ran_on_flash_attention"] = True
         except Exception as exc:  # noqa: BLE001
             flash.update(ran_on_flash_attention=False, error=f"{type(exc).__name__}: {str(exc)[:300]}")
@@ -329,7 +329,7 @@ def side_by_side(args, device, budget: Budget, report: dict) -> list:
             rows.append({**row, "skipped": "time budget"})
             continue
         try:
-            est, ctx, tokens = _training_setup(n, w, b, "float32", device)
+            est, step, tokens = _training_setup(n, w, b, "float32", device)
             torch.manual_seed(0)
             lobe = g2v_lobe.Lobe(output_channels=2, input_channels=64, hidden_channels=64, num_tokens=n,
                                  merger=w > 1, merger_window=w, equi_rep=False, num_mixer_layers=4, nhead=8,
@@ -337,7 +337,7 @@ def side_by_side(args, device, budget: Budget, report: dict) -> list:
             from bench_train import geom2vec_step
 
             g2v_step = geom2vec_step(lobe, tokens, b, device)
-            row["ours_s"] = _time_steps(lambda: _step(est, ctx), device, args.repeats)
+            row["ours_s"] = _time_steps(step, device, args.repeats)
             row["geom2vec_s"] = _time_steps(g2v_step, device, args.repeats)
             row["geom2vec_over_ours"] = row["geom2vec_s"] / row["ours_s"]
         except Exception as exc:  # noqa: BLE001

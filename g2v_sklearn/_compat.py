@@ -7,6 +7,7 @@ every reliance on where scikit-learn runs its fits, see
 
 import sys
 
+from sklearn.base import _fit_context  # noqa: F401 - validates parameters once per fit
 from sklearn.utils._param_validation import (  # noqa: F401
     Interval,
     Options,
@@ -16,6 +17,7 @@ from sklearn.utils._param_validation import (  # noqa: F401
 )
 
 __all__ = [
+    "_fit_context",
     "Interval",
     "inside_model_selection",
     "Options",

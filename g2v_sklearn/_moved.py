@@ -20,7 +20,7 @@ FLAT_LAYOUT = {
     "_callbacks": ("learners._callbacks",),
     "_embedder": ("embedding._embedder", "embedding._reading", "embedding._pooling", "embedding._pretrain",
                   "tokens._tokens"),
-    "_learner": ("learners._learner",),
+    "_learner": ("learners._learner", "learners._trainer"),
     "_merger": ("learners._merger", "nn._merger", "tokens._tokens"),
     "_msm": ("msm._discretize", "msm._estimator", "msm._selection"),
     "_neighbors": ("nn._neighbors",),

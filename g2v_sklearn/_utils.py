@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from . import _version
+from ._runtime import resolve_device, supports_bfloat16  # their home is _runtime
 
 __all__ = [
     "PickleVersionMixin",
@@ -23,42 +24,6 @@ __all__ = [
     "torch_generator",
     "weights_sha256",
 ]
-
-
-def supports_bfloat16(device: torch.device) -> bool:
-    """Whether ``device`` computes in bfloat16 natively.
-
-    A CPU qualifies with oneDNN and the AVX512-BF16 or AMX instructions
-    (elsewhere bfloat16 is emulated, slower than float32); a CUDA device when
-    torch says so (compute capability 8.0 and up).
-    """
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
-        return False
-    # torch's CPU feature probes are private: a release without them means "no"
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
-
-
-def resolve_device(device) -> torch.device:
-    """Turn ``"auto"``, a string or a :class:`torch.device` into a usable device.
-
-    ``"auto"`` is CUDA when available, else CPU. Asking for CUDA on a machine
-    without it is an error, not a silent fallback.
-    """
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"Unknown device {device!r}: {exc}") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device={str(device)!r} was requested, but CUDA is not available on this machine. "
-            f"Use device='auto' or 'cpu'."
-        )
-    return device
 
 
 def check_generator(random_state) -> np.random.Generator:

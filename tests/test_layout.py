@@ -12,7 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "g2v_sklearn"
 
 # lowest first; a layer may import itself and the layers before it
-BASE = {"_compat", "_validation", "_utils", "_threads", "_version", "_moved"}
+BASE = {"_compat", "_validation", "_utils", "_threads", "_version", "_moved", "_runtime"}
 ORDER = ["base", "tokens", "nn", "embedding", "learners"]
 ALLOWED = {layer: set(ORDER[: i + 1]) for i, layer in enumerate(ORDER)}
 ALLOWED["msm"] = {"base", "tokens", "msm"}  # the MSM end knows only trajectories

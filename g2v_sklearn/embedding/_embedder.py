@@ -19,6 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from .._compat import Interval, Options, StrOptions, validate_parameter_constraints
+from .._runtime import inference_memory_budget
 from .._threads import ThreadBudget
 from .._utils import (
     PickleVersionMixin,
@@ -97,18 +98,8 @@ def pass_bytes_per_frame(n_atoms: int, hidden: int, max_num_neighbors: int | Non
     return 6.0 * 4 * n_atoms * max(neighbours, 1) * hidden
 
 
-def _memory_budget_bytes(device: torch.device) -> float | None:
-    """What one forward pass may take: a quarter of the RAM, or half of a GPU's memory.
-
-    From the totals, not what is free now, so that the same machine always
-    batches the same way (resumed embeddings line up with their first run).
-    """
-    try:
-        if device.type == "cuda":
-            return torch.cuda.get_device_properties(device).total_memory / 2
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4
-    except (AttributeError, ValueError, OSError, RuntimeError):
-        return None
+#: What one forward pass may take (the policy's home is g2v_sklearn._runtime).
+_memory_budget_bytes = inference_memory_budget
 
 
 class _Engine:

@@ -12,63 +12,72 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.base import TransformerMixin
-from torch import Tensor
 
-from .._compat import Interval, StrOptions
+from .._compat import Interval, StrOptions, _fit_context
 from .._threads import ThreadBudget
-from .._utils import local_torch_seed, torch_generator
+from .._utils import torch_generator
 from .._validation import with_lagged_pair
 from ..msm._discretize import KMeansDiscretizer
-from ..nn._spib import SPIBModule, spib_pair_losses
-from ._learner import TimeSeries, TorchLearner, pair_arrays
+from ..nn._spib import SPIBModule
+from ._learner import TorchLearner
+from ._series import FitData, TimeSeries, pair_arrays
+from ._spib_states import decode_means, states_score
+from ._spib_objective import SpibObjective
+from ._trainer import Trainer
 from ._vamp import fit_vamp, vamp_cv_score
 
 __all__ = ["SPIBEstimator"]
 
+
 # --------------------------------------------------------------------------- fit-time state
-@dataclass
-class _FitState:
-    """What the loss needs during one fit (``FitContext.extra["spib"]``) and nothing keeps afterwards."""
-
-    labels: Tensor  # all frames' labels, trajectories concatenated (device, int64)
-    offsets: np.ndarray  # start of each trajectory in ``labels``
-    representatives: np.ndarray  # (n_states, 2): (trajectory, frame)
-    generator: torch.Generator  # reparameterisation noise in training
-    validation_seed: int  # the same noise for every validation pass
+def _run_history() -> dict:
+    """The history of one SPIB run, before its first round."""
+    return {"train": [], "validation": [], "round": [], "best_epoch": [], "n_states": [], "rollbacks": [],
+            "states_score": [], "restarts": [], "refused_round": None}
 
 
-@dataclass
-class _Run:
-    """What one initialisation of a fit ends with."""
+def _offsets(series: TimeSeries) -> np.ndarray:
+    """Where each trajectory starts among all frames, trajectories concatenated."""
+    return np.concatenate([[0], np.cumsum(series.lengths)[:-1]]).astype(np.int64)
 
+
+@dataclass(eq=False)
+class _RunProgress:
+    """One SPIB run (of ``n_init``) between its training rounds, and what it ends with."""
+
+    objective: SpibObjective  # the current labels, the prior's representatives, the noise
     net: SPIBModule
-    labels_history: list  # the labels (a list of arrays) before the first round and after each
-    history: dict
-    representatives: np.ndarray
-    converged: bool
     means: list  # latent means of every frame under ``net``
-    score: float  # VAMP-2 of the final states on the training pairs (``_states_score``)
+    labels: list  # the labels the next round trains on (the last refinement's)
+    score: float  # VAMP-2 of the labels' states on the training pairs (``states_score``)
+    epochs_left: int
+    history: dict
+    labels_history: list  # the labels before the first round and after each accepted refinement
+    previous: tuple | None = None  # (network, latent means) whose decoder gave ``labels``, after a refinement
+    converged: bool = False
+    round_: int = 0
 
 
-#: A refinement is refused when its states keep less than this share of the slow singular values
-#: (squared, ``score_k`` of them) that the states before it resolved.
-_KEEP_SLOW = 0.5
-#: ... when those states resolve anything slower than the lag time: an indicator whose process
-#: relaxes in one lag time has singular value exp(-1), so exp(-2) squared.
-_SLOW_FLOOR = math.exp(-2.0)
-#: Fresh starts of a run whose first round learned nothing (its refinement refused).
-_MAX_RESTARTS = 2
+def accept_refinement(run: _RunProgress, keep: np.ndarray, labels: list, score: float) -> None:
+    """A refinement taken: empty states dropped, the new labels and their score recorded."""
+    if len(keep) < run.net.n_states:
+        run.net.keep_states(keep)
+    run.converged = all(np.array_equal(a, b) for a, b in zip(run.labels, labels))
+    run.labels, run.score = labels, score
+    run.labels_history.append(labels)
+    run.history["states_score"].append(score)
 
 
-def _gather_frames(series: TimeSeries, locations: np.ndarray, device) -> tuple[Tensor, ...]:
-    """Network inputs of frames at (trajectory, frame) ``locations``, in that order."""
-    parts, order = [], []
-    for traj in np.unique(locations[:, 0]):
-        rows = np.flatnonzero(locations[:, 0] == traj)
-        parts.append(series.frames(int(traj), locations[rows, 1], device))
-        order.append(rows)
-    inverse = torch.as_tensor(np.argsort(np.concatenate(order)), device=device)
-    return tuple(torch.cat([p[j] for p in parts])[inverse] for j in range(len(parts[0])))
+def record_round(history: dict, rounds: dict, round_: int, n_states: int) -> None:
+    """Append one training round's epochs to the run's history."""
+    history["rollbacks"] += [len(history["train"]) + epoch for epoch in rounds["rollbacks"]]
+    history["train"] += rounds["train"]
+    history["validation"] += rounds["validation"]
+    history["round"] += [round_] * len(rounds["train"])
+    history["best_epoch"].append(rounds["best_epoch"])
+    history["n_states"].append(n_states)
+    for key in ("best_weights_file", "resumed_from_epoch"):  # what SaveBestWeights records, per round
+        history.setdefault(key, []).append(rounds.get(key))
 
 
 def _pooled_invariants(series: TimeSeries, chunk: int = 4096) -> list[np.ndarray]:
@@ -106,6 +115,98 @@ def _integer_labels(labels: np.ndarray, name: str) -> np.ndarray:
             f"{' with non-integer values' if labels.dtype.kind in 'fO' else ''}."
         )
     return values.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class InitialLabels:
+    """Where a fit's first labels come from: ``y``, or k-means into ``n_states`` clusters of the
+    leading ``init_components`` TICA components (at ``lagtime``) of the pooled invariants."""
+
+    n_states: int
+    init_components: int | None
+    lagtime: int
+    who: str
+
+    def initial(self, series: TimeSeries, y, rng) -> list[np.ndarray]:
+        """Initial state labels 0..K-1 per trajectory, from ``y`` or k-means."""
+        who = self.who
+        lengths = series.lengths
+        if y is None:
+            features = self.features(series)
+            n_clusters = min(int(self.n_states), sum(lengths))
+            kmeans = KMeansDiscretizer(n_clusters, random_state=int(rng.integers(0, 2**31 - 1)))
+            raw = [np.asarray(d, dtype=np.int64) for d in kmeans.fit(features).transform(features)]
+            source = f"k-means with n_states={self.n_states} found"
+        else:
+            raw = self.check(y, series)
+            source = "y has"
+        values, inverse = np.unique(np.concatenate(raw), return_inverse=True)
+        if len(values) < 2:
+            raise ValueError(
+                f"{who} needs at least two initial states, but {source} only {len(values)} distinct "
+                f"state{'s' if len(values) != 1 else ''} (are all frames alike?)."
+            )
+        return np.split(inverse.astype(np.int64), np.cumsum(lengths)[:-1])
+
+    def features(self, series: TimeSeries) -> list[np.ndarray]:
+        """Standardised pooled invariants, projected on their leading TICA components."""
+        from deeptime.decomposition import TICA
+        from deeptime.numeric import ZeroRankError
+
+        features = _pooled_invariants(series)
+        stacked = np.concatenate(features)
+        mean, std = stacked.mean(axis=0), stacked.std(axis=0)
+        std = np.where(std > 0, std, 1.0)
+        features = [(f - mean) / std for f in features]
+        if self.init_components is None:
+            return features
+        # fit has warned already about the trajectories this skips
+        long_enough = [features[i] for i in with_lagged_pair([len(f) for f in features], self.lagtime)]
+        try:
+            tica = TICA(lagtime=int(self.lagtime), dim=int(self.init_components)).fit(long_enough)
+        except ZeroRankError:
+            return features  # constant features: k-means then finds one state, and fit says so
+        model = tica.fetch_model()
+        return [model.transform(f) for f in features]
+
+    def check(self, y, series: TimeSeries) -> list[np.ndarray]:
+        """``y`` as int64 label arrays, one per trajectory, after checking their shapes and type."""
+        who = self.who
+        lengths = series.lengths
+        if series.single:
+            ys = [y]
+        elif isinstance(y, (list, tuple)):
+            ys = list(y)
+        else:
+            raise TypeError(
+                f"y must be a list of integer label arrays, one per trajectory; got {type(y).__name__}."
+            )
+        if len(ys) != len(lengths):
+            raise ValueError(
+                f"y has {len(ys)} label arrays, but X has {len(lengths)} trajectories; {who} needs one "
+                f"label per frame of every trajectory."
+            )
+        out = []
+        for i, (labels, n) in enumerate(zip(ys, lengths)):
+            labels = np.asarray(labels)
+            name = "y" if series.single else f"y[{i}]"
+            if labels.ndim != 1 or len(labels) != n:
+                raise ValueError(
+                    f"{name} has shape {labels.shape}, but trajectory {i} has {n} frames; {who} needs "
+                    f"one label per frame, shape ({n},)."
+                )
+            out.append(_integer_labels(labels, name))
+        return out
+
+
+#: A refinement is refused when its states keep less than this share of the slow singular values
+#: (squared, ``score_k`` of them) that the states before it resolved.
+_KEEP_SLOW = 0.5
+#: ... when those states resolve anything slower than the lag time: an indicator whose process
+#: relaxes in one lag time has singular value exp(-1), so exp(-2) squared.
+_SLOW_FLOOR = math.exp(-2.0)
+#: Fresh starts of a run whose first round learned nothing (its refinement refused).
+_MAX_RESTARTS = 2
 
 
 # --------------------------------------------------------------------------- estimator
@@ -454,142 +555,14 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         self.progress = progress
         self.random_state = random_state
 
-    # ------------------------------------------------------------------ labels
-    def _initial_labels(self, series: TimeSeries, y, rng) -> list[np.ndarray]:
-        """Initial state labels 0..K-1 per trajectory, from ``y`` or k-means."""
-        who = type(self).__name__
-        lengths = series.lengths
-        if y is None:
-            features = self._initial_features(series)
-            n_clusters = min(int(self.n_states), sum(lengths))
-            kmeans = KMeansDiscretizer(n_clusters, random_state=int(rng.integers(0, 2**31 - 1)))
-            raw = [np.asarray(d, dtype=np.int64) for d in kmeans.fit(features).transform(features)]
-            source = f"k-means with n_states={self.n_states} found"
-        else:
-            raw = self._check_labels(y, series)
-            source = "y has"
-        values, inverse = np.unique(np.concatenate(raw), return_inverse=True)
-        if len(values) < 2:
-            raise ValueError(
-                f"{who} needs at least two initial states, but {source} only {len(values)} distinct "
-                f"state{'s' if len(values) != 1 else ''} (are all frames alike?)."
-            )
-        return np.split(inverse.astype(np.int64), np.cumsum(lengths)[:-1])
-
-    def _initial_features(self, series: TimeSeries) -> list[np.ndarray]:
-        """Standardised pooled invariants, projected on their leading TICA components."""
-        from deeptime.decomposition import TICA
-        from deeptime.numeric import ZeroRankError
-
-        features = _pooled_invariants(series)
-        stacked = np.concatenate(features)
-        mean, std = stacked.mean(axis=0), stacked.std(axis=0)
-        std = np.where(std > 0, std, 1.0)
-        features = [(f - mean) / std for f in features]
-        if self.init_components is None:
-            return features
-        # fit has warned already about the trajectories this skips
-        long_enough = [features[i] for i in with_lagged_pair([len(f) for f in features], self.lagtime)]
-        try:
-            tica = TICA(lagtime=int(self.lagtime), dim=int(self.init_components)).fit(long_enough)
-        except ZeroRankError:
-            return features  # constant features: k-means then finds one state, and fit says so
-        model = tica.fetch_model()
-        return [model.transform(f) for f in features]
-
-    def _check_labels(self, y, series: TimeSeries) -> list[np.ndarray]:
-        who = type(self).__name__
-        lengths = series.lengths
-        if series.single:
-            ys = [y]
-        elif isinstance(y, (list, tuple)):
-            ys = list(y)
-        else:
-            raise TypeError(
-                f"y must be a list of integer label arrays, one per trajectory; got {type(y).__name__}."
-            )
-        if len(ys) != len(lengths):
-            raise ValueError(
-                f"y has {len(ys)} label arrays, but X has {len(lengths)} trajectories; {who} needs one "
-                f"label per frame of every trajectory."
-            )
-        out = []
-        for i, (labels, n) in enumerate(zip(ys, lengths)):
-            labels = np.asarray(labels)
-            name = "y" if series.single else f"y[{i}]"
-            if labels.ndim != 1 or len(labels) != n:
-                raise ValueError(
-                    f"{name} has shape {labels.shape}, but trajectory {i} has {n} frames; {who} needs "
-                    f"one label per frame, shape ({n},)."
-                )
-            out.append(_integer_labels(labels, name))
-        return out
-
-    # ------------------------------------------------------------------ the loss
-    def _pair_losses(self, ctx, forward, batch, generator):
-        """Per-pair losses and weights of a batch of (trajectory, t) pairs.
-
-        On several ranks, ``batch`` is the global batch and the losses are those
-        of this rank's share; the noise is drawn for the whole batch, so each
-        pair gets the noise one process holding the whole batch would give it.
-        """
-        state, net, series, device = ctx.extra["spib"], ctx.net, ctx.series, ctx.device
-        d = self.z_dim
-        noise = torch.randn((len(batch), d), generator=generator, device=device, dtype=torch.float64)
-        if ctx.ranks.distributed:
-            rows = ctx.ranks.share(len(batch))
-            batch, noise = batch[rows], noise[torch.as_tensor(rows, device=device)]
-        # the batch and the states' representatives in one pass through the network
-        with self._autocast(device):
-            both = forward(*_gather_frames(series, np.concatenate([batch, state.representatives]), device))
-        encoded = both[: len(batch)].double()
-        reps = both[len(batch):].detach().double()  # the prior is a target: no gradient through it
-        mean, logvar = encoded[:, :d], encoded[:, d:]
-        rep_mean, rep_logvar = reps[:, :d], reps[:, d:]
-        z = mean + torch.exp(0.5 * logvar) * noise
-        log_probs = net.decode(z).double()
-        future = torch.as_tensor(state.offsets[batch[:, 0]] + batch[:, 1] + self.lagtime, device=device)
-        losses, _, _ = spib_pair_losses(log_probs, state.labels[future], z, mean, logvar, rep_mean,
-                                        rep_logvar, net.prior_log_weights().double(), self.beta)
-        w = self._pair_weights(ctx.weights, batch, device)
-        w = torch.ones_like(losses) if w is None else w.double()
-        return losses, w
-
-    def _batch_loss(self, ctx, batch):
-        losses, w = self._pair_losses(ctx, ctx.forward, batch, ctx.extra["spib"].generator)
-        # the weighted mean over the whole batch: numerator and total weight summed over ranks
-        total, norm = ctx.ranks.sum_with_grad(torch.stack([(w * losses).sum(), w.sum()]))
-        return total / norm.clamp_min(1e-300)
-
-    #: Training pairs the end-of-epoch training loss is computed on (evenly spaced, fixed per fit).
-    _monitor_pairs = 8192
-
-    def _epoch_scores(self, ctx):
-        """Minus the loss of the end-of-epoch weights on (up to 8,192 of) the training pairs, and on
-        the validation pairs; the noise is the same every epoch."""
-        train = ctx.train
-        if len(train) > self._monitor_pairs:
-            train = train[np.linspace(0, len(train) - 1, self._monitor_pairs).astype(np.int64)]
-        score, _ = self._evaluate(ctx, train)
-        return score, (self._evaluate(ctx, ctx.val)[0] if len(ctx.val) else None), False
-
-    def _evaluate(self, ctx, pairs) -> tuple[float, bool]:
-        """Minus the mean loss on ``pairs``, with the same noise every time."""
-        ctx.net.eval()
-        generator = torch.Generator(device=ctx.device)
-        generator.manual_seed(ctx.extra["spib"].validation_seed)
-        total, norm = 0.0, 0.0
-        with torch.no_grad():
-            for start in range(0, len(pairs), self.batch_size):
-                losses, w = self._pair_losses(ctx, ctx.net, pairs[start:start + self.batch_size], generator)
-                total += float((w * losses).sum())
-                norm += float(w.sum())
-        total, norm = ctx.ranks.sum(torch.tensor([total, norm], dtype=torch.float64)).tolist()
-        return -total / max(norm, 1e-300), False
-
     # ------------------------------------------------------------------ fit
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, sample_weight=None):
         """Learn the latent, the decoder and the metastable states of ``X``.
+
+        Each of the ``n_init`` runs initialises labels and a network, then
+        trains rounds, each followed by a label refinement (see Notes); the
+        run whose final states resolve the most slow dynamics is kept.
 
         Parameters
         ----------
@@ -607,44 +580,116 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         self : SPIBEstimator
         """
         # with given labels, constant features are a legitimate one-state answer (reported as such)
-        series, weights, pairs, rng, device, ranks = self._setup(X, sample_weight, constant_is_an_error=y is None)
-        train, val = self._split(series, pairs, rng)
+        data, rng = self._fit_data(X, sample_weight, constant_is_an_error=y is None)
         best, histories = None, []
         attempts = itertools.count()  # every training round of every run, numbered in order
-        with ThreadBudget(device=device) as threads:
+        with ThreadBudget(device=data.device) as threads:
             for run in range(self.n_init):
-                outcome = self._fit_run(series, y, weights, train, val, rng, device, ranks, threads, attempts)
+                outcome = self._initialize(data, y, rng)
+                while outcome.round_ <= self.refinements:
+                    if not self._train_round(outcome, data, rng, threads, attempts):
+                        break
+                self._end_run(outcome, data)
                 histories.append(outcome.history)
                 if best is None or outcome.score > best.score:
                     best, best_run = outcome, run
-        net = best.net
-        net.eval()
-        self.module_ = net
-        self.n_states_ = net.n_states
-        self.converged_ = bool(best.converged)
-        self.n_refinements_ = len(best.labels_history) - 1
-        self.history_ = {**best.history, "best_run": best_run, "runs": histories}
-        self.representatives_ = best.representatives
-        with torch.no_grad():
-            self.state_weights_ = net.prior_log_weights().exp().double().cpu().numpy()
-        self.timestep_ = series.timestep
-        unpack = (lambda ls: ls[0].astype(np.int32)) if series.single else (
-            lambda ls: [l.astype(np.int32) for l in ls])
-        self.labels_history_ = [unpack(ls) for ls in best.labels_history]
-        self.labels_ = self.labels_history_[-1]
-        if self.n_states_ < 2:
-            runs = f" in all {self.n_init} initialisations" if self.n_init > 1 else ""
-            warnings.warn(
-                f"{type(self).__name__} merged everything into a single state{runs}; try a shorter "
-                f"lagtime, a smaller beta, more initial states or n_init > 1.", UserWarning, stacklevel=2,
-            )
-        self._fit_score_model(series, pairs, best.means, weights, device)
+        self._rng = rng
+        self._keep_run(best, data, {**best.history, "best_run": best_run, "runs": histories})
         return self
 
-    def _fit_run(self, series, y, weights, train, val, rng, device, ranks, threads, attempts) -> _Run:
-        """One initialisation: initial labels, a network, and training rounds with refinements.
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y=None, sample_weight=None):
+        """One epoch over all time-lagged pairs of ``X``, then one label refinement.
 
-        Every refinement is checked (:meth:`_states_score`): one that loses the
+        The first call (or the first after a refit) initialises labels and
+        network as :meth:`fit` does, from ``y`` or k-means on ``X``. Every
+        call then trains one epoch on every pair of ``X`` (no validation
+        split, no early stopping, a constant learning rate ``lr``, a new
+        optimizer) against the labels the decoder gave ``X`` before the
+        epoch (the initial labels on the first call), with the prior's
+        representatives and weights taken from ``X``; then it refines the
+        labels once: ``labels_`` are the decoder's states of ``X`` after the
+        epoch, and the next call trains against its own ``X``'s states under
+        the decoder. States that no frame of ``X`` falls into are dropped,
+        as in :meth:`fit`'s refinements, so each piece should visit every
+        state. Refinements are not checked against the states before them
+        (no restarts, no refusals: those compare rounds of one fit).
+        ``n_refinements_`` counts the calls; the epoch is appended to
+        ``history_`` as a round of its own.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_frames, n_features), list of such arrays, or list of token trajectories
+            One array is one trajectory; a list holds one entry per trajectory.
+        y : array-like of shape (n_frames,) of int, list of such, or None, default=None
+            Initial state labels of the first call (ignored after it).
+        sample_weight : array-like of shape (n_frames,) or list of such, default=None
+            Per-frame weights; a pair is weighted by its first frame.
+
+        Returns
+        -------
+        self : SPIBEstimator
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from g2v_sklearn import SPIBEstimator
+        >>> rng = np.random.default_rng(0)
+        >>> side = np.repeat(rng.integers(0, 2, size=40), 25)  # a slow two-state switch
+        >>> x = rng.normal(size=(1000, 3)) * 0.3 + side[:, None]
+        >>> est = SPIBEstimator(lagtime=5, n_states=4, progress=False, random_state=0)
+        >>> for piece in (x[:500], x[500:]):
+        ...     est = est.partial_fit(piece)
+        >>> est.n_refinements_, est.predict(x).shape
+        (2, (1000,))
+        """
+        first = not hasattr(self, "module_")
+        data, rng = self._fit_data(X, sample_weight, reset=first, split=False,
+                                   constant_is_an_error=first and y is None)
+        refinements = 0 if first else self.n_refinements_
+        history = {} if first else {k: v for k, v in self.history_.items() if k not in ("best_run", "runs")}
+        if first:
+            self._rng = rng
+        run = self._initialize(data, y, rng, epochs=1) if first else self._continued_run(data, history)
+        with ThreadBudget(device=data.device) as threads:
+            self._partial_round(run, data, threads)
+        self._end_run(run, data)
+        self._keep_run(run, data, {**run.history, "best_run": 0, "runs": [run.history]})
+        self.n_refinements_ = refinements + 1
+        return self
+
+    def _initialize(self, data: FitData, y, rng, *, epochs: int | None = None) -> _RunProgress:
+        """A run's start: initial labels (``y`` or k-means), the objective's noise, a fresh network."""
+        labels = data.ranks.broadcast_object(self._labelling().initial(data.series, y, rng))  # rank 0's, to the frame
+        objective = SpibObjective(self._network_spec(), self._inference(), self.z_dim, self.beta, self.batch_size,
+                                  offsets=_offsets(data.series), generator=torch_generator(rng, data.device),
+                                  validation_seed=int(rng.integers(0, 2**63 - 1)))
+        objective.set_labels(labels, data.device)
+        score = data.ranks.broadcast_object(states_score(self.lagtime, self.score_k, labels, data.train, data.weights))  # alike on every rank
+        net, means = self._new_network(objective, data, rng)
+        run = _RunProgress(objective, net, means, labels, score, int(epochs or self.max_epochs),
+                           history=_run_history(), labels_history=[labels])
+        run.history["states_score"].append(score)
+        return run
+
+    def _continued_run(self, data: FitData, history: dict) -> _RunProgress:
+        """A warm :meth:`partial_fit`'s start: ``X``'s states under the current decoder."""
+        net = self.module_.to(data.device)
+        means = self._latent_means(net, data.series, data.device, data.ranks)
+        keep, labels = self._relabelled(net, means, data.device)
+        if len(keep) < net.n_states:
+            net.keep_states(keep)
+        objective = SpibObjective(self._network_spec(), self._inference(), self.z_dim, self.beta, self.batch_size,
+                                  offsets=_offsets(data.series), generator=torch_generator(self._rng, data.device),
+                                  validation_seed=int(self._rng.integers(0, 2**63 - 1)))
+        objective.set_labels(labels, data.device)
+        score = data.ranks.broadcast_object(states_score(self.lagtime, self.score_k, labels, data.train, data.weights))
+        return _RunProgress(objective, net, means, labels, score, 1, history=history, labels_history=[labels])
+
+    def _train_round(self, run: _RunProgress, data: FitData, rng, threads, attempts) -> bool:
+        """One training round of a run and its checked refinement; whether another round follows.
+
+        Every refinement is checked (:func:`~g2v_sklearn.learners._spib_states.states_score`): one that loses the
         slow processes the states before it resolved is refused. After the
         first round that means the network learned nothing yet (its decoder
         predicts the populations), and the round starts again with fresh
@@ -653,123 +698,94 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         the round before, whose decoder gave those labels. Each round trained
         takes the next number of ``attempts`` as its ``context.run``.
         """
-        labels = ranks.broadcast_object(self._initial_labels(series, y, rng))  # rank 0's, to the frame
-        lengths = series.lengths
-        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        candidates = np.zeros(sum(lengths), dtype=bool)  # training frames may represent states
-        candidates[offsets[train[:, 0]] + train[:, 1]] = True
-        frame_weights = np.concatenate(weights) if weights is not None else np.ones(sum(lengths))
-        history = {"train": [], "validation": [], "round": [], "best_epoch": [], "n_states": [], "rollbacks": [],
-                   "states_score": [], "restarts": [], "refused_round": None}
-        labels_history = [labels]
-        converged = False
-        state = _FitState(
-            labels=torch.as_tensor(np.concatenate(labels), device=device),
-            offsets=offsets, representatives=np.zeros((0, 2), dtype=np.int64),
-            generator=torch_generator(rng, device), validation_seed=int(rng.integers(0, 2**63 - 1)),
-        )
-        score = ranks.broadcast_object(self._states_score(labels, train, weights))  # every rank decides alike
-        history["states_score"].append(score)
-        net, means = self._new_network(series, labels, train, device, rng, ranks)
-        previous = None  # (network, latent means) whose decoder gave ``labels``, once a refinement is taken
-        epochs_left, round_ = int(self.max_epochs), 0
-        while round_ <= self.refinements:
-            self._reset_prior(net, state, means, labels, candidates, frame_weights, offsets)
-            state.labels = torch.as_tensor(np.concatenate(labels), device=device)
-            ctx = self._new_context(net, series, train, val, weights, device, rng, max_epochs=epochs_left,
-                                    run=next(attempts), extra={"spib": state}, threads=threads, ranks=ranks)
-            rounds = self._fit_loop(ctx)
-            self._record_round(history, rounds, round_, net.n_states)
-            epochs_left -= len(rounds["train"])
-            means = self._latent_means(net, series, device, ranks)  # the same arrays on every rank
-            keep, new_labels = self._relabelled(net, means, device)
-            new_score = ranks.broadcast_object(self._states_score(new_labels, train, weights))
-            if score - 1.0 > _SLOW_FLOOR and new_score - 1.0 < _KEEP_SLOW * (score - 1.0):
-                if previous is not None:
-                    net, means = previous
-                    history["refused_round"] = round_
-                    break
-                if len(history["restarts"]) < _MAX_RESTARTS and epochs_left >= 1:
-                    history["restarts"].append(len(history["train"]))
-                    net, means = self._new_network(series, labels, train, device, rng, ranks)
-                    continue
-            if len(keep) < net.n_states:
-                net.keep_states(keep)
-            converged = all(np.array_equal(a, b) for a, b in zip(labels, new_labels))
-            labels, score = new_labels, new_score
-            labels_history.append(labels)
-            history["states_score"].append(score)
-            if converged or epochs_left < 1:
-                break
-            previous = (copy.deepcopy(net), means)
-            round_ += 1
-        self._reset_prior(net, state, means, labels, candidates, frame_weights, offsets, weights_too=False)
-        for key in ("best_weights_file", "resumed_from_epoch"):  # only where SaveBestWeights said something
-            if not any(value is not None for value in history[key]):
-                del history[key]
-        return _Run(net=net, labels_history=labels_history, history=history,
-                    representatives=state.representatives, converged=converged, means=means, score=score)
+        self._reset_prior(run, data)
+        run.objective.set_labels(run.labels, data.device)
+        trainer = Trainer(self._train_config(), run.objective, self._callback_list(), owner=self)
+        rounds = trainer.fit(trainer.start(run.net, data, rng, max_epochs=run.epochs_left, run=next(attempts),
+                                           threads=threads))
+        record_round(run.history, rounds, run.round_, run.net.n_states)
+        run.epochs_left -= len(rounds["train"])
+        run.means = self._latent_means(run.net, data.series, data.device, data.ranks)  # alike on every rank
+        keep, new_labels = self._relabelled(run.net, run.means, data.device)
+        new_score = data.ranks.broadcast_object(states_score(self.lagtime, self.score_k, new_labels, data.train, data.weights))
+        if run.score - 1.0 > _SLOW_FLOOR and new_score - 1.0 < _KEEP_SLOW * (run.score - 1.0):
+            if run.previous is not None:
+                run.net, run.means = run.previous
+                run.history["refused_round"] = run.round_
+                return False
+            if len(run.history["restarts"]) < _MAX_RESTARTS and run.epochs_left >= 1:
+                run.history["restarts"].append(len(run.history["train"]))
+                run.net, run.means = self._new_network(run.objective, data, rng)
+                return True
+        accept_refinement(run, keep, new_labels, new_score)
+        if run.converged or run.epochs_left < 1:
+            return False
+        run.previous = (copy.deepcopy(run.net), run.means)
+        run.round_ += 1
+        return True
 
-    def _new_network(self, series, labels, train, device, rng, ranks) -> tuple[SPIBModule, list[np.ndarray]]:
-        """A freshly initialised network for ``labels``' states, and its latent means."""
-        n_states = int(max(l.max() for l in labels)) + 1
-        with local_torch_seed(rng):
-            lobe = self._build_network(series, 2 * self.z_dim)
-            net = SPIBModule(lobe, self.z_dim, n_states).to(device)
-        self._standardise_inputs(lobe, series, train, device)
-        self.memory_plan_ = self._plan_memory(net, series, device, ranks)
-        return net, self._latent_means(net, series, device, ranks)
+    def _partial_round(self, run: _RunProgress, data: FitData, threads) -> None:
+        """:meth:`partial_fit`'s epoch and its (unchecked) refinement."""
+        self._reset_prior(run, data)
+        run.objective.set_labels(run.labels, data.device)
+        config = self._train_config(max_epochs=1, lr_schedule="constant", warmup=0.0)
+        trainer = Trainer(config, run.objective, self._callback_list(early_stopping=False), owner=self)
+        rounds = trainer.fit(trainer.start(run.net, data, self._rng, max_epochs=1, threads=threads))
+        record_round(run.history, rounds, len(run.history["best_epoch"]), run.net.n_states)
+        run.means = self._latent_means(run.net, data.series, data.device, data.ranks)
+        keep, new_labels = self._relabelled(run.net, run.means, data.device)
+        accept_refinement(run, keep, new_labels, states_score(self.lagtime, self.score_k, new_labels, data.train, data.weights))
 
-    @staticmethod
-    def _record_round(history: dict, rounds: dict, round_: int, n_states: int) -> None:
-        """Append one training round's epochs to the run's history."""
-        history["rollbacks"] += [len(history["train"]) + epoch for epoch in rounds["rollbacks"]]
-        history["train"] += rounds["train"]
-        history["validation"] += rounds["validation"]
-        history["round"] += [round_] * len(rounds["train"])
-        history["best_epoch"].append(rounds["best_epoch"])
-        history["n_states"].append(n_states)
-        for key in ("best_weights_file", "resumed_from_epoch"):  # what SaveBestWeights records, per round
-            history.setdefault(key, []).append(rounds.get(key))
+    def _end_run(self, run: _RunProgress, data: FitData) -> None:
+        """The final states' representatives; SaveBestWeights' records only where it said something."""
+        self._reset_prior(run, data, weights_too=False)
+        for key in ("best_weights_file", "resumed_from_epoch"):
+            if key in run.history and not any(value is not None for value in run.history[key]):
+                del run.history[key]
 
-    def _latent_means(self, net, series, device, ranks=None) -> list[np.ndarray]:
-        return [o[:, : self.z_dim] for o in self._outputs(net, series, device, ranks=ranks)]
-
-    def _relabelled(self, net, means, device) -> tuple[np.ndarray, list[np.ndarray]]:
-        """(the states that keep frames, every frame's most likely state at its latent mean
-        among them, renumbered 0..len(keep)-1)."""
-        raw = [self._decode_means(net, m, device).argmax(axis=1) for m in means]
-        counts = np.bincount(np.concatenate(raw), minlength=net.n_states)
-        keep = np.flatnonzero(counts > 0)
-        remap = np.full(len(counts), -1, dtype=np.int64)
-        remap[keep] = np.arange(len(keep))
-        return keep, [remap[r] for r in raw]
-
-    def _states_score(self, labels, pairs, weights) -> float:
-        """VAMP-2 of the states on ``pairs`` (``score_k`` singular values of their indicator
-        functions, plus 1): how much of the slow dynamics the states resolve; 1 for one state."""
-        n_states = int(max(l.max() for l in labels)) + 1
-        if n_states < 2:
-            return 1.0
-        indicators = [np.eye(n_states)[l] for l in labels]
-        x, y, w = pair_arrays(indicators, pairs, self.lagtime, weights)
-        try:
-            singular_values = fit_vamp(x, y, weights=w).singular_values
-        except ValueError:  # no pair leaves or enters a state's frames: nothing resolved
-            return 1.0
-        return 1.0 + float(np.sum(singular_values[: self.score_k] ** 2))
-
-    @staticmethod
-    def _decode_means(net, means: np.ndarray, device, chunk: int = 65536) -> np.ndarray:
+    def _keep_run(self, run: _RunProgress, data: FitData, history: dict) -> None:
+        """The fitted attributes from the run kept."""
+        net = run.net
+        net.eval()
+        self.module_ = net
+        self.n_states_ = net.n_states
+        self.converged_ = bool(run.converged)
+        self.n_refinements_ = len(run.labels_history) - 1
+        self.history_ = history
+        self.representatives_ = run.objective.representatives
         with torch.no_grad():
-            out = [net.decode(torch.as_tensor(means[s:s + chunk], dtype=torch.float32, device=device))
-                   .double().exp().cpu().numpy() for s in range(0, len(means), chunk)]
-        return np.concatenate(out) if out else np.zeros((0, net.n_states))
+            self.state_weights_ = net.prior_log_weights().exp().double().cpu().numpy()
+        self.timestep_ = data.series.timestep
+        unpack = (lambda ls: ls[0].astype(np.int32)) if data.series.single else (
+            lambda ls: [l.astype(np.int32) for l in ls])
+        self.labels_history_ = [unpack(ls) for ls in run.labels_history]
+        self.labels_ = self.labels_history_[-1]
+        if self.n_states_ < 2:
+            runs = f" in all {self.n_init} initialisations" if self.n_init > 1 else ""
+            warnings.warn(
+                f"{type(self).__name__} merged everything into a single state{runs}; try a shorter "
+                f"lagtime, a smaller beta, more initial states or n_init > 1.", UserWarning, stacklevel=3,
+            )
+        self._fit_score_model(data.series, data.pairs, run.means, data.weights, data.device)
 
-    def _reset_prior(self, net, state, means, labels, candidates, frame_weights, offsets, *, weights_too=True):
-        """Representatives: per state, the training frame nearest the state's mean latent."""
-        flat_means = np.concatenate(means)
+    def _labelling(self) -> InitialLabels:
+        return InitialLabels(self.n_states, self.init_components, self.lagtime, type(self).__name__)
+
+    def _new_network(self, objective: SpibObjective, data: FitData, rng) -> tuple[SPIBModule, list[np.ndarray]]:
+        """A freshly initialised network for the objective's states, and its latent means."""
+        net = objective.build(data, rng)
+        self._plan_memory(net, data)
+        return net, self._latent_means(net, data.series, data.device, data.ranks)
+
+    def _reset_prior(self, run: _RunProgress, data: FitData, *, weights_too: bool = True) -> None:
+        """Representatives: per state, the training frame nearest the state's mean latent; and
+        (``weights_too``) the prior's weights from the states' populations."""
+        net, labels, offsets = run.net, run.labels, run.objective.offsets
+        flat_means = np.concatenate(run.means)
         flat_labels = np.concatenate(labels)
+        candidates = np.zeros(len(flat_labels), dtype=bool)  # training frames may represent states
+        candidates[offsets[data.train[:, 0]] + data.train[:, 1]] = True
+        frame_weights = np.concatenate(data.weights) if data.weights is not None else np.ones(len(flat_labels))
         traj_of = np.repeat(np.arange(len(labels)), [len(l) for l in labels])
         reps = np.zeros((net.n_states, 2), dtype=np.int64)
         populations = np.zeros(net.n_states)
@@ -783,18 +799,31 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
                 pool = np.flatnonzero(members)
             best = pool[np.argmin(((flat_means[pool] - center) ** 2).sum(axis=1))]
             reps[k] = traj_of[best], best - offsets[traj_of[best]]
-        state.representatives = reps
+        run.objective.representatives = reps
         if weights_too:
             populations = np.maximum(populations / max(populations.sum(), 1e-300), 1e-6)
             with torch.no_grad():
                 net.prior_logits.copy_(torch.as_tensor(np.log(populations), dtype=net.prior_logits.dtype))
+
+    def _latent_means(self, net, series, device, ranks=None) -> list[np.ndarray]:
+        return [o[:, : self.z_dim] for o in self._outputs(net, series, device, ranks=ranks)]
+
+    def _relabelled(self, net, means, device) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(the states that keep frames, every frame's most likely state at its latent mean
+        among them, renumbered 0..len(keep)-1)."""
+        raw = [decode_means(net, m, device).argmax(axis=1) for m in means]
+        counts = np.bincount(np.concatenate(raw), minlength=net.n_states)
+        keep = np.flatnonzero(counts > 0)
+        remap = np.full(len(counts), -1, dtype=np.int64)
+        remap[keep] = np.arange(len(keep))
+        return keep, [remap[r] for r in raw]
 
     def _fit_score_model(self, series, pairs, means, weights, device):
         """VAMP decomposition of the training state probabilities, for :meth:`score`."""
         self.vamp_ = None
         if self.n_states_ < 2:
             return
-        probs = [self._decode_means(self.module_, m, device) for m in means]
+        probs = [decode_means(self.module_, m, device) for m in means]
         x, y, w = pair_arrays(probs, pairs, self.lagtime, weights)
         try:
             self.vamp_ = fit_vamp(x, y, weights=w)
@@ -805,7 +834,7 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
     def _probabilities(self, X) -> tuple[list[np.ndarray], list[np.ndarray], TimeSeries]:
         series, net, device = self._fitted_input(X)
         means = self._latent_means(net, series, device)
-        return means, [self._decode_means(net, m, device) for m in means], series
+        return means, [decode_means(net, m, device) for m in means], series
 
     def predict_proba(self, X):
         """Probabilities of the states ``lagtime`` frames ahead, at each frame's latent mean.

@@ -3,25 +3,130 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from numbers import Integral, Real
+from typing import NamedTuple
 
 import numpy as np
 from sklearn.base import TransformerMixin
 from sklearn.utils.validation import check_is_fitted
+from torch import Tensor
 
-from .._compat import Interval, StrOptions, validate_parameter_constraints
+from .._compat import Interval, StrOptions, _fit_context
 from .._threads import ThreadBudget
-from .._utils import local_torch_seed, resolve_device
-from .._validation import lagged_pairs
-from ._callbacks import EarlyStopping
-from ._learner import TorchLearner, _new_history, _TrainingCollapsed, pair_arrays
+from .._utils import local_torch_seed
 from ._distributed import Ranks
+from ._forward import Inference
+from ._learner import TorchLearner
+from ._network import NetworkSpec, standardise_inputs
+from ._series import FitData, pair_arrays
+from ._trainer import EpochScores, FitContext, Objective, Trainer, TrainingCollapsed, new_history
 from ._vamp import fit_vamp, implied_timescales, koopman_eigenvalues, reduced_vamp_score, vamp_cv_score, vamp_score
 
-__all__ = ["VAMPNetEstimator"]
+__all__ = ["VAMPNetEstimator", "VampObjective"]
+
+
+class _Run(NamedTuple):
+    """What one of ``n_init`` runs ends with (``net`` None when training collapsed)."""
+
+    score: float
+    net: object
+    history: dict
+
 
 # fewer time-lagged pairs than this per output (components + the constant): a warning
 _PAIRS_PER_COMPONENT = 10
+
+
+def scaled_vamp(x: np.ndarray, y: np.ndarray, w, epsilon: float):
+    """(output scale, VAMP decomposition) of paired outputs; None when they are constant.
+
+    VAMP does not care how the outputs are scaled, but epsilon is absolute: every output
+    is scaled to unit spread, so that a network whose outputs vary by 1e-3 is decomposed
+    like any other instead of having all of its directions cut off as noise.
+    """
+    both = np.concatenate([x, y])
+    spread = both.std(axis=0)
+    varies = spread > 1e-5 * np.abs(both).max(axis=0)  # above float32 rounding noise
+    if not np.any(varies):
+        return None
+    scale = np.where(varies, spread, 1.0)
+    return scale, fit_vamp(x / scale, y / scale, epsilon=epsilon, weights=w)
+
+
+@dataclass(frozen=True)
+class VampObjective(Objective):
+    """VAMPNet's objective: maximise the VAMP score of time-lagged network outputs.
+
+    The network is the lobe of ``spec`` with ``n_components`` outputs; the
+    loss is minus the VAMP-2 (or VAMP-E) score of a batch; the epoch scores
+    are those :meth:`VAMPNetEstimator.score` would give the weights.
+    """
+
+    spec: NetworkSpec
+    inference: Inference
+    n_components: int
+    score_method: str
+    epsilon: float
+    mode: str
+    score_k: int | None
+
+    score_floor = 1.0  # VAMP-2 of outputs without signal: the constant function alone
+    remedy = " or a larger epsilon"
+
+    def build(self, data: FitData, rng: np.random.Generator):
+        """A freshly initialised network (inputs standardised on the training trajectories)."""
+        with local_torch_seed(rng):
+            net = self.spec.build(data.series, self.n_components).to(data.device)
+        standardise_inputs(net, data.series, data.train, data.device)
+        return net
+
+    def loss(self, out_0: Tensor, out_t: Tensor, weights: Tensor | None, ranks: Ranks | None = None) -> Tensor:
+        """Minus the VAMP score of the pairs' outputs (on several ranks, of every rank's pairs)."""
+        if ranks is not None:  # this rank's pairs; the score is that of every rank's
+            return -reduced_vamp_score(out_0, out_t, sum_over_ranks=ranks.sum_with_grad, method=self.score_method,
+                                       epsilon=self.epsilon, mode=self.mode, weights=weights)
+        return -vamp_score(out_0, out_t, method=self.score_method, epsilon=self.epsilon,
+                           mode=self.mode, weights=weights)
+
+    def batch_loss(self, context: FitContext, batch: np.ndarray) -> Tensor:
+        local = batch[context.ranks.share(len(batch))]
+        out_0, out_t = self.inference.training_pairs(context.forward, context.series, local, context.device)
+        weights = context.data.pair_weights(local)
+        return self.loss(out_0, out_t, weights, ranks=context.ranks if context.ranks.distributed else None)
+
+    def score_k_of(self, decomposition) -> int:
+        return min(self.score_k or self.n_components, len(decomposition.singular_values))
+
+    def epoch_scores(self, context: FitContext) -> EpochScores:
+        """The scores :meth:`VAMPNetEstimator.score` would give the end-of-epoch weights.
+
+        Training: VAMP-2 (``score_k`` singular functions) of the decomposition
+        fitted on the training pairs, on those pairs. Validation: the
+        cross-validated VAMP-2 of that decomposition on the validation pairs.
+        """
+        x, y, w = self._paired_outputs(context, context.train)
+        decomposition = scaled_vamp(x, y, w, self.epsilon)
+        if decomposition is None:
+            return EpochScores(-np.inf, -np.inf if len(context.val) else None, True)
+        scale, model = decomposition
+        k = self.score_k_of(model)
+        train = float(vamp_cv_score(model, x / scale, y / scale, k=k, epsilon=self.epsilon, weights=w))
+        if not len(context.val):
+            return EpochScores(train, None, False)
+        x, y, w = self._paired_outputs(context, context.val)
+        try:
+            val = float(vamp_cv_score(model, x / scale, y / scale, k=k, epsilon=self.epsilon, weights=w))
+        except ValueError:  # validation outputs without variance (a tiny block): no signal there
+            val = self.score_floor
+        return EpochScores(train, val, False)
+
+    def _paired_outputs(self, context: FitContext, pairs: np.ndarray):
+        """(x, y, w) of ``pairs`` as float64 arrays: the outputs at both ends, the weights or None."""
+        out_0, out_t = self.inference.pair_outputs(context.net, context.series, pairs, context.device,
+                                                   context.ranks)
+        w = context.data.pair_weights(pairs, "cpu")
+        return out_0.double().cpu().numpy(), out_t.double().cpu().numpy(), None if w is None else w.numpy()
 
 
 class VAMPNetEstimator(TransformerMixin, TorchLearner):
@@ -291,19 +396,14 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         self.progress = progress
         self.random_state = random_state
 
-    # ------------------------------------------------------------------ loss
-    def _loss(self, out_0, out_t, weights, ranks=None):
-        if ranks is not None:  # this rank's pairs; the score is that of every rank's
-            return -reduced_vamp_score(out_0, out_t, sum_over_ranks=ranks.sum_with_grad, method=self.score_method,
-                                       epsilon=self.epsilon, mode=self.mode, weights=weights)
-        return -vamp_score(out_0, out_t, method=self.score_method, epsilon=self.epsilon,
-                           mode=self.mode, weights=weights)
-
-    _score_floor = 1.0  # VAMP-2 of outputs without signal: the constant function alone
-
     # ------------------------------------------------------------------ fit
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, sample_weight=None):
         """Train the network on time-lagged pairs of ``X``.
+
+        Each of the ``n_init`` runs initialises a network and trains it for
+        up to ``max_epochs`` epochs (with validation and early stopping as
+        the parameters say); the run with the best monitored score is kept.
 
         Parameters
         ----------
@@ -319,70 +419,41 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         -------
         self : VAMPNetEstimator
         """
-        series, weights, pairs, rng, device, train, val, ranks = self._prepare(X, sample_weight)
-        runs, failures = [], []
-        with ThreadBudget(device=device) as threads:
+        data, rng = self._fit_data(X, sample_weight)
+        self._check_fit_data(data)
+        runs = []
+        with ThreadBudget(device=data.device) as threads:
             for run in range(self.n_init):
-                ctx = self._start_run(series, train, val, weights, device, rng, run=run, threads=threads,
-                                      ranks=ranks)
-                net = ctx.net
+                trainer, ctx = self._training(data, rng, self._initialize(data, rng), run=run, threads=threads)
                 try:
-                    history = self._fit_loop(ctx)
-                except _TrainingCollapsed as exc:
-                    failures.append(str(exc))
-                    runs.append((-np.inf, None, {**ctx.history, "failed": str(exc)}))
+                    history = trainer.fit(ctx)
+                except TrainingCollapsed as exc:
+                    runs.append(_Run(-np.inf, None, {**ctx.history, "failed": str(exc)}))
                     continue
-                runs.append((history["best_score"], net, history))
-        if not any(net is not None for _, net, _ in runs):
-            raise ValueError(failures[-1] + (f" (all {self.n_init} initialisations)" if self.n_init > 1 else ""))
-        best = int(np.argmax([score for score, _, _ in runs]))
-        self.module_ = runs[best][1]
-        self.history_ = {**runs[best][2], "best_run": best, "runs": [h for _, _, h in runs]}
-        self.n_iter_ = len(self.history_["train"])
-        self.timestep_ = series.timestep
-        self._fit_decomposition(series, pairs, weights, ranks)  # all of X, validation included
+                runs.append(_Run(history["best_score"], ctx.net, history))
+        if all(r.net is None for r in runs):
+            raise ValueError(runs[-1].history["failed"]
+                             + (f" (all {self.n_init} initialisations)" if self.n_init > 1 else ""))
+        best = int(np.argmax([r.score for r in runs]))
+        self.module_ = runs[best].net
+        self.history_ = {**runs[best].history, "best_run": best, "runs": [r.history for r in runs]}
+        self._fitted(data)  # all of X, validation included
         return self
 
-    def _start_run(self, series, train, val, weights, device, rng, *, run=0, threads=None, ranks=None):
-        """One training run's :class:`FitContext`: a fresh network (its memory plan in
-        ``memory_plan_``), its optimizer and schedule, ready for :meth:`_train_step`."""
-        net = self._init_network(series, train, device, rng)
-        self.memory_plan_ = self._plan_memory(net, series, device, ranks)
-        return self._new_context(net, series, train, val, weights, device, rng, run=run, threads=threads,
-                                 ranks=ranks)
-
-    def _training_context(self, X, sample_weight=None):
-        """What :meth:`fit` holds before its first step, for code that steps training itself.
-
-        Benchmarks and tests time or probe the estimator's own training step
-        with it: ``ctx = est._training_context(X)``, then
-        ``est._train_step(ctx, ctx.train[:batch_size])`` (one optimizer step
-        on those time-lagged pairs, exactly as ``fit`` takes it: forward
-        pass, loss, backward pass, clipping, the optimizer, the schedule).
-        """
-        series, weights, pairs, rng, device, train, val, ranks = self._prepare(X, sample_weight)
-        return self._start_run(series, train, val, weights, device, rng, ranks=ranks)
-
-    def _prepare(self, X, sample_weight):
-        """Validated data, its time-lagged pairs, and the training/validation split."""
-        series, weights, pairs, rng, device, ranks = self._setup(X, sample_weight)
-        self._check_pairs(pairs)
-        self._check_network_width(series)
-        train, val = self._split(series, pairs, rng)
-        return series, weights, pairs, rng, device, train, val, ranks
-
+    @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y=None, sample_weight=None):
         """One epoch over all time-lagged pairs of ``X``, from the current weights.
 
         The first call (or the first after changing parameters with a
-        refit) builds the network as :meth:`fit` does. Every call then
+        refit) initialises the network as :meth:`fit` does. Every call then
         runs one epoch over every pair of ``X`` (no validation split, no
         early stopping, no warm-up or schedule: the learning rate is
         ``lr``) and refits the VAMP decomposition and ``output_scale_`` on
         ``X``, so :meth:`transform` and :meth:`score` reflect the new weights.
         Each call builds a new optimizer: Adam's moment estimates start
-        afresh, as after a restart. The epoch's scores are appended to
-        ``history_``; callbacks run as in :meth:`fit`.
+        afresh, as after a restart. The order of the pairs continues the
+        random stream of the fit or first call before it. The epoch's scores
+        are appended to ``history_``; callbacks run as in :meth:`fit`.
 
         Parameters
         ----------
@@ -411,40 +482,78 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         (2, (600, 2))
         """
         first = not hasattr(self, "module_")
-        if first:
-            series, weights, pairs, rng, device, ranks = self._setup(X, sample_weight)
-        else:
-            ranks = Ranks.detect(type(self).__name__)
-            validate_parameter_constraints(self._parameter_constraints, self.get_params(deep=False),
-                                           caller_name=type(self).__name__)
-            series = self._as_time_series(X, reset=False)
-            weights = self._sample_weights(sample_weight, series)
-            pairs = lagged_pairs(series.lengths, self.lagtime, type(self).__name__)
-            shared = self._shared_generator(ranks, series, weights, len(pairs))  # on every rank alike
-            rng = getattr(self, "_partial_rng", None) or shared
-            device = resolve_device(self.device)
-        self._check_pairs(pairs)
-        self._check_network_width(series)
-        with ThreadBudget(device=device) as threads:
+        data, rng = self._fit_data(X, sample_weight, reset=first, split=False)
+        self._check_fit_data(data)
+        with ThreadBudget(device=data.device) as threads:
             if first:
-                self._partial_rng = rng
-                self.module_ = self._init_network(series, pairs, device, rng)
-                self.memory_plan_ = self._plan_memory(self.module_, series, device, ranks)
-                self.history_ = _new_history()
-            net = self.module_.to(device)
-            ctx = self._new_context(net, series, pairs, pairs[:0], weights, device, rng, max_epochs=1,
-                                    threads=threads, ranks=ranks)
-            ctx.scheduled = False
-            ctx.callbacks = [c for c in ctx.callbacks if not isinstance(c, EarlyStopping)]
-            history = self._fit_loop(ctx)
+                self.module_ = self._initialize(data, rng)
+            trainer, ctx = self._training(data, self._rng, self.module_.to(data.device), partial=True,
+                                          threads=threads)
+            history = trainer.fit(ctx)
         for key in ("train", "train_batches", "lr"):
             self.history_[key] += history[key]
         self.history_["best_epoch"] = len(self.history_["train"]) - 1
         self.history_["best_score"] = history["best_score"]
-        self.n_iter_ = len(self.history_["train"])
-        self.timestep_ = series.timestep
-        self._fit_decomposition(series, pairs, weights, ranks)
+        self._fitted(data)
         return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def training_session(self, X, sample_weight=None) -> tuple[Trainer, FitContext]:
+        """The trainer and the run that :meth:`fit` holds before its first step.
+
+        For code that steps training itself (benchmarks that time one
+        optimizer step, tests that probe it): ``trainer.step(context, pairs)``
+        takes one optimizer step on time-lagged pairs of ``context.train``
+        exactly as ``fit`` does (forward pass, loss, backward pass, clipping,
+        the optimizer, the schedule); ``trainer.fit(context)`` runs the
+        epochs. The estimator itself is not fitted by it.
+
+        Parameters
+        ----------
+        X, sample_weight
+            As in :meth:`fit`.
+
+        Returns
+        -------
+        trainer : Trainer
+        context : FitContext
+            The first run's progress (network, optimizer, pairs).
+        """
+        data, rng = self._fit_data(X, sample_weight)
+        self._check_fit_data(data)
+        return self._training(data, rng, self._initialize(data, rng))
+
+    def _objective(self) -> VampObjective:
+        return VampObjective(self._network_spec(), self._inference(), self.n_components, self.score_method,
+                             self.epsilon, self.mode, self.score_k)
+
+    def _initialize(self, data: FitData, rng: np.random.Generator):
+        """A freshly initialised network for ``data`` (its memory plan in ``memory_plan_``), a
+        fresh ``history_``, and ``rng`` kept for the :meth:`partial_fit` calls that follow."""
+        net = self._objective().build(data, rng)
+        self._plan_memory(net, data)
+        self.history_ = new_history()
+        self._rng = rng
+        return net
+
+    def _training(self, data: FitData, rng, net, *, partial: bool = False, run: int = 0,
+                  threads=None) -> tuple[Trainer, FitContext]:
+        """A trainer for this estimator's objective and a run of it on ``net``; a ``partial``
+        run is one epoch at the constant rate ``lr``, without early stopping."""
+        config = (self._train_config(max_epochs=1, lr_schedule="constant", warmup=0.0) if partial
+                  else self._train_config())
+        trainer = Trainer(config, self._objective(), self._callback_list(early_stopping=not partial), owner=self)
+        return trainer, trainer.start(net, data, rng, run=run, threads=threads)
+
+    def _fitted(self, data: FitData) -> None:
+        """What a fit computes from the trained network: the decomposition on all of ``data``."""
+        self.n_iter_ = len(self.history_["train"])
+        self.timestep_ = data.series.timestep
+        self._fit_decomposition(data.series, data.pairs, data.weights, data.ranks)
+
+    def _check_fit_data(self, data: FitData) -> None:
+        self._check_pairs(data.pairs)
+        self._check_network_width(data.series)
 
     def _check_pairs(self, pairs):
         if self.n_components >= len(pairs):
@@ -495,17 +604,10 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
                 f"n_components <= {width}, {fix}."
             )
 
-    def _init_network(self, series, train, device, rng):
-        """A freshly initialised network (inputs standardised on the training trajectories)."""
-        with local_torch_seed(rng):
-            net = self._build_network(series, self.n_components).to(device)
-        self._standardise_inputs(net, series, train, device)
-        return net
-
     def _fit_decomposition(self, series, pairs, weights, ranks=None):
         outputs = self._outputs(self.module_, series, next(self.module_.parameters()).device, ranks=ranks)
         x, y, w = pair_arrays(outputs, pairs, self.lagtime, weights)
-        decomposition = self._decompose(x, y, w)
+        decomposition = scaled_vamp(x, y, w, self.epsilon)
         if decomposition is None:
             raise ValueError(
                 f"The trained network's {x.shape[1]} outputs are constant over all "
@@ -517,52 +619,6 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         self.singular_values_ = self.vamp_.singular_values[: self.n_components]
         eigenvalues = koopman_eigenvalues(self.vamp_, dim=self.n_components)
         self.timescales_ = implied_timescales(eigenvalues, self.lagtime)
-
-    def _decompose(self, x, y, w):
-        """(output scale, VAMP decomposition) of paired outputs; None when they are constant.
-
-        VAMP does not care how the outputs are scaled, but epsilon is absolute: every output
-        is scaled to unit spread, so that a network whose outputs vary by 1e-3 is decomposed
-        like any other instead of having all of its directions cut off as noise.
-        """
-        both = np.concatenate([x, y])
-        spread = both.std(axis=0)
-        varies = spread > 1e-5 * np.abs(both).max(axis=0)  # above float32 rounding noise
-        if not np.any(varies):
-            return None
-        scale = np.where(varies, spread, 1.0)
-        return scale, fit_vamp(x / scale, y / scale, epsilon=self.epsilon, weights=w)
-
-    def _score_k(self, decomposition) -> int:
-        return min(self.score_k or self.n_components, len(decomposition.singular_values))
-
-    def _epoch_scores(self, ctx):
-        """The scores :meth:`score` would give the end-of-epoch weights.
-
-        Training: VAMP-2 (``score_k`` singular functions) of the decomposition
-        fitted on the training pairs, on those pairs. Validation: the
-        cross-validated VAMP-2 of that decomposition on the validation pairs.
-        """
-        def outputs(pairs):
-            out_0, out_t = self._pair_outputs(ctx.net, ctx.series, pairs, ctx.device, ctx.ranks)
-            w = self._pair_weights(ctx.weights, pairs, "cpu")
-            return out_0.double().cpu().numpy(), out_t.double().cpu().numpy(), None if w is None else w.numpy()
-
-        x, y, w = outputs(ctx.train)
-        decomposition = self._decompose(x, y, w)
-        if decomposition is None:
-            return -np.inf, -np.inf if len(ctx.val) else None, True
-        scale, model = decomposition
-        k = self._score_k(model)
-        train = float(vamp_cv_score(model, x / scale, y / scale, k=k, epsilon=self.epsilon, weights=w))
-        if not len(ctx.val):
-            return train, None, False
-        x, y, w = outputs(ctx.val)
-        try:
-            val = float(vamp_cv_score(model, x / scale, y / scale, k=k, epsilon=self.epsilon, weights=w))
-        except ValueError:  # validation outputs without variance (a tiny block): no signal there
-            val = self._score_floor
-        return train, val, False
 
     # ------------------------------------------------------------------ use
     def _network_outputs(self, X) -> tuple[list[np.ndarray], object]:
@@ -613,7 +669,7 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         """
         outputs, series = self._network_outputs(X)
         x, y = self._lagged_values(outputs, series)
-        return float(vamp_cv_score(self.vamp_, x, y, k=self._score_k(self.vamp_), epsilon=self.epsilon))
+        return float(vamp_cv_score(self.vamp_, x, y, k=self._objective().score_k_of(self.vamp_), epsilon=self.epsilon))
 
     def _koopman_models(self, X, lagtimes):
         from deeptime.decomposition import VAMP

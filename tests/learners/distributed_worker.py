@@ -23,7 +23,7 @@ import torch
 
 import g2v_sklearn
 from g2v_sklearn import Callback, DistributedTrainingError, SPIBEstimator, VAMPNetEstimator
-from g2v_sklearn.learners._learner import TorchLearner
+from g2v_sklearn.learners._series import FitData
 
 
 def main():
@@ -58,15 +58,15 @@ def main():
 
     # the weight sum of this rank's share of every batch it trains on
     shares: list = []
-    pair_weights = TorchLearner._pair_weights
+    pair_weights = FitData.pair_weights
 
-    def recording(self, weights, pairs, device):
-        out_weights = pair_weights(self, weights, pairs, device)
+    def recording(self, pairs, device=None):
+        out_weights = pair_weights(self, pairs, device)
         if out_weights is not None and torch.is_grad_enabled():
             shares.append(float(out_weights.sum()))
         return out_weights
 
-    TorchLearner._pair_weights = recording
+    FitData.pair_weights = recording
 
     # 1. the first step's loss and gradients, float64 networks on feature arrays, sample weights
     common = dict(lagtime=5, hidden_layer_sizes=(16, 16), batch_size=256, max_epochs=1, max_grad_norm=None,
@@ -80,7 +80,7 @@ def main():
         est.fit(features, sample_weight=weights)
         report[f"{name}_share_weight"] = shares[0]
     save()
-    TorchLearner._pair_weights = pair_weights
+    FitData.pair_weights = pair_weights
 
     # 2. short fits: transform on every rank, with validation and early stopping
     fits = {

@@ -226,9 +226,9 @@ def test_gradient_clipping_bounds_the_step(dihedral_features):
 
 
 def test_bfloat16_without_native_support_trains_in_float32(dihedral_features, monkeypatch):
-    from g2v_sklearn.learners import _learner
+    from g2v_sklearn import _runtime
 
-    monkeypatch.setattr(_learner, "supports_bfloat16", lambda device: False)
+    monkeypatch.setattr(_runtime, "supports_bfloat16", lambda device: False)
     x = dihedral_features[0][:600]
     with pytest.warns(UserWarning, match="does not compute in bfloat16 natively.*trains in float32"):
         bf = VAMPNetEstimator(lagtime=5, max_epochs=1, precision="bfloat16", random_state=0, **FAST).fit(x)
@@ -370,7 +370,7 @@ def test_spib_trains_on_the_same_seams(tmp_path):
 
 
 def test_the_training_context_steps_exactly_as_fit_does(rng):
-    """Benchmarks time ``_train_step`` on ``_training_context``: that must be fit's own step."""
+    """Benchmarks time ``trainer.step`` on ``training_session``: that must be fit's own step."""
     tokens = TokenTrajectory(rng.normal(size=(40, 5, 4, 8)).astype(np.float32),
                              (np.arange(5)[None, :, None] * 3.8 + rng.normal(size=(40, 5, 3))).astype(np.float32),
                              residue_names=["ALA"] * 5, chain_ids=["A"] * 5, residue_ids=range(1, 6))
@@ -379,10 +379,10 @@ def test_the_training_context_steps_exactly_as_fit_does(rng):
               progress=False, random_state=4)
     fitted = VAMPNetEstimator(**kw).fit(merged)  # one epoch = one step: 37 pairs, batches of 64
     est = VAMPNetEstimator(**kw)
-    ctx = est._training_context(merged)
+    trainer, ctx = est.training_session(merged)
     assert len(ctx.train) == 37 and ctx.optimizer.param_groups[0]["lr"] == est.lr
     before = {name: tensor.clone() for name, tensor in ctx.net.state_dict().items()}
-    loss = est._train_step(ctx, ctx.train)
+    loss = trainer.step(ctx, ctx.train)
     assert np.isfinite(loss) and ctx.step == 1
     assert any(not torch.equal(before[name], t) for name, t in ctx.net.state_dict().items())  # it stepped
     for name, tensor in fitted.module_.state_dict().items():

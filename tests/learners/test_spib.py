@@ -23,6 +23,7 @@ from g2v_sklearn import (
     TokenMerger,
     TokenTrajectory,
 )
+from g2v_sklearn.learners._spib_objective import SpibObjective
 
 # Fits compared bit for bit across runs: the same torch threads in every run.
 pytestmark = pytest.mark.usefixtures("fixed_threads")
@@ -229,7 +230,7 @@ def test_lagtime_errors(wells):
 
 def test_nan_loss_stops_restores_and_advises(wells, nan_on_fourth_loss):
     trajs, _ = wells
-    record = nan_on_fourth_loss(SPIBEstimator, "_batch_loss")
+    record = nan_on_fourth_loss(SpibObjective, "batch_loss")
     est = SPIBEstimator(lagtime=5, callbacks=[record], **FAST)
     with pytest.raises(FloatingPointError, match=r"loss became nan .*last good weights were restored.*smaller lr"):
         est.fit(trajs)
@@ -428,3 +429,22 @@ def test_save_best_weights_records_every_rounds_file_and_resume(dihedral_feature
     assert len(names) == len(set(names)) == sum(len(run["best_epoch"]) for run in runs) >= 4
     last = torch.load(two.history_["best_weights_file"][-1], weights_only=True)
     assert last["epoch"] == two.history_["best_epoch"][-1]
+
+
+def test_partial_fit_trains_one_epoch_and_refines_once_per_call(wells):
+    trajs, _ = wells
+    first, second = trajs[:1], trajs[1:]
+    est = SPIBEstimator(lagtime=5, n_states=4, hidden_layer_sizes=(16,), batch_size=64, progress=False,
+                        random_state=0)
+    est.partial_fit(first)
+    assert est.n_refinements_ == 1 and len(est.history_["train"]) == 1 and est.history_["round"] == [0]
+    assert len(est.labels_history_) == 2 and [len(l) for l in est.labels_] == [len(t) for t in first]
+    before = [p.detach().clone() for p in est.module_.lobe.parameters()]
+    est.partial_fit(second)
+    assert est.n_refinements_ == 2 and est.history_["round"] == [0, 1] and len(est.history_["best_epoch"]) == 2
+    assert [len(l) for l in est.labels_] == [len(t) for t in second] and est.n_states_ == est.module_.n_states
+    assert any(not torch.equal(a, b) for a, b in zip(before, est.module_.lobe.parameters()))  # it trained on
+    for predicted, labels in zip(est.predict(second), est.labels_):
+        np.testing.assert_array_equal(predicted, labels)
+    est.fit(trajs)  # fit starts over: one run, its own rounds
+    assert len(est.history_["runs"]) == 1 and est.history_["round"][0] == 0

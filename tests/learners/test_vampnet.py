@@ -13,6 +13,7 @@ from sklearn.base import clone
 
 from g2v_sklearn import SPIBEstimator, TokenMerger, TokenTrajectory, VAMPNetEstimator
 from g2v_sklearn._validation import lagged_pairs
+from g2v_sklearn.learners._vampnet import VampObjective
 from g2v_sklearn.nn import _lobes
 from g2v_sklearn.nn._lobes import attention, attention_backend
 
@@ -259,7 +260,7 @@ def test_too_few_pairs_for_the_components_warns(dihedral_features):
 
 
 def test_nan_loss_stops_restores_and_advises(dihedral_features, nan_on_fourth_loss):
-    record = nan_on_fourth_loss(VAMPNetEstimator, "_loss")
+    record = nan_on_fourth_loss(VampObjective, "loss")
     est = VAMPNetEstimator(lagtime=5, callbacks=[record], **FAST)
     with pytest.raises(FloatingPointError, match="loss became nan .*last good weights were restored.*smaller lr"):
         est.fit(dihedral_features[0][:2000])
