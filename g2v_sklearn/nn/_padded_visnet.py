@@ -41,9 +41,9 @@ from torch_geometric.nn.models.visnet import (
     ViSNetBlock,
 )
 
-from ._neighbors import radius_graph
+from ._neighbors import _squared_distances, radius_graph
 
-__all__ = ["neighbor_table", "padded_forward", "supports_padded", "table_forward"]
+__all__ = ["dense_forward", "neighbor_table", "padded_forward", "supports_padded", "table_forward"]
 
 #: Edges (target atoms x table width) per block of the eager per-edge pass. Its
 #: temporaries are then a few MB, which glibc serves from its heap instead of a
@@ -51,6 +51,19 @@ __all__ = ["neighbor_table", "padded_forward", "supports_padded", "table_forward
 #: one a page fault), and which stay in cache between the operations on them.
 #: ``benchmarks/bench_profile.py`` profiles it against the pass in one block.
 EDGES_PER_CHUNK = 8192
+
+#: Molecules of at most this many atoms go through :func:`dense_forward` (every atom
+#: pair of a frame, those beyond the cutoff masked) instead of the neighbour table: at
+#: this size nearly every pair is within ViSNet's cutoff, so the dense layout does no
+#: more work, and it needs no gathers. ``benchmarks/bench_limits.py`` measures the
+#: embedding of alanine dipeptide (10 heavy atoms) this way.
+DENSE_MAX_ATOMS = 32
+
+#: Atom pairs per chunk of :func:`dense_forward`: 4,096 pairs of 64 float32 channels are
+#: 1 MB a tensor. On alanine dipeptide (2-core AMD EPYC, one thread) 1,024 and 2,048
+#: pairs ran 10-20 % slower (per-operation overhead), 4,096 and 8,192 alike; the
+#: smaller of those gives a default batch (204 frames) five chunks to share among threads.
+DENSE_PAIRS_PER_CHUNK = 4096
 
 
 def supports_padded(block) -> bool:
@@ -240,7 +253,9 @@ def padded_forward(block: ViSNetBlock, z: Tensor, pos: Tensor, batch: Tensor, *,
         Edges per block of the eager per-edge pass (None: all at once;
         "auto": the block's ``edges_per_chunk`` or :data:`EDGES_PER_CHUNK`). The
         compiled pass always runs whole: the compiler fuses the per-edge
-        operations itself.
+        operations itself. With "auto", the eager pass of a ViSNet block over
+        frames of one small molecule (:func:`dense_atoms`) runs on every atom
+        pair instead (:func:`dense_forward`).
 
     Returns
     -------
@@ -249,6 +264,10 @@ def padded_forward(block: ViSNetBlock, z: Tensor, pos: Tensor, batch: Tensor, *,
     vec : Tensor of shape (n_atoms, 3, H)
         Atom vectors.
     """
+    if not compile and edges_per_chunk == "auto":
+        n_atoms = dense_atoms(block, pos, batch)
+        if n_atoms is not None:  # a small molecule: every atom pair, no neighbour table
+            return dense_forward(block, z, pos, batch, n_atoms)
     distance = block.distance
     edge_index = radius_graph(pos, distance.cutoff, batch, loop=True,
                               max_num_neighbors=distance.max_num_neighbors)
@@ -323,3 +342,203 @@ def table_forward(block: ViSNetBlock, z: Tensor, pos: Tensor, neighbors: Tensor,
         x = x + dx
         vec = vec + dvec
     return block.out_norm(x), _vec_layernorm(block.vec_out_norm, vec)
+
+
+def dense_atoms(block, pos: Tensor, batch: Tensor) -> int | None:
+    """Atoms per frame when ``block(z, pos, batch)`` goes through :func:`dense_forward`, else None.
+
+    That is a ViSNet block (as :func:`supports_padded`) and graphs of one size of at
+    most :data:`DENSE_MAX_ATOMS` atoms that no neighbour cap below that size trims: the
+    same molecule frame after frame, as the embedder batches it. Decided by the
+    molecule, not by the frames in the batch, so every batch of one trajectory takes
+    the same path.
+    """
+    if not isinstance(block, ViSNetBlock) or pos.dim() != 2 or pos.size(0) == 0:
+        return None
+    cap = block.distance.max_num_neighbors
+    if batch is None or batch.dim() != 1 or batch.size(0) != pos.size(0):
+        return None  # radius_graph says what is wrong
+    counts = torch.unique_consecutive(batch, return_counts=True)[1]
+    m = int(counts[0])
+    if m > DENSE_MAX_ATOMS or (cap is not None and cap < m) or bool((counts != m).any()):
+        return None
+    return m
+
+
+def dense_forward(block: ViSNetBlock, z: Tensor, pos: Tensor, batch: Tensor, n_atoms: int, *,
+                  pairs_per_chunk: int | None = None) -> tuple[Tensor, Tensor]:
+    """``block(z, pos, batch)`` for frames of ``n_atoms`` atoms each, on every atom pair.
+
+    The neighbour table of a small molecule lists nearly every atom of the
+    frame, so this pass keeps every pair ``(i, j)`` of a frame, in tensors of
+    shape (frames, n_atoms, n_atoms, H), and masks the pairs that are no edge
+    (beyond the cutoff, inclusive as in :func:`radius_graph`). Atom quantities
+    then broadcast over the pair axes instead of being gathered, and vectors
+    are read one component at a time, so that every elementwise operation
+    runs over long contiguous rows. Frames go through in chunks of about
+    ``pairs_per_chunk`` pairs (default :data:`DENSE_PAIRS_PER_CHUNK`), whose
+    temporaries stay in cache, each chunk on one thread and the chunks on
+    torch's threads side by side (the tokens are those of one thread, whatever
+    the number of threads). In the first layer the atom vectors are still
+    zero, and the terms that multiply them (and the edge update, which is then
+    zero) are skipped: they would add exact zeros.
+
+    Same function as :func:`table_forward` (sums over neighbours add exact
+    zeros at the masked pairs; otherwise the rounding differs only where
+    operations are grouped differently), checked in
+    ``tests/nn/test_padded_visnet.py``.
+    """
+    from ._neighbors import _check_pos, _graph_sizes
+
+    _check_pos(pos)
+    _graph_sizes(batch, pos.size(0), pos.device)  # validates a sorted integer batch
+    if not bool(torch.isfinite(pos.detach()).all()):
+        raise ValueError("pos contains non-finite values (NaN or inf).")
+    frames, m = pos.size(0) // n_atoms, n_atoms
+    hidden = block.hidden_channels
+    pairs = DENSE_PAIRS_PER_CHUNK if pairs_per_chunk is None else pairs_per_chunk
+    step = max(1, pairs // (m * m))
+    x_out = pos.new_empty(frames, m, hidden)
+    vec_out = pos.new_empty(frames, m, 3, hidden)
+    p_all, z_all = pos.view(frames, m, 3), z.view(frames, m)
+
+    def run(start: int) -> None:
+        x, vec = _dense_chunk(block, z_all[start:start + step], p_all[start:start + step])
+        x_out[start:start + step] = x
+        vec_out[start:start + step] = vec
+
+    starts = range(0, frames, step)
+    threads = min(torch.get_num_threads(), len(starts)) if pos.device.type == "cpu" else 1
+    if threads <= 1:
+        for start in starts:
+            run(start)
+    else:
+        _in_threads(run, starts, threads)
+    n = frames * m
+    return x_out.view(n, hidden), vec_out.view(n, 3, hidden)
+
+
+def _in_threads(run, items, threads: int) -> None:
+    """``run(item)`` for every item, on ``threads`` threads of one torch thread each.
+
+    The chunks of a small molecule are too small for torch's own threads to
+    share one operation well; whole chunks on separate threads keep every core
+    busy. Each chunk computes as it would at one thread, so the result does not
+    depend on the number of threads. Autograd, inference mode and CPU autocast
+    are per thread in torch: the workers take the caller's.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    grad = torch.is_grad_enabled()
+    inference = torch.is_inference_mode_enabled()
+    autocast = torch.is_autocast_enabled("cpu")
+    autocast_dtype = torch.get_autocast_dtype("cpu")
+
+    def work(item) -> None:
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad), \
+                torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast):
+            run(item)
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            for _ in pool.map(work, items):
+                pass
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _dense_chunk(block: ViSNetBlock, z: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`dense_forward` on the frames ``p`` (frames, m, 3) with atomic numbers ``z`` (frames, m)."""
+    frames, m, _ = p.shape
+    x_search = p.detach().float() if p.dtype in (torch.float16, torch.bfloat16) else p.detach()
+    cutoff = float(block.distance.cutoff)
+    within = _squared_distances(x_search, x_search) <= cutoff * cutoff  # [f, target, source]
+
+    vec_ij = p.unsqueeze(1) - p.unsqueeze(2)  # [f, i, j] = pos_j - pos_i
+    r = torch.linalg.vector_norm(vec_ij, dim=-1)
+    d = vec_ij / r.clamp_min(torch.finfo(r.dtype).tiny).unsqueeze(-1)  # 0 on self-pairs
+    valid = within.to(p.dtype)
+    cut = block.neighbor_embedding.cutoff(r).mul_(valid)
+    rbf = _smearing(block.distance_expansion, r)
+
+    hidden = block.hidden_channels
+    z = z.reshape(-1)
+    x = block.embedding(z).view(frames, m, hidden)
+    embed = block.neighbor_embedding
+    not_self = ~torch.eye(m, dtype=torch.bool, device=p.device)
+    neighbor_cut = (cut * not_self).unsqueeze(-1)
+    z_embedding = embed.embedding(z).view(frames, m, hidden)
+    x_neighbors = (z_embedding.unsqueeze(1) * embed.distance_proj(rbf).mul_(neighbor_cut)).sum(2)
+    x = embed.combine(torch.cat([x, x_neighbors], dim=-1))
+    f = block.edge_embedding.edge_proj(rbf).mul_(x.unsqueeze(1) + x.unsqueeze(2))
+
+    vec = None  # all zero before the first layer
+    valid = valid.unsqueeze(-1)
+    for layer in block.vis_mp_layers:
+        dx, dvec, f = _dense_message_passing(layer, x, vec, f, cut, valid, d)
+        x = x + dx
+        vec = dvec if vec is None else vec + dvec
+    n = frames * m
+    return (block.out_norm(x),
+            _vec_layernorm(block.vec_out_norm, vec.view(n, 3, hidden)).view(frames, m, 3, hidden))
+
+
+def _dense_message_passing(layer: ViS_MP, x: Tensor, vec: Tensor | None, f: Tensor, cut: Tensor,
+                           valid: Tensor, d: Tensor):
+    """One ViS_MP layer on every atom pair of each frame (see :func:`dense_forward`).
+
+    ``x`` (F, m, H), ``vec`` (F, m, 3, H) or None when all zero, ``f`` (F, m,
+    m, H) indexed [frame, target, source], ``cut`` (F, m, m), ``valid`` (F, m,
+    m, 1), ``d`` (F, m, m, 3) the unit vectors from target to source.
+    """
+    frames, m, hidden = x.shape
+    heads = layer.num_heads
+    x = layer.layernorm(x)
+    q, k, v = layer.q_proj(x), layer.k_proj(x), layer.v_proj(x)
+
+    # attention: silu(sum over a head's channels of q_i k_j dk_ij), cut
+    dk = F.silu(layer.dk_proj(f))
+    attn = dk.mul_(k.unsqueeze(1)).mul_(q.unsqueeze(2)).view(frames, m, m, heads, -1).sum(-1)
+    attn = F.silu(attn).mul_(cut.unsqueeze(-1))
+    ve = F.silu(layer.dv_proj(f)).mul_(v.unsqueeze(1))
+    ve = ve.view(frames, m, m, heads, -1).mul_(attn.unsqueeze(-1)).view(frames, m, m, hidden)
+    x_in = ve.sum(2)
+    d_t = d.view(-1, m, 3).transpose(1, 2)
+    o1, o2, o3 = torch.split(layer.o_proj(x_in), hidden, dim=-1)
+
+    if vec is None:
+        # zero vectors: no vec_j * s1 message, no edge update (a = b = 0), dx = o3
+        weight, bias = layer.s_proj.weight[hidden:], layer.s_proj.bias[hidden:]
+        s2 = F.silu(F.linear(ve, weight, bias)).mul_(valid)
+        vec_in = torch.bmm(d_t, s2.view(-1, m, hidden)).view(frames, m, 3, hidden)
+        return o3, vec_in, f
+
+    vec = _vec_layernorm(layer.vec_layernorm, vec.view(-1, 3, hidden)).view(frames, m, 3, hidden)
+    s1, s2 = torch.split(F.silu(layer.s_proj(ve)).mul_(valid), hidden, dim=-1)
+    # messages: vec_j * s1 + s2 d^T into vec, one vector component at a time
+    by_component = vec.transpose(1, 2).contiguous()  # (F, 3, m, H)
+    vec_in = torch.stack([(s1 * by_component[:, c].unsqueeze(1)).sum(2) for c in range(3)], dim=2)
+    vec_in = torch.baddbmm(vec_in.view(-1, 3, hidden), d_t,
+                           s2.reshape(-1, m, hidden)).view(frames, m, 3, hidden)
+
+    f_new = f
+    if not layer.last_layer:
+        # rej(a_i, d) . rej(b_j, -d) = a_i . b_j - (a_i . d)(b_j . d), for |d| = 1 or d = 0
+        a = layer.w_trg_proj(vec)
+        b = layer.w_src_proj(vec).transpose(1, 2).contiguous()  # (F, 3, m, H)
+        a_dot_d = torch.bmm(d.view(-1, m, 3), a.view(-1, 3, hidden)).view(frames, m, m, hidden)
+        a = a.transpose(1, 2).contiguous()
+        b_dot_d = d[..., 0:1] * b[:, 0].unsqueeze(1)
+        a_dot_b = a[:, 0].unsqueeze(2) * b[:, 0].unsqueeze(1)
+        for c in (1, 2):
+            b_dot_d += d[..., c:c + 1] * b[:, c].unsqueeze(1)
+            a_dot_b += a[:, c].unsqueeze(2) * b[:, c].unsqueeze(1)
+        w_dot = a_dot_b.sub_(a_dot_d.mul_(b_dot_d))
+        f_new = F.silu(layer.f_proj(f)).mul_(w_dot).add_(f)
+
+    vec1, vec2, vec3 = torch.split(layer.vec_proj(vec), hidden, dim=-1)
+    dx = (vec1 * vec2).sum(-2).mul_(o2).add_(o3)
+    dvec = vec3.mul_(o1.unsqueeze(-2)).add_(vec_in)
+    return dx, dvec, f_new

@@ -78,6 +78,81 @@ def test_blocks_of_target_atoms_give_the_whole_pass(edges_per_chunk):
     assert norm_relative_error(vec, vec_ref) < 1e-5
 
 
+def small_frames(seed: int, frames: int = 5, atoms: int = 9, spread: float = 6.0):
+    """Frames of one small molecule, spread so that some pairs lie beyond a 4-Angstrom cutoff."""
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.rand(frames * atoms, 3, generator=g) * spread
+    z = torch.randint(1, 10, (atoms,), generator=g).repeat(frames)
+    batch = torch.arange(frames).repeat_interleave(atoms)
+    return z, pos, batch
+
+
+def test_small_molecules_take_the_dense_pass_and_it_equals_the_torch_geometric_block():
+    block = random_backbone(3)
+    z, pos, batch = small_frames(4)
+    assert padded.dense_atoms(block, pos, batch) == 9
+    degrees = torch.bincount(radius_graph(pos, 4.0, batch)[1])
+    assert degrees.min() < 9  # some pairs are masked
+    with torch.no_grad():
+        x_ref, vec_ref = block(z, pos, batch)
+        x, vec = padded.padded_forward(block, z, pos, batch)  # "auto": the dense pass
+        x_table, vec_table = padded.padded_forward(block, z, pos, batch, edges_per_chunk=None)
+    assert norm_relative_error(x, x_ref) < 1e-5
+    assert norm_relative_error(vec, vec_ref) < 1e-5
+    assert norm_relative_error(x, x_table) < 1e-6
+    assert norm_relative_error(vec, vec_table) < 1e-6
+
+
+@pytest.mark.parametrize("pairs_per_chunk", [1, 100, None])
+def test_the_dense_pass_in_chunks_of_frames_gives_the_whole_pass(pairs_per_chunk):
+    block = random_backbone(5)
+    z, pos, batch = small_frames(6, frames=7)
+    with torch.no_grad():
+        x_ref, vec_ref = padded.dense_forward(block, z, pos, batch, 9, pairs_per_chunk=10**6)
+        x, vec = padded.dense_forward(block, z, pos, batch, 9, pairs_per_chunk=pairs_per_chunk)
+    assert norm_relative_error(x, x_ref) < 1e-6
+    assert norm_relative_error(vec, vec_ref) < 1e-6
+
+
+def test_the_dense_pass_gives_the_same_numbers_on_any_number_of_threads():
+    """Its chunks run side by side, each on one torch thread: bit for bit the one-thread pass,
+    inside inference mode as the embedder calls it (the mode is per thread in torch)."""
+    block = random_backbone(6)
+    z, pos, batch = small_frames(10, frames=12)
+    saved = torch.get_num_threads()
+    try:
+        with torch.inference_mode():
+            torch.set_num_threads(1)
+            one = padded.dense_forward(block, z, pos, batch, 9, pairs_per_chunk=81 * 2)
+            torch.set_num_threads(3)
+            three = padded.dense_forward(block, z, pos, batch, 9, pairs_per_chunk=81 * 2)
+            assert torch.get_num_threads() == 3  # restored after the chunks
+    finally:
+        torch.set_num_threads(saved)
+    for a, b in zip(one, three):
+        assert torch.equal(a, b)
+
+
+def test_the_dense_pass_is_for_one_small_molecule_without_a_tighter_cap():
+    z, pos, batch = small_frames(7)
+    assert padded.dense_atoms(random_backbone(0, max_num_neighbors=20), pos, batch) == 9
+    assert padded.dense_atoms(random_backbone(0, max_num_neighbors=5), pos, batch) is None
+    mixed = torch.cat([torch.zeros(4, dtype=torch.long), torch.ones(41, dtype=torch.long)])
+    assert padded.dense_atoms(random_backbone(0), pos, mixed) is None  # two sizes
+    large = padded.DENSE_MAX_ATOMS + 1
+    z, pos, batch = small_frames(8, frames=2, atoms=large)
+    assert padded.dense_atoms(random_backbone(0), pos, batch) is None
+    assert padded.dense_atoms(random_backbone(0, architecture="et"), pos[:9], batch[:9]) is None
+
+
+def test_the_dense_pass_refuses_non_finite_positions():
+    block = random_backbone(0)
+    z, pos, batch = small_frames(9)
+    pos[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="pos contains non-finite values"), torch.no_grad():
+        padded.padded_forward(block, z, pos, batch)
+
+
 def test_smearing_without_its_underflow_tail_matches_torch_geometric():
     """geom2vec's expansion (64 functions, 7.5 A), distances from 0 (self-loops: exponents near
     -1,000) to the cutoff: the clamp is reached, and the expansion is torch-geometric's."""
