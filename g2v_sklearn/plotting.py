@@ -939,10 +939,14 @@ def plot_residue_importance(importance, *, residue_ids=None, domains=None, sprea
     return ax
 
 
-# The kinetic model's figures live in their own file (they build on the helpers above).
-from ._plotting_kinetics import (  # noqa: E402 - after the helpers they import
-    plot_committor,
-    plot_state_importance,
-    plot_state_network,
-    plot_states_on_coordinates,
-)
+# The kinetic model's figures live in their own file (they build on the helpers above), loaded
+# on first use: this module imports alone, without the package or matplotlib.
+_KINETIC_FIGURES = ("plot_committor", "plot_state_importance", "plot_state_network", "plot_states_on_coordinates")
+
+
+def __getattr__(name: str):
+    if name in _KINETIC_FIGURES:
+        import importlib
+
+        return getattr(importlib.import_module("g2v_sklearn._plotting_kinetics"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
