@@ -13,7 +13,10 @@ grid-searches the token-merging window
 ``w`` (residues per fragment token) with the two paths as the two
 cross-validation folds, and writes the per-residue attention importance of the
 chosen model as a plot coloured by domain (CORE, NMP, LID) and as a PDB of the
-closed state with the importance in the B-factor column.
+closed state with the importance in the B-factor column. It then builds the
+kinetic model of the chosen model's coordinate (k-means, an MSM, two
+metastable sets): a table of the sets, their network, their typical
+structures (the closed and open ends) and the residues that distinguish them.
 
 These frames are transition paths made by a biased method, not equilibrium
 dynamics: the slow coordinate found is the opening itself, and any timescale
@@ -37,15 +40,21 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
+import mdtraj as md
 import numpy as np
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 
 from g2v_sklearn import (
     GeomEmbedder,
+    KMeansDiscretizer,
+    MSMEstimator,
     TokenMerger,
     VAMPNetEstimator,
+    kinetic_model,
     plotting,
+    save_structures,
+    state_importance,
 )
 from g2v_sklearn.datasets import load_adenylate_kinase
 
@@ -106,14 +115,45 @@ def main(argv=None) -> dict:
     scaled = 99 * (per_atom - importance.min()) / max(np.ptp(importance), 1e-12)
     closed.save_pdb(str(args.out / "importance.pdb"), bfactors=scaled)
 
+    # The kinetic model of the chosen coordinate: two sets along the opening. On transition paths its
+    # times mean nothing physical; the sets, their structures and what distinguishes them do.
+    coordinates = best.transform(tokens)
+    msm_pipe = Pipeline([("cluster", KMeansDiscretizer(random_state=0)),
+                         ("msm", MSMEstimator(lagtime=1))]).fit(coordinates)
+    kinetics = kinetic_model(msm_pipe, coordinates, n_sets=2)
+    per_set = state_importance(kinetics, best, tokens, n_frames=4 if args.quick else 20, random_state=0)
+    structures = save_structures(kinetics, args.out / "structures", adk.paths, tokens=tokens, importance=per_set,
+                                 n_samples=4, random_state=0)
+    ca = closed.topology.select("name CA")
+    ends = {"closed": adk.paths[0][0], "open": adk.paths[0][-1]}
+    rows = kinetics.table()
+    for k, row in enumerate(rows):
+        typical = adk.paths[structures[k]["frames"][0, 0]][structures[k]["frames"][0, 1]]
+        row.update({f"ca_rmsd_to_{name}_nm": float(md.rmsd(typical, end, atom_indices=ca)[0])
+                    for name, end in ends.items()})
+        top = residue_ids[np.argsort(per_set[k])[::-1][:5]].tolist()
+        print(f"set {k}    : population {row['population']:.2f}, MFPT to the other set "
+              f"{kinetics.mfpt[k, 1 - k]:.3g} frames; typical frame C-alpha RMSD to closed "
+              f"{row['ca_rmsd_to_closed_nm']:.2f} nm, to open {row['ca_rmsd_to_open_nm']:.2f} nm; "
+              f"most distinctive residues {top}")
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4), gridspec_kw={"width_ratios": [1, 2]})
+    plotting.plot_state_network(kinetics, ax=axes[0])
+    plotting.plot_state_importance(per_set, residue_ids=residue_ids, domains=adk.domains, ax=axes[1])
+    axes[1].set_title("what distinguishes each set (token substitution)")
+    fig.tight_layout()
+    fig.savefig(args.out / "kinetics.png", dpi=120)
+    plt.close(fig)
+
     by_domain = {name: float(importance[adk.residue_domain == name].mean()) for name in adk.domains}
     print("importance : mean per domain " + ", ".join(f"{k} {v:.4f}" for k, v in by_domain.items()))
     summary = {"windows": scores, "chosen_window": best_window, "importance_by_domain": by_domain,
                "top_residues": residue_ids[np.argsort(importance)[::-1][:10]].tolist(),
+               "sets": rows, "set_importance": per_set.tolist(),
+               "structures": {str(k): {n: str(v) for n, v in e.items() if n != "frames"} for k, e in structures.items()},
                "seconds": time.perf_counter() - clock, "quick": bool(args.quick),
                "note": "transition paths, not equilibrium dynamics: kinetics are illustrative"}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"report     : {args.out}/ (importance.png, importance.pdb, summary.json) "
+    print(f"report     : {args.out}/ (importance.png, importance.pdb, kinetics.png, structures/, summary.json) "
           f"in {summary['seconds']:.0f} s")
     return summary
 

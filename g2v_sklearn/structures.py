@@ -30,6 +30,8 @@ from .embedding import _mdanalysis as mdanalysis
 __all__ = ["save_structures", "source_frames", "state_importance"]
 
 _FORMATS = ("xtc", "dcd")
+#: Frames per transform call in state_importance: several residues' substitutions at once.
+_FRAMES_PER_CALL = 2048
 
 
 def _sources_of(source, tokens):
@@ -291,12 +293,16 @@ def state_importance(model, estimator, tokens, *, n_frames: int = 100, random_st
         base, donor, null = (np.stack([tokens[t].features[f] for t, f in pick]) for pick in take)
         positions = np.stack([tokens[t].positions[f] for t, f in take[0]])
         before = _coordinates(steps, [_frames_as_tokens(tokens[0], base, positions)])
-        for r in range(n_res):
+        per_call = max(1, _FRAMES_PER_CALL // n_frames)  # residues substituted per transform call
+        for first in range(0, n_res, per_call):
+            block = np.arange(first, min(n_res, first + per_call))
             moved = []
             for source in (donor, null):
-                swapped = base.copy()
-                swapped[:, r] = source[:, r]
-                after = _coordinates(steps, [_frames_as_tokens(tokens[0], swapped, positions)])
-                moved.append(np.linalg.norm(after - before, axis=1).mean())
-            importance[k, r] = moved[0] - moved[1]
+                swapped = np.repeat(base[None], len(block), axis=0)  # (residues, frames, ...)
+                swapped[np.arange(len(block)), :, block] = source[:, block].transpose(1, 0, 2, 3)
+                after = _coordinates(steps, [_frames_as_tokens(
+                    tokens[0], swapped.reshape(-1, *base.shape[1:]), np.tile(positions, (len(block), 1, 1)))])
+                shift = np.linalg.norm(after.reshape(len(block), n_frames, -1) - before[None], axis=2)
+                moved.append(shift.mean(axis=1))
+            importance[k, block] = moved[0] - moved[1]
     return importance

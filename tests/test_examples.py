@@ -104,3 +104,10 @@ def test_adenylate_kinase_example(visnet_name, tmp_path, adk_paths_short, token_
     # its element column is the PSF's (alpha carbons were calcium when the PDB was read alone)
     assert {a.element.symbol for a in md.load(out / "importance.pdb").topology.atoms} == {
         "C", "H", "N", "O", "S"}
+    # the kinetic model of the chosen coordinate: two sets, their table, figure and structures
+    assert_png(out / "kinetics.png")
+    assert len(summary["sets"]) == 2 and sum(row["population"] for row in summary["sets"]) == pytest.approx(1.0)
+    assert np.array(summary["set_importance"]).shape == (2, 214)
+    for files in summary["structures"].values():
+        assert md.load(files["samples"], top=files["topology"]).n_frames == 4
+        assert md.load(files["importance"]).n_atoms == adk_paths_short[0].n_atoms
