@@ -181,10 +181,10 @@ def training_rows(configs: str, repeats: int) -> list[dict]:
     for config in configs.split(","):
         n, w, b = map(int, config.split(":"))
         tokens = make_tokens(n, 2 * b, 0)
-        est, ctx = estimator_context(tokens, w, b, dropout=0.0, lr=1e-4, **ANCHOR_NETWORK)
+        est, trainer, ctx = estimator_context(tokens, w, b, dropout=0.0, lr=1e-4, **ANCHOR_NETWORK)
 
         def step():
-            est._train_step(ctx, ctx.train)
+            trainer.step(ctx, ctx.train)
 
         step()  # warm-up
         times = []
@@ -197,7 +197,7 @@ def training_rows(configs: str, repeats: int) -> list[dict]:
         rows.append({"path": f"VAMPNet step, {n:,} residues, w={w}, B={b}", "kind": "step",
                      "flops_per_unit": flops, "exp_per_unit": exps, "units": 1,
                      "seconds": statistics.median(times), "unit": "step"})
-        del est, ctx
+        del est, trainer, ctx
     return rows
 
 

@@ -42,9 +42,16 @@ def test_the_binding_limit_is_the_higher_floor():
     assert rows[1]["bound"] == "exp throughput" and rows[1]["fraction"] == pytest.approx(0.5)
 
 
-def test_quick_mode_writes_its_table(tmp_path):
+def test_quick_mode_writes_its_table(tmp_path, monkeypatch):
+    monkeypatch.setenv("G2V_THREAD_BUDGET", "1")  # the script switches the budget off: not for later tests
+    import torch
+
     out = tmp_path / "limits.json"
-    report = _bench_limits().main(["--quick", "--parts", "train", "--out", str(out)])
+    threads = torch.get_num_threads()
+    try:
+        report = _bench_limits().main(["--quick", "--parts", "train", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)  # the script sets its own count
     assert json.loads(out.read_text())["table"] == report["table"]
     assert "| hot path | bound | limit | achieved | fraction |" in report["table"]
     assert all(0 < row["fraction"] for row in report["rows"]) and len(report["rows"]) == 2
