@@ -49,52 +49,56 @@ def test_learned_sets_and_mfpts_match_the_dihedral_msm(shipped_ala2):
     assert route["msm"].timescales(2)[1] <= np.ravel(stats.R)[1]
 
 
-def metropolis_walk(n_frames=98, seed=0, length=400, n_walks=4):
-    """A Metropolis chain over the path's frames in a double well along the frame index (wells near
-    both ends, 4 kT barrier), each step proposing a move of 1 to 4 frames; its walks and matrix."""
-    x = np.linspace(-1, 1, n_frames)
-    v = 4 * (x**2 - 0.64) ** 2 / 0.64**2
-    p = np.zeros((n_frames, n_frames))
-    for i in range(n_frames):
-        for step in (-4, -3, -2, -1, 1, 2, 3, 4):
-            j = i + step
-            if 0 <= j < n_frames:
-                p[i, j] = min(1.0, np.exp(v[i] - v[j])) / 8
-        p[i, i] = 1 - p[i].sum()
+def metropolis_walk(n_states=98, seed=0, length=3000, n_walks=1, barrier=2.0):
+    """A Metropolis chain over ``n_states`` frames along the path in a double well of the frame index
+    (wells near both ends, ``barrier`` kT between), each step proposing a move of 1 to 4 frames; its walks."""
     from deeptime.markov.msm import MarkovStateModel
 
-    chain = MarkovStateModel(p)
-    starts = [5, n_frames - 6] * (n_walks // 2)
-    return chain, [chain.simulate(length, start=s, seed=seed + k) for k, s in enumerate(starts)]
+    x = np.linspace(-1, 1, n_states)
+    v = barrier * (x**2 - 0.64) ** 2 / 0.64**2
+    p = np.zeros((n_states, n_states))
+    for i in range(n_states):
+        for step in (-4, -3, -2, -1, 1, 2, 3, 4):
+            j = i + step
+            if 0 <= j < n_states:
+                p[i, j] = min(1.0, np.exp(v[i] - v[j])) / 8
+        p[i, i] = 1 - p[i].sum()
+    starts = [(5, n_states - 6)[k % 2] for k in range(n_walks)]  # alternately from each end
+    return [MarkovStateModel(p).simulate(length, start=s, seed=seed + k) for k, s in enumerate(starts)]
 
 
 def test_adenylate_kinase_end_sets_look_like_the_closed_and_open_ends(visnet_checkpoint, adk_files, token_cache,
                                                                      tmp_path):
+    """A Markov walk over the 98 frames of the closed -> open path, through the pipeline. The frames
+    are embedded from their C-alpha atoms (3 s here; all 1,656 heavy atoms would cost the suite one
+    to two minutes); the structures written are the full frames."""
     import mdtraj as md
 
     psf, dcd, _ = adk_files
     path = md.load(dcd, top=psf)
-    heavy = path.atom_slice(path.topology.select("element != H"))
-    tokens = GeomEmbedder(visnet_checkpoint, memory=token_cache, progress=False).fit_transform([heavy])[0]
-    chain, walks = metropolis_walk(heavy.n_frames)
+    tokens = GeomEmbedder(visnet_checkpoint, selection="name CA", memory=token_cache,
+                          progress=False).fit_transform([path])[0]
+    walks = [w[::3] for w in metropolis_walk(path.n_frames)]  # every third step: 1,000 frames
     walk_tokens = [tokens[w] for w in walks]
-    pipe = Pipeline([("merge", TokenMerger(window=16)),
-                     ("vamp", VAMPNetEstimator(lagtime=2, n_components=1, d_model=16, n_heads=2, n_layers=1,
-                                               hidden_layer_sizes=(16,), batch_size=200, max_epochs=3,
+    pipe = Pipeline([("merge", TokenMerger(window=16, operator="none")),
+                     ("vamp", VAMPNetEstimator(lagtime=1, n_components=1, d_model=16, n_heads=2, n_layers=1,
+                                               hidden_layer_sizes=(16,), batch_size=200, max_epochs=2,
                                                progress=False, random_state=0)),
                      ("cluster", KMeansDiscretizer(random_state=0)),
-                     ("msm", MSMEstimator(lagtime=2))]).fit(walk_tokens)
+                     ("msm", MSMEstimator(lagtime=1))]).fit(walk_tokens)
     model = kinetic_model(pipe, walk_tokens, n_sets=2)
     files = save_structures(model, tmp_path, [path[w] for w in walks], n_samples=2)
     ends = {"closed": path[0], "open": path[-1]}
     ca = path.topology.select("name CA")
+    halves = set()
     for k, entry in files.items():
         typical = md.load(str(entry["typical"]))
         rmsd = {name: float(md.rmsd(typical, end, atom_indices=ca)[0]) for name, end in ends.items()}
         frame = walks[entry["frames"][0, 0]][entry["frames"][0, 1]]  # the path frame it shows
-        own = "closed" if frame < heavy.n_frames / 2 else "open"
+        own = "closed" if frame < path.n_frames / 2 else "open"
+        halves.add(own)
         print(f"set {k}: path frame {frame}, C-alpha RMSD to closed {rmsd['closed']:.2f} nm, open {rmsd['open']:.2f} nm")
         assert rmsd[own] < rmsd["open" if own == "closed" else "closed"]
-    # the two sets are the two ends of the path
-    halves = {walks[t][f] < heavy.n_frames / 2 for t, f in (files[k]["frames"][0] for k in files)}
-    assert halves == {True, False}
+    assert halves == {"closed", "open"}  # one set at each end of the path
+    # (seeds 0-5 of the walk and the fit: 6 of 6 pass, measured; with walks too short to cross the
+    # barrier both ways, the MSM's connected set is one side only, and kinetic_model warns)

@@ -26,6 +26,8 @@ __all__ = ["KineticModel", "TransitionPathways", "kinetic_model"]
 
 #: Time units a time step may be given in, as multiples of a picosecond.
 TIME_UNITS = {"fs": 1e-3, "ps": 1.0, "ns": 1e3, "us": 1e6, "µs": 1e6, "ms": 1e9, "s": 1e12}
+#: Below this fraction of frames in the MSM's connected set, kinetic_model warns.
+MIN_ACTIVE_FRACTION = 0.9
 #: Boltzmann's constant in kJ/(mol K) and kcal/(mol K).
 _KB = {"kJ/mol": 0.0083144626, "kcal/mol": 0.0019872043}
 
@@ -164,6 +166,14 @@ class KineticModel:
                 f"ask for fewer."
             )
         self.active_dtrajs = [_to_active(d, msm) for d in dtrajs]
+        inside = float(np.mean(np.concatenate(self.active_dtrajs) >= 0))
+        if inside < MIN_ACTIVE_FRACTION:
+            warnings.warn(
+                f"The MSM's largest connected set holds only {inside:.0%} of the frames; the others are "
+                f"in no set (assignment -1), and every quantity describes the connected part only. The "
+                f"trajectories do not go both ways between all states: sample longer, or use a shorter "
+                f"lag time or fewer states.", UserWarning, stacklevel=3,
+            )
         self.assignments = [np.where(d >= 0, hard[np.maximum(d, 0)], -1) for d in self.active_dtrajs]
         self.frame_memberships = [np.where((d >= 0)[:, None], self.memberships[np.maximum(d, 0)], np.nan)
                                   for d in self.active_dtrajs]

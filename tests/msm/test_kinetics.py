@@ -273,3 +273,15 @@ def test_net_flux_and_pathways_keep_the_sets_numbering():
         assert paths.net_flux[source, sink] == pytest.approx(paths.total_flux)
         assert paths.rate > paths.total_flux  # the flux per unit of the source's committor-weighted population
         assert paths.pathways == [((source, sink), pytest.approx(1.0))]
+
+
+def test_a_model_on_part_of_the_frames_says_so():
+    """A trajectory that crosses into a region once and never comes back leaves it out of the
+    connected set: its frames are in no set, and the model warns instead of describing them."""
+    true = double_well(10)
+    d = true.simulate(5_000, start=0, seed=0)
+    one_way = np.concatenate([d, np.full(3_000, 10), np.full(3_000, 11)])  # enters 10, then 11, never back
+    msm = MSMEstimator(lagtime=1).fit([one_way])
+    with pytest.warns(UserWarning, match=r"connected set holds only \d+% of the frames"):
+        km = kinetic_model(msm, [one_way], n_sets=2)
+    assert np.all(km.assignments[0][5_000:] == -1) and np.all(km.assignments[0][:5_000] >= 0)
