@@ -11,6 +11,7 @@ from ._version import __version__  # noqa: F401 - the package version
 from .embedding._embedder import GeomEmbedder
 from .learners._callbacks import Callback, EarlyStopping, LRScheduler, MetricsLog, SaveBestWeights
 from .learners._distributed import DistributedTrainingError, init_distributed
+from .learners._history import History
 from .learners._trainer import FitContext, TrainingWarning
 from .learners._merger import MergedTokens, TokenMerger
 from .learners._spib import SPIBEstimator
@@ -33,6 +34,7 @@ __all__ = [
     "DistributedTrainingError",
     "EarlyStopping",
     "FitContext",
+    "History",
     "GeomEmbedder",
     "KMeansDiscretizer",
     "KineticModel",

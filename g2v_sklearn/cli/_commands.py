@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import click
@@ -184,6 +185,8 @@ class _LearnerScore:
 def _jsonable(value):
     if isinstance(value, (np.generic, np.ndarray)):
         return value.tolist()
+    if isinstance(value, Mapping):  # a learner's History
+        return dict(value)
     return str(value)
 
 
