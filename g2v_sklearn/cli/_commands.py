@@ -191,7 +191,7 @@ def _jsonable(value):
 
 
 def _load_inputs(inputs: list[str], embeds: bool):
-    from ..tokens._tokens import load_tokens
+    from ..tokens._format import load_tokens
 
     return list(inputs) if embeds else [load_tokens(d) for d in inputs]
 

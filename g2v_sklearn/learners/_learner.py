@@ -29,7 +29,7 @@ from .._validation import (
     numbers_expected,
 )
 from ..nn._lobes import MIXERS, TokenLobe
-from ..tokens._tokens import TokenTrajectory, check_token_list
+from ..tokens._trajectory import TokenTrajectory, check_token_list
 from ._callbacks import Callback, EarlyStopping
 from ._distributed import Ranks
 from ._forward import Inference
