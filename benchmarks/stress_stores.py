@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
+import importlib
 import json
 import multiprocessing as mp
 import os
@@ -60,6 +60,7 @@ import tempfile
 import threading
 import time
 import traceback
+import types
 from pathlib import Path
 
 import numpy as np
@@ -72,14 +73,20 @@ DEFAULT_CHECKPOINT = REPO.parent / "shared" / "checkpoints" / "visnet_l6_h64_rbf
 
 
 def _tokens_module():
-    """g2v_sklearn.tokens._tokens loaded by file: a save_tokens worker needs neither torch nor the package."""
+    """The token store (its trajectory type, save_tokens, load_tokens) without the package's
+    __init__ where the package is not imported yet: a save_tokens worker needs neither torch nor
+    the rest of the package. A stand-in parent package holds only the tokens subpackage, so the
+    store's objects pickle by their real names."""
     with _LOADING:  # threads share it: none may see it half-executed
-        if "_g2v_tokens" not in sys.modules:  # registered, so that its objects pickle by name
-            spec = importlib.util.spec_from_file_location("_g2v_tokens", REPO / "g2v_sklearn" / "tokens" / "_tokens.py")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules["_g2v_tokens"] = module
-            spec.loader.exec_module(module)
-        return sys.modules["_g2v_tokens"]
+        if "g2v_sklearn" not in sys.modules:
+            root = types.ModuleType("g2v_sklearn")
+            root.__path__ = [str(REPO / "g2v_sklearn")]
+            sys.modules["g2v_sklearn"] = root
+        trajectory = importlib.import_module("g2v_sklearn.tokens._trajectory")
+        store = importlib.import_module("g2v_sklearn.tokens._format")
+        writer = importlib.import_module("g2v_sklearn.tokens._writer")
+        return types.SimpleNamespace(TokenTrajectory=trajectory.TokenTrajectory, load_tokens=store.load_tokens,
+                                     save_tokens=writer.save_tokens)
 
 
 def _toy_tokens(module):
@@ -300,17 +307,17 @@ def one_key_case(where: str, n_processes: int = 2, frames: int = 400, checkpoint
 
 def _timed_commits() -> list:
     """Time every commit (``TokenStoreWriter.checkpoint``) of this process."""
-    from g2v_sklearn.tokens import _tokens
+    from g2v_sklearn.tokens import _writer
 
     seconds = []
-    checkpoint = _tokens.TokenStoreWriter.checkpoint
+    checkpoint = _writer.TokenStoreWriter.checkpoint
 
     def timed(self, info=None):
         clock = time.perf_counter()
         checkpoint(self, info)
         seconds.append(time.perf_counter() - clock)
 
-    _tokens.TokenStoreWriter.checkpoint = timed
+    _writer.TokenStoreWriter.checkpoint = timed
     return seconds
 
 
@@ -322,7 +329,7 @@ def commits_case(where: str, frames: int = 400, adk_frames: int = 20,
 
     from g2v_sklearn import GeomEmbedder
     from g2v_sklearn.embedding import _embedder
-    from g2v_sklearn.tokens import _tokens
+    from g2v_sklearn.tokens import _writer
 
     torch.set_num_threads(1)
     embedder, traj = _embedder_and_frames(checkpoint, frames)
@@ -334,14 +341,14 @@ def commits_case(where: str, frames: int = 400, adk_frames: int = 20,
         systems.append(("adenylate kinase", GeomEmbedder(checkpoint, progress=False).fit([adk]), adk))
     except Exception as exc:  # noqa: BLE001 - MDAnalysisTests is optional
         print(f"commits: adenylate kinase skipped ({type(exc).__name__}: {exc})")
-    original = (_tokens.TokenStoreWriter.checkpoint, _embedder.COMMIT_SECONDS)
+    original = (_writer.TokenStoreWriter.checkpoint, _embedder.COMMIT_SECONDS)
     rows = []
     try:
         for label, emb, data in systems:
             row = {"case": "commits", "system": label, "frames": data.n_frames}
             for every, interval in (("chunk", original[1]), ("batch", 0.0)):
                 _embedder.COMMIT_SECONDS = interval
-                _tokens.TokenStoreWriter.checkpoint = original[0]
+                _writer.TokenStoreWriter.checkpoint = original[0]
                 seconds = _timed_commits()
                 shutil.rmtree(where, ignore_errors=True)
                 clock = time.perf_counter()
@@ -355,7 +362,7 @@ def commits_case(where: str, frames: int = 400, adk_frames: int = 20,
             row["overhead_of_one_commit_a_minute_percent"] = round(100 * row["seconds_per_commit"] / 60.0, 4)
             rows.append(row)
     finally:
-        _tokens.TokenStoreWriter.checkpoint, _embedder.COMMIT_SECONDS = original
+        _writer.TokenStoreWriter.checkpoint, _embedder.COMMIT_SECONDS = original
         shutil.rmtree(where, ignore_errors=True)
     return rows
 

@@ -11,6 +11,7 @@ from ._version import __version__  # noqa: F401 - the package version
 from .embedding._embedder import GeomEmbedder
 from .learners._callbacks import Callback, EarlyStopping, LRScheduler, MetricsLog, SaveBestWeights
 from .learners._distributed import DistributedTrainingError, init_distributed
+from .learners._history import History
 from .learners._trainer import FitContext, TrainingWarning
 from .learners._merger import MergedTokens, TokenMerger
 from .learners._spib import SPIBEstimator
@@ -21,7 +22,9 @@ from .msm._kinetics import KineticModel, TransitionPathways, kinetic_model
 from .msm._selection import ContiguousSplit, msm_vamp2_scorer, split_trajectory
 from .nn._pretrained import CheckpointWarning, fetch_backbone
 from .nn._neighbors import RadiusDistance, radius_graph
-from .tokens._tokens import MergeSpec, TokenTrajectory, load_tokens, save_tokens
+from .tokens._format import load_tokens
+from .tokens._trajectory import MergeSpec, TokenTrajectory
+from .tokens._writer import save_tokens
 from .structures import save_structures, source_frames, state_importance
 
 _moved.register(__name__)  # pickles made by the flat layout name its modules
@@ -33,6 +36,7 @@ __all__ = [
     "DistributedTrainingError",
     "EarlyStopping",
     "FitContext",
+    "History",
     "GeomEmbedder",
     "KMeansDiscretizer",
     "KineticModel",

@@ -1,11 +1,13 @@
-"""Old module names, so that pickles made by the flat layout still load.
+"""Old module names, so that pickles made by earlier layouts still load.
 
 Up to 0.1.0.dev0 every module sat flat in the package (``g2v_sklearn._vampnet``,
 ``g2v_sklearn._networks``, ...), and a pickle names the module of every class
 and function it holds. Each old name is registered here as a stand-in module
 whose attributes are looked up, by name, in the modules that hold that code
 today; unpickling (and ``import g2v_sklearn._vampnet``) then finds the classes
-of today. Nothing else is kept of the old modules: no code lives here.
+of today. Modules split since then are registered the same way
+(``g2v_sklearn.tokens._tokens``, which held the token store's four jobs).
+Nothing else is kept of the old modules: no code lives here.
 """
 
 from __future__ import annotations
@@ -19,20 +21,24 @@ FLAT_LAYOUT = {
     "_backbone": ("nn._backbone",),
     "_callbacks": ("learners._callbacks",),
     "_embedder": ("embedding._embedder", "embedding._reading", "embedding._pooling", "embedding._pretrain",
-                  "tokens._tokens"),
+                  "tokens._trajectory", "tokens._format", "tokens._writer"),
     "_learner": ("learners._learner", "learners._trainer"),
-    "_merger": ("learners._merger", "nn._merger", "tokens._tokens"),
+    "_merger": ("learners._merger", "nn._merger", "tokens._trajectory"),
     "_msm": ("msm._discretize", "msm._estimator", "msm._selection"),
     "_neighbors": ("nn._neighbors",),
     "_networks": ("nn._lobes",),
     "_padded_visnet": ("nn._padded_visnet",),
     "_spib": ("learners._spib", "nn._spib"),
-    "_tokens": ("tokens._tokens",),
+    "_tokens": ("tokens._trajectory", "tokens._format", "tokens._writer"),
     "_topology": ("embedding._topology",),
     "_vamp": ("learners._vamp",),
     "_vampnet": ("learners._vampnet",),
 }
 
+# a module of a later layout, since split -> today's modules
+SPLIT = {
+    "tokens._tokens": ("tokens._trajectory", "tokens._format", "tokens._writer"),
+}
 
 # (old module, old name) -> today's name, for names that changed as they moved
 RENAMED = {
@@ -47,15 +53,15 @@ RENAMED = {
 class _MovedModule(types.ModuleType):
     """Stand-in for a module of the flat layout."""
 
-    def __init__(self, name: str, homes: tuple[str, ...]) -> None:
-        super().__init__(name, f"Moved: its code now lives in {', '.join(homes)}.")
-        self._homes = homes
+    def __init__(self, package: str, old: str, homes: tuple[str, ...]) -> None:
+        super().__init__(f"{package}.{old}", f"Moved: its code now lives in {', '.join(homes)}.")
+        self._package, self._old, self._homes = package, old, homes
 
     def __getattr__(self, attr: str):
         if attr.startswith("__"):
             raise AttributeError(attr)
-        package, _, old = self.__name__.rpartition(".")
-        attr = RENAMED.get((old, attr), attr)
+        package = self._package
+        attr = RENAMED.get((self._old, attr), attr)
         for home in self._homes:
             module = importlib.import_module(f"{package}.{home}")
             if hasattr(module, attr):
@@ -70,5 +76,5 @@ class _MovedModule(types.ModuleType):
 
 def register(package: str) -> None:
     """Register every old module name under ``package`` (done once, on import)."""
-    for old, homes in FLAT_LAYOUT.items():
-        sys.modules.setdefault(f"{package}.{old}", _MovedModule(f"{package}.{old}", homes))
+    for old, homes in {**FLAT_LAYOUT, **SPLIT}.items():
+        sys.modules.setdefault(f"{package}.{old}", _MovedModule(package, old, homes))

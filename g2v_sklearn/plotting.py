@@ -493,15 +493,15 @@ def _entries(history: Mapping, key: str) -> list:
     return [] if value is None else list(value)
 
 
-def _history(estimator_or_history) -> tuple[dict, object]:
-    """(history dict, estimator or None), checked."""
+def _history(estimator_or_history):
+    """The history of a learner or the history itself, as a :class:`~g2v_sklearn.History`, checked."""
     if isinstance(estimator_or_history, Mapping):
-        history, estimator = estimator_or_history, None
+        history = estimator_or_history
     elif hasattr(estimator_or_history, "get_params"):
         from sklearn.utils.validation import check_is_fitted
 
         check_is_fitted(estimator_or_history, "history_")
-        history, estimator = estimator_or_history.history_, estimator_or_history
+        history = estimator_or_history.history_
     else:
         raise TypeError(
             "plot_history expects a fitted VAMPNetEstimator or SPIBEstimator, or its history_ dict; "
@@ -521,23 +521,16 @@ def _history(estimator_or_history) -> tuple[dict, object]:
             raise ValueError(
                 f"history[{key!r}] has {m} entries, but history['train'] has {n}: expected one per epoch."
             )
-    return history, estimator
+    from g2v_sklearn.learners._history import History  # absolute: the module also loads as a lone file
+
+    return History.from_mapping(history)
 
 
-def _best_epochs(history: dict) -> list[int]:
-    """The best epochs, 0-based over the whole history (SPIB counts them within each round)."""
-    best = history.get("best_epoch")
-    if best is None:
-        return []
-    if isinstance(best, Integral):
-        return [int(best)]
-    rounds = np.asarray(_entries(history, "round") or np.zeros(len(history["train"])), dtype=int)
-    out = []
-    for r, b in enumerate(best):
-        epochs = np.flatnonzero(rounds == r)
-        if b is not None and b < len(epochs):
-            out.append(int(epochs[b]))
-    return out
+#: The y label of the scores and of the losses, by what a history's scores are (``History.measure``).
+_MEASURES = {
+    "VAMP-2": ("VAMP-2 score", "VAMP-2 loss"),
+    "SPIB": ("score (minus the SPIB loss)", "SPIB loss"),
+}
 
 
 def plot_history(estimator_or_history, *, ax=None, loss=False, mark_best=True, **kwargs):
@@ -545,13 +538,14 @@ def plot_history(estimator_or_history, *, ax=None, loss=False, mark_best=True, *
 
     Parameters
     ----------
-    estimator_or_history : VAMPNetEstimator, SPIBEstimator or dict
-        A fitted learner, or its ``history_``: ``"train"`` and
-        ``"validation"`` scores per epoch (higher is better; the validation
-        list is empty without validation data) and ``"best_epoch"``
-        (0-based; for SPIB a list with one entry per training round,
-        counted within the round, next to ``"round"``, the round of every
-        epoch).
+    estimator_or_history : VAMPNetEstimator, SPIBEstimator, History or dict
+        A fitted learner, or its ``history_`` (a :class:`~g2v_sklearn.History`,
+        or a dict with its keys: ``"train"`` and ``"validation"`` scores
+        per epoch, higher is better, the validation list empty without
+        validation data; ``"best_epoch"``, 0-based; optionally ``"round"``
+        and ``"best_epochs"``). The ``history_`` dicts of earlier versions
+        (``history.json`` files) are read too: VAMPNet's, and SPIB's whose
+        ``"best_epoch"`` lists each round's best, counted within the round.
     ax : matplotlib.axes.Axes, default=None
         Axes to draw into; ``None`` makes a new figure.
     loss : bool, default=False
@@ -559,7 +553,7 @@ def plot_history(estimator_or_history, *, ax=None, loss=False, mark_best=True, *
     mark_best : bool, default=True
         Mark the best epoch of every round with a star on the monitored
         curve (validation, else train) and the epoch whose weights the
-        estimator kept (the last best) with a dashed vertical line.
+        estimator kept (``best_epoch``) with a dashed vertical line.
     **kwargs
         Passed to :meth:`matplotlib.axes.Axes.plot` for both curves.
 
@@ -595,36 +589,31 @@ def plot_history(estimator_or_history, *, ax=None, loss=False, mark_best=True, *
     [1.3, 1.6, 1.65, 1.6]
     >>> plt.close("all")
     """
-    history, estimator = _history(estimator_or_history)
-    train = np.asarray(history["train"], dtype=np.float64)
-    validation = np.asarray(_entries(history, "validation"), dtype=np.float64)
+    history = _history(estimator_or_history)
+    train = np.asarray(history.train, dtype=np.float64)
+    validation = np.asarray(history.validation, dtype=np.float64)
     sign = -1.0 if loss else 1.0
     epochs = np.arange(1, len(train) + 1)
-
-    what = "loss" if loss else "score"
-    train_label, validation_label = "train", "validation"
-    if getattr(estimator, "score_method", None) is not None:  # VAMPNet monitors VAMP-2 on both sets
-        what = f"VAMP-2 {what}"
-    elif "round" in history:
-        what = "SPIB loss" if loss else "score (minus the SPIB loss)"
+    what = _MEASURES.get(history.measure, ("score", "loss"))[bool(loss)]
 
     ax = _axes(ax)
-    ax.plot(epochs, sign * train, label=train_label, **kwargs)
+    ax.plot(epochs, sign * train, label="train", **kwargs)
     if len(validation):
-        ax.plot(epochs, sign * validation, label=validation_label, **kwargs)
-    rounds = np.asarray(_entries(history, "round"), dtype=int)
+        ax.plot(epochs, sign * validation, label="validation", **kwargs)
+    rounds = np.asarray(history.round, dtype=int)
     if len(rounds) and rounds.max() > 0:
         for k, boundary in enumerate(np.flatnonzero(np.diff(rounds)) + 1.5):
             ax.axvline(boundary, color="grey", linestyle="dotted", linewidth=1,
                        label="relabelled" if k == 0 else "_nolegend_")
-    if mark_best:
-        best = [b for b in _best_epochs(history) if 0 <= b < len(train)]
-        if best:
-            monitored = validation if len(validation) else train
-            ax.plot(np.asarray(best) + 1, sign * monitored[best], linestyle="none", marker="*",
-                    markersize=12, color="black", label="best epoch")
-            ax.axvline(best[-1] + 1, color="black", linestyle="dashed", linewidth=1,
-                       label=f"kept weights (epoch {best[-1] + 1})")
+    best = [b for b in history.best_epochs_overall() if 0 <= b < len(train)]
+    if mark_best and best:
+        monitored = validation if len(validation) else train
+        ax.plot(np.asarray(best) + 1, sign * monitored[best], linestyle="none", marker="*",
+                markersize=12, color="black", label="best epoch")
+        kept = history.best_epoch
+        if kept is not None and 0 <= kept < len(train):
+            ax.axvline(kept + 1, color="black", linestyle="dashed", linewidth=1,
+                       label=f"kept weights (epoch {kept + 1})")
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers

@@ -236,7 +236,7 @@ def _coordinates(steps, tokens) -> np.ndarray:
 
 
 def _frames_as_tokens(template, features, positions):
-    from .tokens._tokens import TokenTrajectory
+    from .tokens._trajectory import TokenTrajectory
 
     return TokenTrajectory(features, positions, residue_names=template.residue_names,
                            chain_ids=template.chain_ids, residue_ids=template.residue_ids,

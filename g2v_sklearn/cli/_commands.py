@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import click
@@ -184,11 +185,13 @@ class _LearnerScore:
 def _jsonable(value):
     if isinstance(value, (np.generic, np.ndarray)):
         return value.tolist()
+    if isinstance(value, Mapping):  # a learner's History
+        return dict(value)
     return str(value)
 
 
 def _load_inputs(inputs: list[str], embeds: bool):
-    from ..tokens._tokens import load_tokens
+    from ..tokens._format import load_tokens
 
     return list(inputs) if embeds else [load_tokens(d) for d in inputs]
 

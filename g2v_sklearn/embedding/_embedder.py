@@ -41,14 +41,9 @@ from ..nn._backbone import (
 from ..nn._neighbors import radius_graph
 from ..nn._padded_visnet import padded_forward, supports_padded
 from ..nn._pretrained import resolve_checkpoint
-from ..tokens._tokens import (
-    RamTokenWriter,
-    TokenStoreWriter,
-    TokenTrajectory,
-    _discard_damaged,
-    human_bytes,
-    load_tokens,
-)
+from ..tokens._format import _discard_damaged, load_tokens
+from ..tokens._trajectory import TokenTrajectory
+from ..tokens._writer import RamTokenWriter, TokenStoreWriter, human_bytes
 from ._pooling import RESIDUE_POOLINGS, RESIDUE_POSITIONS, pool_residues
 from ._pretrain import denoising_pretrain
 from . import _mdanalysis as mdanalysis

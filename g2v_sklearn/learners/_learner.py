@@ -29,10 +29,11 @@ from .._validation import (
     numbers_expected,
 )
 from ..nn._lobes import MIXERS, TokenLobe
-from ..tokens._tokens import TokenTrajectory, check_token_list
+from ..tokens._trajectory import TokenTrajectory, check_token_list
 from ._callbacks import Callback, EarlyStopping
 from ._distributed import Ranks
 from ._forward import Inference
+from ._history import History
 from ._network import NetworkSpec, plan_memory
 from ._series import FitData, TimeSeries, grouped_pairs, pair_arrays
 from ._trainer import LR_SCHEDULES, OPTIMIZERS, FitContext, TrainConfig, TrainingWarning
@@ -132,11 +133,16 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
     #: before: a pickle made without them unpickles with them.
     _ADDED_PARAMETERS = {"mixer": "invariant"}
 
+    #: What the scores in ``history_`` are (:attr:`History.measure`).
+    _HISTORY_MEASURE: str | None = None
+
     def __setstate__(self, state):
         for name, value in self._ADDED_PARAMETERS.items():
             state.setdefault(name, value)
         if "_partial_rng" in state:  # its name before the trainer redesign
             state["_rng"] = state.pop("_partial_rng")
+        if isinstance(state.get("history_"), dict):  # a dict, in one of two layouts, before the record
+            state["history_"] = History.from_mapping(state["history_"], measure=self._HISTORY_MEASURE)
         super().__setstate__(state)
 
     def __sklearn_tags__(self):

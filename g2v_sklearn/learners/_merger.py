@@ -19,7 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 from .._compat import Interval, StrOptions, validate_parameter_constraints
 from .._utils import PickleVersionMixin
 from ..nn._merger import FRAGMENT_CONVS
-from ..tokens._tokens import MergeSpec, TokenTrajectory, check_token_list
+from ..tokens._trajectory import MergeSpec, TokenTrajectory, check_token_list
 
 __all__ = ["MergedTokens", "TokenMerger"]
 

@@ -23,6 +23,7 @@ from ._learner import TorchLearner
 from ._series import FitData, TimeSeries, pair_arrays
 from ._spib_states import decode_means, states_score
 from ._spib_objective import SpibObjective
+from ._history import History
 from ._trainer import Trainer
 from ._vamp import fit_vamp, vamp_cv_score
 
@@ -32,7 +33,7 @@ __all__ = ["SPIBEstimator"]
 # --------------------------------------------------------------------------- fit-time state
 def _run_history() -> dict:
     """The history of one SPIB run, before its first round."""
-    return {"train": [], "validation": [], "round": [], "best_epoch": [], "n_states": [], "rollbacks": [],
+    return {"train": [], "validation": [], "round": [], "best_epochs": [], "n_states": [], "rollbacks": [],
             "states_score": [], "restarts": [], "refused_round": None}
 
 
@@ -74,7 +75,7 @@ def record_round(history: dict, rounds: dict, round_: int, n_states: int) -> Non
     history["train"] += rounds["train"]
     history["validation"] += rounds["validation"]
     history["round"] += [round_] * len(rounds["train"])
-    history["best_epoch"].append(rounds["best_epoch"])
+    history["best_epochs"].append(rounds["best_epoch"])
     history["n_states"].append(n_states)
     for key in ("best_weights_file", "resumed_from_epoch"):  # what SaveBestWeights records, per round
         history.setdefault(key, []).append(rounds.get(key))
@@ -371,12 +372,15 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
     vamp_ : VampDecomposition or None
         VAMP decomposition of the state probabilities on the training pairs,
         for :meth:`score` (None when a single state was found).
-    history_ : dict
-        ``train`` and ``validation`` scores (minus the loss) per epoch,
-        ``round`` (the training round of each epoch), ``best_epoch`` (per
-        round trained, counted within the round; a restarted first round
-        and a refused round have entries too), ``n_states`` (before each
-        round trained)
+    history_ : History
+        The record every learner fills (see :class:`History`), with
+        ``measure`` ``"SPIB"``: ``train`` and ``validation`` scores (minus
+        the loss) per epoch, ``round`` (the training round of each epoch),
+        ``best_epochs`` (per round trained, counted within the round; a
+        restarted first round and a refused round have entries too),
+        ``best_epoch`` (the kept weights' epoch, counted over all rounds:
+        the last round's best, or the best of the round before a refused
+        one); then ``n_states`` (before each round trained),
         ``rollbacks`` (epochs, counted over all rounds, after which a
         non-finite loss sent training back to the best weights at half the
         learning rate), ``states_score`` (the VAMP-2 of the initial states
@@ -497,6 +501,8 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
     True
     """
 
+    _HISTORY_MEASURE = "SPIB"
+
     _parameter_constraints: dict = {
         **TorchLearner._common_constraints,
         "z_dim": [Interval(Integral, 1, None, closed="left")],
@@ -594,7 +600,8 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
                 if best is None or outcome.score > best.score:
                     best, best_run = outcome, run
         self._rng = rng
-        self._keep_run(best, data, {**best.history, "best_run": best_run, "runs": histories})
+        self._keep_run(best, data, History.from_mapping({**best.history, "best_run": best_run, "runs": histories},
+                                                        measure="SPIB"))
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -647,14 +654,15 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         data, rng = self._fit_data(X, sample_weight, reset=first, split=False,
                                    constant_is_an_error=first and y is None)
         refinements = 0 if first else self.n_refinements_
-        history = {} if first else {k: v for k, v in self.history_.items() if k not in ("best_run", "runs")}
+        history = {} if first else self.history_.progress()
         if first:
             self._rng = rng
         run = self._initialize(data, y, rng, epochs=1) if first else self._continued_run(data, history)
         with ThreadBudget(device=data.device) as threads:
             self._partial_round(run, data, threads)
         self._end_run(run, data)
-        self._keep_run(run, data, {**run.history, "best_run": 0, "runs": [run.history]})
+        self._keep_run(run, data, History.from_mapping({**run.history, "best_run": 0, "runs": [run.history]},
+                                                       measure="SPIB"))
         self.n_refinements_ = refinements + 1
         return self
 
@@ -731,7 +739,7 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
         config = self._train_config(max_epochs=1, lr_schedule="constant", warmup=0.0)
         trainer = Trainer(config, run.objective, self._callback_list(early_stopping=False), owner=self)
         rounds = trainer.fit(trainer.start(run.net, data, self._rng, max_epochs=1, threads=threads))
-        record_round(run.history, rounds, len(run.history["best_epoch"]), run.net.n_states)
+        record_round(run.history, rounds, len(run.history["best_epochs"]), run.net.n_states)
         run.means = self._latent_means(run.net, data.series, data.device, data.ranks)
         keep, new_labels = self._relabelled(run.net, run.means, data.device)
         accept_refinement(run, keep, new_labels, states_score(self.lagtime, self.score_k, new_labels, data.train, data.weights))
@@ -743,7 +751,7 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
             if key in run.history and not any(value is not None for value in run.history[key]):
                 del run.history[key]
 
-    def _keep_run(self, run: _RunProgress, data: FitData, history: dict) -> None:
+    def _keep_run(self, run: _RunProgress, data: FitData, history: History) -> None:
         """The fitted attributes from the run kept."""
         net = run.net
         net.eval()

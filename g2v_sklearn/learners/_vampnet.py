@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from numbers import Integral, Real
 from typing import NamedTuple
 
@@ -17,6 +17,7 @@ from .._threads import ThreadBudget
 from .._utils import local_torch_seed
 from ._distributed import Ranks
 from ._forward import Inference
+from ._history import History
 from ._learner import TorchLearner
 from ._network import NetworkSpec, standardise_inputs
 from ._series import FitData, pair_arrays
@@ -32,6 +33,17 @@ class _Run(NamedTuple):
     score: float
     net: object
     history: dict
+
+
+def _continued(history: History, epoch: dict) -> History:
+    """``history`` with a :meth:`~VAMPNetEstimator.partial_fit` epoch (the trainer's record of it)
+    appended: the same round goes on, and its last epoch's weights are kept."""
+    details = {**history.details, "best_score": epoch["best_score"]}
+    for key in ("train_batches", "lr"):
+        details[key] = list(details.get(key) or []) + epoch[key]
+    train = history.train + epoch["train"]
+    return replace(history, train=train, round=history.round + [0] * len(epoch["train"]),
+                   best_epochs=[len(train) - 1], best_epoch=len(train) - 1, details=details)
 
 
 # fewer time-lagged pairs than this per output (components + the constant): a warning
@@ -268,12 +280,16 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         Koopman matrix, in frames.
     timestep_ : float or None
         Time between frames (ps), when the input carries it.
-    history_ : dict
-        Per epoch of the kept run: ``train`` (VAMP-2 of the weights at the
+    history_ : History
+        The record every learner fills (see :class:`History`), with
+        ``measure`` ``"VAMP-2"``. Per epoch of the kept run: ``train`` (VAMP-2 of the weights at the
         end of the epoch on the training pairs), ``validation`` (on the
         validation pairs; empty without validation), ``train_batches`` (the
         mean of the batch scores while the weights changed) and ``lr``;
-        then ``best_epoch`` and ``best_score`` (the monitored score of the
+        ``round`` (all 0: VAMPNet trains one round, which
+        :meth:`partial_fit` continues); then ``best_epoch`` (the kept
+        weights' epoch, 0-based), ``best_epochs`` (the same, as the one
+        round's list) and ``best_score`` (the monitored score of the
         kept weights), ``stop_reason``, ``collapsed_epoch`` (the first epoch
         that collapsed; None unless training collapsed), ``rollbacks`` (the
         epochs after which training went back to the best weights at half
@@ -343,6 +359,8 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
     or, for the merged network, of :class:`TokenMerger`; the calls are the
     same.
     """
+
+    _HISTORY_MEASURE = "VAMP-2"
 
     _parameter_constraints: dict = {
         **TorchLearner._common_constraints,
@@ -431,12 +449,13 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
                     runs.append(_Run(-np.inf, None, {**ctx.history, "failed": str(exc)}))
                     continue
                 runs.append(_Run(history["best_score"], ctx.net, history))
+        records = [History.from_mapping(r.history, measure="VAMP-2") for r in runs]
         if all(r.net is None for r in runs):
             raise ValueError(runs[-1].history["failed"]
                              + (f" (all {self.n_init} initialisations)" if self.n_init > 1 else ""))
         best = int(np.argmax([r.score for r in runs]))
         self.module_ = runs[best].net
-        self.history_ = {**runs[best].history, "best_run": best, "runs": [r.history for r in runs]}
+        self.history_ = replace(records[best], best_run=best, runs=records)
         self._fitted(data)  # all of X, validation included
         return self
 
@@ -490,10 +509,7 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
             trainer, ctx = self._training(data, self._rng, self.module_.to(data.device), partial=True,
                                           threads=threads)
             history = trainer.fit(ctx)
-        for key in ("train", "train_batches", "lr"):
-            self.history_[key] += history[key]
-        self.history_["best_epoch"] = len(self.history_["train"]) - 1
-        self.history_["best_score"] = history["best_score"]
+        self.history_ = _continued(self.history_, history)
         self._fitted(data)
         return self
 
@@ -532,7 +548,7 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
         fresh ``history_``, and ``rng`` kept for the :meth:`partial_fit` calls that follow."""
         net = self._objective().build(data, rng)
         self._plan_memory(net, data)
-        self.history_ = new_history()
+        self.history_ = History.from_mapping(new_history(), measure="VAMP-2")
         self._rng = rng
         return net
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..tokens._tokens import MergeSpec
+from ..tokens._trajectory import MergeSpec
 from ._neighbors import radius_graph
 
 __all__ = [

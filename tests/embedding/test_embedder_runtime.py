@@ -340,14 +340,23 @@ def test_a_dask_worker_killed_mid_trajectory_leaves_a_store_the_next_run_resumes
 
     class ArmFirstWorkers(distributed.WorkerPlugin):
         def setup(self, worker):
-            from g2v_sklearn.tokens import _tokens
+            import signal
+
+            from g2v_sklearn.tokens import _writer
 
             seen = log.read_text().count("started") if log.exists() else 0
             with open(log, "a") as handle:
                 handle.write(f"started {os.getpid()}\n")
             if seen < 2:  # the first two workers die; the restarted ones do not
-                os.environ[_tokens._KILL_ENV] = "mid-chunk:3"
-            resume = _tokens.TokenStoreWriter._resume
+                passes = []
+
+                def kill_at_the_third_chunk(point):  # the store writer's fault hook
+                    passes.extend([point] if point == "mid-chunk" else [])
+                    if len(passes) >= 3:
+                        os.kill(os.getpid(), signal.SIGKILL)
+
+                _writer.set_fault_hook(kill_at_the_third_chunk)
+            resume = _writer.TokenStoreWriter._resume
 
             def logged(writer, progress):
                 resumed = resume(writer, progress)
@@ -355,7 +364,7 @@ def test_a_dask_worker_killed_mid_trajectory_leaves_a_store_the_next_run_resumes
                     handle.write(f"resumed {writer.n_written}\n" if resumed else "restarted\n")
                 return resumed
 
-            _tokens.TokenStoreWriter._resume = logged
+            _writer.TokenStoreWriter._resume = logged
 
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                   env={"OMP_NUM_THREADS": "1"}) as cluster, \

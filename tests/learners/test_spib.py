@@ -78,8 +78,8 @@ def test_refinement_merges_kmeans_clusters_into_the_hidden_states(wells, fitted)
     assert est.n_states_ == 3
     assert np.unique(np.concatenate(est.labels_history_[0])).tolist() == list(range(8))
     assert est.n_refinements_ == len(est.labels_history_) - 1 >= 1
-    assert set(est.history_) == {"train", "validation", "round", "best_epoch", "n_states", "rollbacks",
-                                 "states_score", "restarts", "refused_round", "best_run", "runs"}
+    assert set(est.history_) == {"measure", "train", "validation", "round", "best_epochs", "best_epoch", "n_states",
+                                 "rollbacks", "states_score", "restarts", "refused_round", "best_run", "runs"}
     assert est.history_["restarts"] == [] and est.history_["refused_round"] is None
     assert est.history_["rollbacks"] == []  # nothing collapsed on these wells
     assert est.history_["n_states"][0] == 8 and len(est.history_["train"]) == len(est.history_["round"])
@@ -132,7 +132,7 @@ def test_a_first_round_that_learns_nothing_starts_again(wells, monkeypatch):
     restarts = est.history_["restarts"]
     assert len(restarts) == 1 and restarts[0] > 0
     assert est.history_["round"][: restarts[0] + 1] == [0] * (restarts[0] + 1)  # round 0, twice
-    assert len(est.history_["best_epoch"]) == est.n_refinements_ + 1  # one round's refinement refused
+    assert len(est.history_["best_epochs"]) == est.n_refinements_ + 1  # one round's refinement refused
     assert est.n_states_ == 3
     assert np.all(matched_recalls(np.concatenate(est.labels_), np.concatenate(states)) > 0.95)
     # every attempt failing ends in one state, said out loud, after two restarts
@@ -414,21 +414,21 @@ def test_save_best_weights_records_every_rounds_file_and_resume(dihedral_feature
     first = SPIBEstimator(callbacks=[SaveBestWeights(tmp_path / "one")], **params).fit(x)
     files = first.history_["best_weights_file"]
     assert len(files) == first.n_refinements_ >= 1 and len(set(files)) == len(files)
-    for path, best in zip(files, first.history_["best_epoch"]):
+    for path, best in zip(files, first.history_["best_epochs"]):
         assert torch.load(path, weights_only=True)["epoch"] == best
     assert "resumed_from_epoch" not in first.history_
     again = SPIBEstimator(callbacks=[SaveBestWeights(tmp_path / "one", resume=True)], **params).fit(x)
     assert again.history_["best_weights_file"][0] == files[0]
-    assert again.history_["resumed_from_epoch"][0] == first.history_["best_epoch"][0]
+    assert again.history_["resumed_from_epoch"][0] == first.history_["best_epochs"][0]
     # every round of every n_init run keeps a file of its own (a round settles after two epochs
     # without a gain of half its loss: several rounds in 12 epochs); the kept run's files hold its networks
     params.update(refinements=3, max_epochs=12, patience=2, tolerance=0.5, n_init=2)
     two = SPIBEstimator(callbacks=[SaveBestWeights(tmp_path / "two")], **params).fit(x)
     runs = two.history_["runs"]
     names = [name for run in runs for name in run["best_weights_file"]]
-    assert len(names) == len(set(names)) == sum(len(run["best_epoch"]) for run in runs) >= 4
+    assert len(names) == len(set(names)) == sum(len(run["best_epochs"]) for run in runs) >= 4
     last = torch.load(two.history_["best_weights_file"][-1], weights_only=True)
-    assert last["epoch"] == two.history_["best_epoch"][-1]
+    assert last["epoch"] == two.history_["best_epochs"][-1]
 
 
 def test_partial_fit_trains_one_epoch_and_refines_once_per_call(wells):
@@ -441,7 +441,7 @@ def test_partial_fit_trains_one_epoch_and_refines_once_per_call(wells):
     assert len(est.labels_history_) == 2 and [len(l) for l in est.labels_] == [len(t) for t in first]
     before = [p.detach().clone() for p in est.module_.lobe.parameters()]
     est.partial_fit(second)
-    assert est.n_refinements_ == 2 and est.history_["round"] == [0, 1] and len(est.history_["best_epoch"]) == 2
+    assert est.n_refinements_ == 2 and est.history_["round"] == [0, 1] and len(est.history_["best_epochs"]) == 2
     assert [len(l) for l in est.labels_] == [len(t) for t in second] and est.n_states_ == est.module_.n_states
     assert any(not torch.equal(a, b) for a, b in zip(before, est.module_.lobe.parameters()))  # it trained on
     for predicted, labels in zip(est.predict(second), est.labels_):

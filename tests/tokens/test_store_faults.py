@@ -1,7 +1,7 @@
 """Fault injection: embeddings killed with SIGKILL at chosen points, then run again.
 
-A test-only environment variable (``G2V_SKLEARN_TEST_KILL_AT``, read in
-``_tokens._kill_point``) makes the embedding subprocess kill itself at a named
+A fault hook the test installs in the store's writer (``set_fault_hook``,
+called at each of ``FAULT_POINTS``) makes the embedding subprocess kill itself at a named
 point of the store write: no timed kills, so every run is the same. The
 rerun must finish, resume rather than restart (it counts the frames it
 embeds), leave no ``.partial-*`` or ``.old-*`` behind and give tokens
@@ -38,7 +38,7 @@ DRIVER = textwrap.dedent("""
     import numpy as np
     from g2v_sklearn import GeomEmbedder
     from g2v_sklearn.embedding import _embedder
-    from g2v_sklearn.tokens import _tokens
+    from g2v_sklearn.tokens import _writer
 
     checkpoint, pdb, xtc, cases, reference = sys.argv[1:6]
     counted = {"frames": 0}
@@ -49,6 +49,18 @@ DRIVER = textwrap.dedent("""
         return embed_batch(self, pos, *args)
 
     _embedder._Engine.embed_batch = counting
+
+    def kill_at(spec):
+        # a fault hook: SIGKILL at "point" (or "point:n", its n-th pass) of a store write
+        name, _, nth = spec.partition(":")
+        passes = {"n": 0}
+
+        def hook(point):
+            if point == name:
+                passes["n"] += 1
+                if passes["n"] >= int(nth or 1):
+                    os.kill(os.getpid(), signal.SIGKILL)
+        return hook
 
     def embed(**where):
         counted["frames"] = 0
@@ -62,7 +74,7 @@ DRIVER = textwrap.dedent("""
         pid = os.fork()
         if pid == 0:
             try:
-                os.environ[_tokens._KILL_ENV] = point
+                _writer.set_fault_hook(kill_at(point))
                 embed(**{mode: root})
             finally:
                 os._exit(3)  # not killed: the test fails on this status
@@ -90,7 +102,6 @@ def test_killed_embeddings_resume_to_bit_identical_tokens(visnet_checkpoint, ala
              for mode in ("memory", "store_dir") for point in CASES]
     reference = str(tmp_path / "reference.npy")
     env = dict(os.environ, OMP_NUM_THREADS="1", G2V_THREAD_BUDGET="0")  # the same threads always
-    env.pop("G2V_SKLEARN_TEST_KILL_AT", None)
     run = subprocess.run(
         [sys.executable, "-c", DRIVER, visnet_checkpoint, pdb, xtc, json.dumps(cases), reference],
         env=env, capture_output=True, text=True, timeout=600)

@@ -1,4 +1,4 @@
-"""Tests of g2v_sklearn.tokens._tokens: token trajectories and the atomic token store."""
+"""Tests of g2v_sklearn.tokens: token trajectories and the atomic token store."""
 
 from __future__ import annotations
 
@@ -8,15 +8,17 @@ import pickle
 import numpy as np
 import pytest
 
-from g2v_sklearn.tokens._tokens import (
-    TokenStoreWriter,
-    TokenTrajectory,
-    is_complete_store,
-    load_tokens,
-    save_tokens,
-)
+from g2v_sklearn.tokens import _writer
+from g2v_sklearn.tokens._format import is_complete_store, load_tokens
+from g2v_sklearn.tokens._trajectory import TokenTrajectory
+from g2v_sklearn.tokens._writer import TokenStoreWriter, save_tokens
 
 N_FRAMES, N_RES, H = 12, 5, 3
+# One line a child process runs to import the token store as ``mod`` without the package's
+# __init__ (torch and the rest): a stand-in parent package that holds only the tokens subpackage.
+LEAN_IMPORT = ("import sys, types; root = sys.modules['g2v_sklearn'] = types.ModuleType('g2v_sklearn'); "
+               f"root.__path__ = [{os.path.dirname(os.path.dirname(_writer.__file__))!r}]; "
+               "from g2v_sklearn.tokens import _writer as mod")
 
 
 def _arrays(n_frames=N_FRAMES, n_res=N_RES, h=H, seed=0):
@@ -354,17 +356,12 @@ def test_killed_writer_leaves_nothing_that_looks_complete(tmp_path):
     import sys
     import textwrap
 
-    from g2v_sklearn.tokens import _tokens as tokens_module
-
     d = tmp_path / "store"
-    # Load _tokens.py by file so the child skips the package's heavy imports.
+    # The child imports the token store alone, so it skips the package's heavy imports.
     code = textwrap.dedent(
         f"""
-        import importlib.util, os, signal, sys, numpy as np
-        spec = importlib.util.spec_from_file_location("_tokens", {tokens_module.__file__!r})
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["_tokens"] = mod  # as importlib's recipe does (dataclasses look it up)
-        spec.loader.exec_module(mod)
+        import os, signal, sys, numpy as np
+        {LEAN_IMPORT}
         w = mod.TokenStoreWriter({str(d)!r}, n_frames=10, n_residues=3, n_channels=2)
         with w:
             w.write(np.ones((4, 3, 4, 2)), np.ones((4, 3, 3)))
@@ -523,7 +520,7 @@ def test_full_disk_is_refused_before_writing_and_leaves_nothing(tmp_path, monkey
     import errno
     import shutil
 
-    from g2v_sklearn.tokens import _tokens as tokens_module
+    tokens_module = _writer
 
     d = tmp_path / "store"
     usage = shutil.disk_usage(tmp_path)
@@ -549,7 +546,7 @@ def test_full_disk_is_refused_before_writing_and_leaves_nothing(tmp_path, monkey
 def test_disk_filling_during_the_metadata_keeps_the_old_store(tmp_path, monkeypatch):
     import errno
 
-    from g2v_sklearn.tokens import _tokens as tokens_module
+    tokens_module = _writer
 
     d = tmp_path / "store"
     save_tokens(_tokens(seed=1), d)
@@ -645,8 +642,6 @@ def test_a_commit_killed_between_its_renames_is_finished_by_the_next_writer(tmp_
     import sys
     import textwrap
 
-    from g2v_sklearn.tokens import _tokens as tokens_module
-
     d = tmp_path / "store"
     save_tokens(_tokens(seed=7), d)  # the store being replaced
     feats, pos = _arrays()
@@ -654,12 +649,9 @@ def test_a_commit_killed_between_its_renames_is_finished_by_the_next_writer(tmp_
     np.save(tmp_path / "p.npy", pos)
     code = textwrap.dedent(
         f"""
-        import importlib.util, os, sys, numpy as np
-        spec = importlib.util.spec_from_file_location("_tokens", {tokens_module.__file__!r})
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["_tokens"] = mod  # as importlib's recipe does (dataclasses look it up)
-        spec.loader.exec_module(mod)
-        os.environ[mod._KILL_ENV] = "mid-commit"
+        import os, signal, sys, numpy as np
+        {LEAN_IMPORT}
+        mod.set_fault_hook(lambda point: point == "mid-commit" and os.kill(os.getpid(), signal.SIGKILL))
         w = mod.TokenStoreWriter({str(d)!r}, n_frames={N_FRAMES}, n_residues={N_RES},
                                  n_channels={H}, resume_key="k1")
         with w:
@@ -684,7 +676,7 @@ def test_a_commit_killed_between_its_renames_is_finished_by_the_next_writer(tmp_
 def test_an_interrupt_while_resuming_or_finishing_keeps_the_committed_chunks(tmp_path, monkeypatch):
     import errno
 
-    from g2v_sklearn.tokens import _tokens as tokens_module
+    tokens_module = _writer
 
     d = tmp_path / "store"
     _interrupted(d, 2)
@@ -728,7 +720,7 @@ def test_an_interrupt_while_resuming_or_finishing_keeps_the_committed_chunks(tmp
 def test_verification_does_not_hold_up_other_writers(tmp_path, monkeypatch):
     import threading
 
-    from g2v_sklearn.tokens import _tokens as tokens_module
+    from g2v_sklearn.tokens import _format as tokens_module
 
     save_tokens(_tokens(), tmp_path / "big")
     real = tokens_module._verify_chunks
@@ -864,8 +856,6 @@ def test_a_waiting_writer_takes_over_from_one_that_failed_or_died(tmp_path):
     import sys
     import textwrap
 
-    from g2v_sklearn.tokens import _tokens as tokens_module
-
     # the writer waited for fails (an exception): its committed chunk is taken over
     d = tmp_path / "failed"
     first = _waiting(d).__enter__()
@@ -885,11 +875,8 @@ def test_a_waiting_writer_takes_over_from_one_that_failed_or_died(tmp_path):
     np.save(tmp_path / "f.npy", feats[:4])
     np.save(tmp_path / "p.npy", pos[:4])
     code = textwrap.dedent(f"""
-        import importlib.util, sys, time, numpy as np
-        spec = importlib.util.spec_from_file_location("_tokens", {tokens_module.__file__!r})
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["_tokens"] = mod
-        spec.loader.exec_module(mod)
+        import sys, time, numpy as np
+        {LEAN_IMPORT}
         w = mod.TokenStoreWriter({str(d)!r}, n_frames={N_FRAMES}, n_residues={N_RES}, n_channels={H},
                                  resume_key="k1", if_exists="keep", if_busy="wait").__enter__()
         w.write(np.load({str(tmp_path / "f.npy")!r}), np.load({str(tmp_path / "p.npy")!r}))
