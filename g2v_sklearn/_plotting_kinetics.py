@@ -41,6 +41,20 @@ def plot_state_network(model, *, tpt=None, ax=None, positions=None, cmap="tab10"
     -------
     ax : matplotlib.axes.Axes
         Nodes are ``ax.collections[0]`` (one point per set).
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import numpy as np
+    >>> from g2v_sklearn import MSMEstimator, kinetic_model
+    >>> rng = np.random.default_rng(0)
+    >>> dtraj = np.concatenate([rng.integers(0, 2, 100) if k % 2 else rng.integers(2, 4, 100) for k in range(20)])
+    >>> model = kinetic_model(MSMEstimator(lagtime=1).fit([dtraj]), [dtraj], n_sets=2)
+    >>> from g2v_sklearn.plotting import plot_state_network
+    >>> ax = plot_state_network(model)
+    >>> len(ax.collections[0].get_sizes())
+    2
     """
     plt = _pyplot()
     ax = _axes(ax, figsize=(6, 5))
@@ -104,6 +118,21 @@ def plot_states_on_coordinates(model, coordinates=None, *, dims=(0, 1), bins=60,
     Returns
     -------
     ax : matplotlib.axes.Axes
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import numpy as np
+    >>> from g2v_sklearn import MSMEstimator, kinetic_model
+    >>> rng = np.random.default_rng(0)
+    >>> dtraj = np.concatenate([rng.integers(0, 2, 100) if k % 2 else rng.integers(2, 4, 100) for k in range(20)])
+    >>> model = kinetic_model(MSMEstimator(lagtime=1).fit([dtraj]), [dtraj], n_sets=2)
+    >>> from g2v_sklearn.plotting import plot_states_on_coordinates
+    >>> xy = [rng.normal(size=(dtraj.size, 2)) + 3 * (dtraj[:, None] >= 2)]  # the two sets apart
+    >>> ax = plot_states_on_coordinates(model, xy)
+    >>> [t.get_text() for t in ax.get_legend().get_texts()]
+    ['set 0', 'set 1']
     """
     plt = _pyplot()
     coords = model.coordinates if coordinates is None else coordinates
@@ -149,6 +178,20 @@ def plot_committor(tpt, coordinate, *, bins=40, ax=None, **kwargs):
     Returns
     -------
     ax : matplotlib.axes.Axes
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import numpy as np
+    >>> from g2v_sklearn import MSMEstimator, kinetic_model
+    >>> rng = np.random.default_rng(0)
+    >>> dtraj = np.concatenate([rng.integers(0, 2, 100) if k % 2 else rng.integers(2, 4, 100) for k in range(20)])
+    >>> model = kinetic_model(MSMEstimator(lagtime=1).fit([dtraj]), [dtraj], n_sets=2)
+    >>> from g2v_sklearn.plotting import plot_committor
+    >>> ax = plot_committor(model.tpt(0, 1), [dtraj.astype(float)])
+    >>> ax.get_ylabel()
+    'committor, sets 0 -> 1'
     """
     q = np.concatenate(tpt.frame_committors)
     x = np.concatenate([np.asarray(c).reshape(len(c), -1)[:, 0] for c in coordinate])
@@ -188,6 +231,16 @@ def plot_state_importance(importance, *, residue_ids=None, domains=None, ax=None
     Returns
     -------
     ax : matplotlib.axes.Axes
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import numpy as np
+    >>> from g2v_sklearn.plotting import plot_state_importance
+    >>> ax = plot_state_importance(np.random.default_rng(0).random((2, 30)), domains={"A": [(1, 15)]})
+    >>> [t.get_text() for t in ax.get_legend().get_texts()]
+    ['A', 'set 0', 'set 1']
     """
     values = np.asarray(importance, dtype=float)
     if values.ndim != 2:

@@ -75,6 +75,17 @@ def source_frames(source, frames, *, topology=None, stride: int = 1) -> md.Traje
     Returns
     -------
     mdtraj.Trajectory
+
+    Examples
+    --------
+    >>> import mdtraj as md
+    >>> import numpy as np
+    >>> from g2v_sklearn import source_frames
+    >>> top = md.Topology()
+    >>> _ = top.add_atom("CA", md.element.carbon, top.add_residue("ALA", top.add_chain()))
+    >>> trajs = [md.Trajectory(np.arange(30, dtype=np.float32).reshape(10, 1, 3), top)]
+    >>> source_frames(trajs, [(0, 1), (0, 4)], stride=2).xyz[:, 0, 0].tolist()  # frames 2 and 8
+    [6.0, 24.0]
     """
     frames = np.asarray(frames, dtype=np.int64).reshape(-1, 2)
     pieces = []
@@ -155,6 +166,22 @@ def save_structures(model, folder, source=None, *, tokens=None, topology=None, s
         Per set ``k``: ``{"typical": path, "samples": path, "topology": path,
         "frames": ndarray of (trajectory, frame) pairs, typical first}``,
         and ``"importance": path`` when ``importance`` is given.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import mdtraj as md
+    >>> import numpy as np
+    >>> from g2v_sklearn import MSMEstimator, kinetic_model, save_structures
+    >>> top = md.Topology()
+    >>> _ = top.add_atom("CA", md.element.carbon, top.add_residue("ALA", top.add_chain()))
+    >>> dtraj = np.repeat([0, 1] * 20, 25)  # two states, 25 frames per visit
+    >>> traj = md.Trajectory(dtraj.astype(np.float32).repeat(3).reshape(-1, 1, 3), top)  # at x=y=z=state
+    >>> model = kinetic_model(MSMEstimator(lagtime=1).fit([dtraj]), [dtraj], n_sets=2)
+    >>> folder = tempfile.mkdtemp()
+    >>> files = save_structures(model, folder, [traj], n_samples=3, random_state=0)
+    >>> [md.load(str(files[k]["typical"])).xyz[0, 0, 0] == dtraj[files[k]["frames"][0, 1]] for k in files]
+    [np.True_, np.True_]
     """
     if format not in _FORMATS:
         raise ValueError(f"format must be one of {_FORMATS}; got {format!r}.")
@@ -275,6 +302,15 @@ def state_importance(model, estimator, tokens, *, n_frames: int = 100, random_st
     importance : ndarray of shape (n_sets, n_residues)
         In the units of the learned coordinates; larger is more distinctive,
         and values near or below 0 mean not distinctive.
+
+    Examples
+    --------
+    The importance a fitted pipeline gives each residue of alanine
+    dipeptide's tokens, for each of two sets (from the guide; needs a fit)::
+
+        model = kinetic_model(pipe, tokens, n_sets=2)      # pipe: merge, vamp, cluster, msm
+        importance = state_importance(model, pipe, tokens)  # shape (2, 3)
+        plotting.plot_state_importance(importance, residue_ids=tokens[0].residue_ids)
     """
     from ._utils import check_generator
 

@@ -86,6 +86,16 @@ class TransitionPathways:
     pathways : list of (tuple of int, float)
         The dominant pathways through the sets, each with the fraction of the
         total reactive flux it carries, largest first.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from g2v_sklearn import MSMEstimator, kinetic_model
+    >>> dtraj = np.repeat([0, 1, 2, 1] * 50, 20)  # 0 <-> 1 <-> 2, 20 frames in each visit
+    >>> model = kinetic_model(MSMEstimator(lagtime=1).fit([dtraj]), [dtraj], n_sets=2)
+    >>> paths = model.tpt(0, 1)
+    >>> paths.pathways, round(paths.mfpt * paths.rate, 6)
+    ([((0, 1), 1.0)], 1.0)
     """
 
     source: tuple
@@ -144,6 +154,20 @@ class KineticModel:
         The maximum-likelihood MSM on the active set.
     samples : list of deeptime.markov.msm.MarkovStateModel
         Its posterior samples (empty for a maximum-likelihood MSM).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from g2v_sklearn import MSMEstimator, kinetic_model
+    >>> rng = np.random.default_rng(0)
+    >>> dtraj = np.concatenate([rng.integers(0, 2, 100) if k % 2 else rng.integers(2, 4, 100)
+    ...                         for k in range(20)])  # two pairs of states, 100 frames per visit
+    >>> msm = MSMEstimator(lagtime=1, bayesian=True, n_samples=20, random_state=0).fit([dtraj])
+    >>> model = kinetic_model(msm, [dtraj], n_sets=2, timestep="10 ps", unit="ns")
+    >>> [s.tolist() for s in model.sets], model.populations.round(1).tolist()
+    ([[2, 3], [0, 1]], [0.5, 0.5])
+    >>> model.mfpt.shape, model.mfpt_interval.shape, model.unit
+    ((2, 2), (2, 2, 2), 'ns')
     """
 
     def __init__(self, msm, samples, dtrajs, memberships, *, timestep=1.0, unit="frames",
@@ -426,6 +450,20 @@ def kinetic_model(estimator, X, n_sets=None, *, timestep=None, unit=None, n_samp
     Returns
     -------
     KineticModel
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.pipeline import Pipeline
+    >>> from g2v_sklearn import KMeansDiscretizer, MSMEstimator, kinetic_model
+    >>> rng = np.random.default_rng(0)
+    >>> well = np.repeat(rng.integers(0, 2, 40) * 4.0, 50)  # 40 visits to x=0 or x=4
+    >>> X = [(well + rng.normal(scale=0.3, size=well.size))[:, None]]
+    >>> pipe = Pipeline([("cluster", KMeansDiscretizer(random_state=0)),
+    ...                  ("msm", MSMEstimator(lagtime=1))]).fit(X)
+    >>> model = kinetic_model(pipe, X, n_sets=2, timestep="1 ns")
+    >>> sorted(round(float(X[0][model.assignments[0] == k].mean())) for k in range(2))
+    [0, 4]
     """
     from ._estimator import MSMEstimator
 
