@@ -115,20 +115,24 @@ def main(argv=None) -> dict:
     scaled = 99 * (per_atom - importance.min()) / max(np.ptp(importance), 1e-12)
     closed.save_pdb(str(args.out / "importance.pdb"), bfactors=scaled)
 
-    # The kinetic model of the chosen coordinate: two sets along the opening. On transition paths its
-    # times mean nothing physical; the sets, their structures and what distinguishes them do.
-    coordinates = best.transform(tokens)
+    # The kinetic model of the chosen coordinate: two sets along the opening. Transition paths go one
+    # way only (closed -> open), so no state would connect both ways; each path is also read backwards,
+    # as a reversible model of the opening assumes. Its times mean nothing physical; the sets, their
+    # structures and what distinguishes them do.
+    both_ways = tokens + [t[::-1] for t in tokens]
+    coordinates = best.transform(both_ways)
     msm_pipe = Pipeline([("cluster", KMeansDiscretizer(random_state=0)),
                          ("msm", MSMEstimator(lagtime=1))]).fit(coordinates)
     kinetics = kinetic_model(msm_pipe, coordinates, n_sets=2)
-    per_set = state_importance(kinetics, best, tokens, n_frames=4 if args.quick else 20, random_state=0)
-    structures = save_structures(kinetics, args.out / "structures", adk.paths, tokens=tokens, importance=per_set,
+    per_set = state_importance(kinetics, best, both_ways, n_frames=4 if args.quick else 20, random_state=0)
+    sources = adk.paths + [p[::-1] for p in adk.paths]
+    structures = save_structures(kinetics, args.out / "structures", sources, tokens=both_ways, importance=per_set,
                                  n_samples=4, random_state=0)
     ca = closed.topology.select("name CA")
     ends = {"closed": adk.paths[0][0], "open": adk.paths[0][-1]}
     rows = kinetics.table()
     for k, row in enumerate(rows):
-        typical = adk.paths[structures[k]["frames"][0, 0]][structures[k]["frames"][0, 1]]
+        typical = sources[structures[k]["frames"][0, 0]][structures[k]["frames"][0, 1]]
         row.update({f"ca_rmsd_to_{name}_nm": float(md.rmsd(typical, end, atom_indices=ca)[0])
                     for name, end in ends.items()})
         top = residue_ids[np.argsort(per_set[k])[::-1][:5]].tolist()
