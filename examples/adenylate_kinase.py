@@ -14,8 +14,8 @@ grid-searches the token-merging window
 cross-validation folds, and writes the per-residue attention importance of the
 chosen model as a plot coloured by domain (CORE, NMP, LID) and as a PDB of the
 closed state with the importance in the B-factor column. It then builds the
-kinetic model of the chosen model's coordinate (k-means, an MSM, two
-metastable sets): a table of the sets, their network, their typical
+kinetic model of the chosen model's coordinate (k-means, an MSM on the paths
+read both ways, two metastable sets): a table of the sets, their network, their typical
 structures (the closed and open ends) and the residues that distinguish them.
 
 These frames are transition paths made by a biased method, not equilibrium
