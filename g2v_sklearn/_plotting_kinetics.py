@@ -17,6 +17,11 @@ def _layout(n: int) -> np.ndarray:
     return 1.6 * np.stack([np.cos(angle), np.sin(angle)], 1)
 
 
+def _route(tpt) -> str:
+    """``"0, 1 -> 2"``: the source and sink sets of a TPT result."""
+    return " -> ".join(", ".join(str(k) for k in group) for group in (tpt.source, tpt.sink))
+
+
 def _time(value: float, interval=None) -> str:
     text = f"{value:.3g}"
     return text if interval is None else f"{text} [{interval[0]:.3g}, {interval[1]:.3g}]"
@@ -71,8 +76,7 @@ def plot_state_network(model, *, tpt=None, ax=None, positions=None, cmap="tab10"
                 arrowstyle="-|>", lw=1 + 6 * flux[i, j] / top, color="0.4", shrinkA=22, shrinkB=22))
             mid = (xy[i] + xy[j]) / 2
             ax.text(*mid, f"{flux[i, j]:.3g}/{model.unit}", ha="center", va="bottom", fontsize=8)
-        names = [", ".join(str(k) for k in group) for group in (tpt.source, tpt.sink)]
-        ax.set_title(f"net flux, sets {names[0]} -> {names[1]}: rate {_time(tpt.rate, tpt.rate_interval)} "
+        ax.set_title(f"net flux, sets {_route(tpt)}: rate {_time(tpt.rate, tpt.rate_interval)} "
                      f"per {model.unit}", fontsize=9)
     else:
         for i in range(n):
@@ -211,8 +215,7 @@ def plot_committor(tpt, coordinate, *, bins=40, ax=None, **kwargs):
     ax.fill_between(centres[seen], (mean - spread)[seen], (mean + spread)[seen], alpha=0.3, linewidth=0)
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel("coordinate")
-    names = [", ".join(str(k) for k in group) for group in (tpt.source, tpt.sink)]
-    ax.set_ylabel(f"committor, sets {names[0]} -> {names[1]}")
+    ax.set_ylabel(f"committor, sets {_route(tpt)}")
     return ax
 
 

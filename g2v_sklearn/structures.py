@@ -117,11 +117,12 @@ def _one_frame(item, frame: int, index: int, topology) -> md.Trajectory:
     return md.load_frame(path, frame, top=topology)
 
 
-def _write_atomic(traj: md.Trajectory, path: Path) -> None:
+def _write_atomic(path: Path, save) -> None:
+    """``save(temporary_path)`` into a temporary file beside ``path``, renamed to it when complete."""
     handle, temporary = tempfile.mkstemp(suffix=path.suffix, prefix=f".{path.stem}.", dir=path.parent)
     os.close(handle)
     try:
-        traj.save(temporary, force_overwrite=True)
+        save(temporary)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -199,13 +200,13 @@ def save_structures(model, folder, source=None, *, tokens=None, topology=None, s
         samples = source_frames(sources, drawn[k], topology=topology, stride=stride)
         paths = {"typical": folder / f"set{k}_typical.pdb", "samples": folder / f"set{k}_samples.{format}",
                  "topology": folder / f"set{k}_samples.pdb"}
-        _write_atomic(first, paths["typical"])
-        _write_atomic(samples[0], paths["topology"])
-        _write_atomic(samples, paths["samples"])
+        for traj, name in ((first, "typical"), (samples[0], "topology"), (samples, "samples")):
+            _write_atomic(paths[name], lambda temporary, traj=traj: traj.save(temporary, force_overwrite=True))
         if importance is not None:
             paths["importance"] = folder / f"set{k}_importance.pdb"
             bfactors = _atom_values(first.topology, tokens, np.asarray(importance)[k])
-            _write_pdb_atomic(first, paths["importance"], bfactors)
+            _write_atomic(paths["importance"],
+                          lambda temporary: first.save_pdb(temporary, force_overwrite=True, bfactors=bfactors))
         files[k] = dict(paths, frames=np.vstack([np.asarray(typical[k])[None], drawn[k]]))
     return files
 
@@ -230,17 +231,6 @@ def _atom_values(topology: md.Topology, tokens, values: np.ndarray) -> np.ndarra
         chain = atom.residue.chain
         out[atom.index] = table.get((str(getattr(chain, "chain_id", None) or chain.index), atom.residue.resSeq), 0.0)
     return out
-
-
-def _write_pdb_atomic(traj: md.Trajectory, path: Path, bfactors: np.ndarray) -> None:
-    handle, temporary = tempfile.mkstemp(suffix=".pdb", prefix=f".{path.stem}.", dir=path.parent)
-    os.close(handle)
-    try:
-        traj.save_pdb(temporary, force_overwrite=True, bfactors=bfactors)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _coordinate_steps(estimator):
@@ -316,9 +306,7 @@ def state_importance(model, estimator, tokens, *, n_frames: int = 100, random_st
 
     steps = _coordinate_steps(estimator)
     rng = check_generator(random_state)
-    where = np.concatenate([np.stack([np.full(len(a), i), np.arange(len(a))], 1)
-                            for i, a in enumerate(model.assignments)])
-    sets = np.concatenate(model.assignments)
+    where, sets = model.frame_index, np.concatenate(model.assignments)
     n_res = tokens[0].n_residues
     importance = np.zeros((model.n_sets, n_res))
     for k in range(model.n_sets):

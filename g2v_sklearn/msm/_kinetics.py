@@ -26,6 +26,7 @@ __all__ = ["KineticModel", "TransitionPathways", "kinetic_model"]
 
 #: Time units a time step may be given in, as multiples of a picosecond.
 TIME_UNITS = {"fs": 1e-3, "ps": 1.0, "ns": 1e3, "us": 1e6, "µs": 1e6, "ms": 1e9, "s": 1e12}
+_UNIT_NAMES = ", ".join(sorted(set(TIME_UNITS) - {"µs"}))  # for error messages
 #: Below this fraction of frames in the MSM's connected set, kinetic_model warns.
 MIN_ACTIVE_FRACTION = 0.9
 #: Boltzmann's constant in kJ/(mol K) and kcal/(mol K).
@@ -50,7 +51,7 @@ def parse_timestep(timestep) -> tuple[float, str]:
     if unit not in TIME_UNITS:
         raise ValueError(
             f"The time step {timestep!r} has the unit {unit!r}, which is not a unit of time this "
-            f"package knows; use one of {', '.join(sorted(set(TIME_UNITS) - {'µs'}))}."
+            f"package knows; use one of {_UNIT_NAMES}."
         )
     if not np.isfinite(value) or value <= 0:
         raise ValueError(f"The time step must be a positive number of {unit}; got {timestep!r}.")
@@ -133,6 +134,9 @@ class KineticModel:
         state of the active set).
     frame_memberships : list of ndarray of shape (n_frames, n_sets)
         Every frame's membership in every set (NaN outside the active set).
+    frame_index : ndarray of shape (n_frames_total, 2)
+        ``(trajectory, frame)`` of every frame, in the order of
+        ``np.concatenate(assignments)``.
     coordinates : list of ndarray or None
         The features the frames were discretised from (the learned
         coordinates), when the pipeline has them.
@@ -171,7 +175,7 @@ class KineticModel:
     """
 
     def __init__(self, msm, samples, dtrajs, memberships, *, timestep=1.0, unit="frames",
-                 coordinates=None, frames=None):
+                 coordinates=None):
         self.msm = msm
         self.samples = list(samples)
         self.memberships = np.asarray(memberships, dtype=float)
@@ -179,7 +183,6 @@ class KineticModel:
         self.lagtime = int(msm.lagtime)
         self.timestep, self.unit = float(timestep), unit
         self.coordinates = coordinates
-        self.frames = frames  # (source trajectory, frame) of every frame, per trajectory
         hard = np.argmax(self.memberships, axis=1)
         self.sets = [np.flatnonzero(hard == k) for k in range(self.n_sets)]
         empty = [k for k, s in enumerate(self.sets) if s.size == 0]
@@ -190,6 +193,8 @@ class KineticModel:
                 f"ask for fewer."
             )
         self.active_dtrajs = [_to_active(d, msm) for d in dtrajs]
+        self.frame_index = np.concatenate([np.stack([np.full(len(d), i), np.arange(len(d))], 1)
+                                           for i, d in enumerate(self.active_dtrajs)])
         inside = float(np.mean(np.concatenate(self.active_dtrajs) >= 0))
         if inside < MIN_ACTIVE_FRACTION:
             warnings.warn(
@@ -351,20 +356,18 @@ class KineticModel:
         mean of the set's frames; without coordinates, the first of them.
         """
         state = np.concatenate(self.active_dtrajs)
-        where = np.concatenate([np.stack([np.full(len(d), i), np.arange(len(d))], 1)
-                                for i, d in enumerate(self.active_dtrajs)])
         coords = None if self.coordinates is None else np.concatenate(
             [np.asarray(c).reshape(len(c), -1) for c in self.coordinates])
+        weights = np.nan_to_num(np.concatenate(self.frame_memberships))
         chosen = []
         for k in range(self.n_sets):
             best = self.sets[k][np.argmax(self.memberships[self.sets[k], k])]
             candidates = np.flatnonzero(state == best)
             pick = candidates[0]
             if coords is not None:
-                weights = np.nan_to_num(np.concatenate(self.frame_memberships)[:, k])
-                centre = weights @ coords / weights.sum()
+                centre = weights[:, k] @ coords / weights[:, k].sum()
                 pick = candidates[np.argmin(((coords[candidates] - centre) ** 2).sum(1))]
-            chosen.append(self._frame(where[pick]))
+            chosen.append(tuple(int(v) for v in self.frame_index[pick]))
         return chosen
 
     def sample_frames(self, n_samples: int = 10, random_state=None) -> list[np.ndarray]:
@@ -379,19 +382,13 @@ class KineticModel:
         if not isinstance(n_samples, Integral) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}.")
         rng = check_generator(random_state)
-        where = np.concatenate([np.stack([np.full(len(d), i), np.arange(len(d))], 1)
-                                for i, d in enumerate(self.active_dtrajs)])
         weights = np.nan_to_num(np.concatenate(self.frame_memberships))
         drawn = []
         for k in range(self.n_sets):
             p = weights[:, k] / weights[:, k].sum()
-            picks = rng.choice(len(where), size=int(n_samples), replace=True, p=p)
-            drawn.append(np.array([self._frame(where[i]) for i in picks]))
+            picks = rng.choice(len(self.frame_index), size=int(n_samples), replace=True, p=p)
+            drawn.append(self.frame_index[picks].astype(int))
         return drawn
-
-    def _frame(self, index) -> tuple[int, int]:
-        traj, frame = int(index[0]), int(index[1])
-        return (traj, frame) if self.frames is None else self.frames(traj, frame)
 
 
 def _to_active(dtraj: np.ndarray, msm) -> np.ndarray:
@@ -553,6 +550,5 @@ def _convert(step: float, unit: str, out: str | None) -> tuple[float, str]:
     if unit == "frames":
         raise ValueError(f"unit={out!r} needs a time step (timestep='10 ps', say): the data have none.")
     if out not in TIME_UNITS:
-        raise ValueError(f"unit={out!r} is not a unit of time this package knows; use one of "
-                         f"{', '.join(sorted(set(TIME_UNITS) - {'µs'}))}.")
+        raise ValueError(f"unit={out!r} is not a unit of time this package knows; use one of {_UNIT_NAMES}.")
     return step * TIME_UNITS[unit] / TIME_UNITS[out], out
