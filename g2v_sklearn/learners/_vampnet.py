@@ -380,39 +380,7 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
                  lr_schedule="cosine", warmup=0.05, max_grad_norm=1.0, memory_budget="auto",
                  compile=False, callbacks=None, precision="float32", device="auto",
                  progress=True, random_state=None):
-        self.lagtime = lagtime
-        self.n_components = n_components
-        self.score_method = score_method
-        self.epsilon = epsilon
-        self.mode = mode
-        self.scaling = scaling
-        self.score_k = score_k
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.d_model = d_model
-        self.n_heads = n_heads
-        self.n_layers = n_layers
-        self.pooling = pooling
-        self.mixer = mixer
-        self.dropout = dropout
-        self.optimizer = optimizer
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.batch_size = batch_size
-        self.max_epochs = max_epochs
-        self.patience = patience
-        self.validation_fraction = validation_fraction
-        self.validation_split = validation_split
-        self.n_init = n_init
-        self.lr_schedule = lr_schedule
-        self.warmup = warmup
-        self.max_grad_norm = max_grad_norm
-        self.memory_budget = memory_budget
-        self.compile = compile
-        self.callbacks = callbacks
-        self.precision = precision
-        self.device = device
-        self.progress = progress
-        self.random_state = random_state
+        self._keep_parameters(locals())
 
     # ------------------------------------------------------------------ fit
     @_fit_context(prefer_skip_nested_validation=True)
