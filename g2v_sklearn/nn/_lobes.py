@@ -81,14 +81,19 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, need_weights: bool = False):
     return F.scaled_dot_product_attention(q, k, v), None
 
 
+def _heads(d_model: int, n_heads: int) -> int:
+    """``n_heads``, once it is known to split ``d_model`` channels evenly."""
+    if d_model % n_heads:
+        raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}.")
+    return n_heads
+
+
 class MixerBlock(nn.Module):
     """Pre-norm transformer block: attention then a feed-forward network."""
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
         super().__init__()
-        if d_model % n_heads:
-            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}.")
-        self.n_heads = n_heads
+        self.n_heads = _heads(d_model, n_heads)
         self.norm1 = nn.LayerNorm(d_model)
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
@@ -143,9 +148,7 @@ class EquivariantMixerBlock(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
         super().__init__()
-        if d_model % n_heads:
-            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}.")
-        self.n_heads = n_heads
+        self.n_heads = _heads(d_model, n_heads)
         self.norm1 = nn.LayerNorm(d_model)
         self.vec_pair = VectorLinear(d_model, 2 * d_model)
         self.qk = nn.Linear(2 * d_model, 2 * d_model)
