@@ -270,9 +270,11 @@ class MSMEstimator(PickleVersionMixin, BaseEstimator):
         return count_mode
 
     def _estimate(self, dtrajs, lagtime: int, count_mode: str, rng, caller: str,
-                  restrict_to: np.ndarray | None = None):
-        """(maximum-likelihood MSM, posterior or None) at ``lagtime`` on checked ``dtrajs``."""
-        dtrajs = [dtrajs[i] for i in long_enough([len(d) for d in dtrajs], lagtime, caller)]
+                  restrict_to: np.ndarray | None = None, stacklevel: int = 4):
+        """(maximum-likelihood MSM, posterior or None) at ``lagtime`` on checked ``dtrajs``;
+        ``stacklevel`` points the short-trajectory warning at the public method's caller."""
+        lengths = [len(d) for d in dtrajs]
+        dtrajs = [dtrajs[i] for i in long_enough(lengths, lagtime, caller, stacklevel=stacklevel)]
         counts = TransitionCountEstimator(lagtime=lagtime, count_mode=count_mode) \
             .fit(dtrajs).fetch_model()
         if restrict_to is not None:
@@ -316,7 +318,8 @@ class MSMEstimator(PickleVersionMixin, BaseEstimator):
         dtrajs, _ = check_dtrajs(X, caller)
         require_nonnegative(dtrajs, caller)
         rng = check_generator(self.random_state)
-        msm, posterior = self._estimate(dtrajs, int(self.lagtime), count_mode, rng, caller)
+        msm, posterior = self._estimate(dtrajs, int(self.lagtime), count_mode, rng, caller,
+                                        stacklevel=5)  # one frame more: _fit_context's
         self.model_ = msm
         self.posterior_ = posterior
         self.timescales_ = np.asarray(msm.timescales())
