@@ -211,11 +211,13 @@ def with_lagged_pair(lengths: list[int], lagtime: int) -> list[int]:
     return [i for i, n in enumerate(lengths) if n > lagtime]
 
 
-def long_enough(lengths: list[int], lagtime: int, caller: str) -> list[int]:
+def long_enough(lengths: list[int], lagtime: int, caller: str, *, stacklevel: int = 4) -> list[int]:
     """Indices of the trajectories longer than ``lagtime``: the ones with a time-lagged pair.
 
-    The others are skipped with one warning naming them; if none is long
-    enough, a ValueError gives every length.
+    The others are skipped with one warning naming them (``stacklevel`` as
+    in ``warnings.warn``: 4 names the line that called a public method two
+    calls above this one); if none is long enough, a ValueError gives every
+    length.
     """
     kept = with_lagged_pair(lengths, lagtime)
     short = sorted(set(range(len(lengths))) - set(kept))
@@ -236,7 +238,7 @@ def long_enough(lengths: list[int], lagtime: int, caller: str) -> list[int]:
             f"longer than lagtime={lagtime} frames, which give no time-lagged pair: "
             f"{listing(f'{i} ({lengths[i]} frames)' for i in short)}.",
             UserWarning,
-            stacklevel=4,
+            stacklevel=stacklevel,
         )
     return kept
 

@@ -3,6 +3,7 @@
 The machine is simulated (cores, other runnable processes, the clock): what
 is tested is the rule, not this machine's load."""
 
+import copy
 import threading
 
 import numpy as np
@@ -75,10 +76,13 @@ _STARTED: list = []
 
 
 class _RecordThreads(Callback):
+    def for_run(self):
+        return copy.copy(self)  # fit_, set in on_fit_begin, is the run's
+
     def on_fit_begin(self, learner, context):
         with _threads._LOCK:
-            context.extra["fit"] = len(_STARTED)
-            _STARTED.append(context.extra["fit"])
+            self.fit_ = len(_STARTED)
+            _STARTED.append(self.fit_)
         _BOTH_RUNNING.wait()  # both fits are inside their budgets from here on
 
     def on_batch_end(self, learner, context):
@@ -86,7 +90,7 @@ class _RecordThreads(Callback):
         # while no fit began or ended since: a fit that ends first leaves the other alone)
         with _threads._LOCK:
             current = context.threads._generation == _threads._GENERATION
-            _SEEN.append((context.extra["fit"], torch.get_num_threads(), _threads._ACTIVE, current))
+            _SEEN.append((self.fit_, torch.get_num_threads(), _threads._ACTIVE, current))
 
 
 def test_concurrent_fits_on_dask_threads_share_the_cores(monkeypatch):

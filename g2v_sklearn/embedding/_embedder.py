@@ -18,7 +18,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from .._compat import Interval, Options, StrOptions, validate_parameter_constraints
+from .._compat import Interval, Options, StrOptions, _fit_context
 from .._runtime import inference_memory_budget
 from .._threads import ThreadBudget
 from .._utils import (
@@ -577,6 +577,7 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
         return tags
 
     # -- fitting -----------------------------------------------------------------------
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Load (or pretrain) the backbone and record the topology.
 
@@ -593,10 +594,6 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
         -------
         self : GeomEmbedder
         """
-        validate_parameter_constraints(
-            self._parameter_constraints, self.get_params(deep=False),
-            caller_name=type(self).__name__,
-        )
         if self.store_dir is not None and self.memory is not None:
             raise ValueError(
                 "Set either store_dir (memory-mapped outputs) or memory (a cache, whose "
@@ -620,7 +617,7 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
         unusual = unusual_elements(topology, atom_indices, numbers, pretrained=self.checkpoint is not None,
                                    given=given)
         if unusual is not None:
-            warnings.warn(unusual, UserWarning, stacklevel=2)
+            warnings.warn(unusual, UserWarning, stacklevel=3)  # fit's caller, past _fit_context
 
         self.topology_ = topology
         self.atom_indices_ = atom_indices

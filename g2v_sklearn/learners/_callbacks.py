@@ -1,16 +1,16 @@
 """Callbacks: code that runs at fixed points of a learner's training loop.
 
 A callback is a small object passed in a learner's ``callbacks`` parameter.
-Like every scikit-learn parameter it is never changed by ``fit``: what a
-callback learns during one fit lives in the fit's :class:`FitContext`
-(``context.history`` ends up as the learner's ``history_``), so ``clone``,
-``GridSearchCV`` and joblib workers can copy callbacks freely.
+Like every scikit-learn parameter it is never changed by ``fit``, so
+``clone``, ``GridSearchCV``, joblib workers and pickles copy callbacks freely;
+what one fit learns ends in the run's :class:`FitContext` (``context.history``
+becomes the learner's ``history_``).
 
 The hooks, in the order the loop calls them:
 
 * ``on_fit_begin(learner, context)``: once per training run (per ``n_init``
-  restart, and per SPIB training round), after the network and optimizer
-  are built.
+  restart, per SPIB training round and per ``partial_fit`` call), after the
+  network and optimizer are built.
 * ``on_batch_end(learner, context)``: after every optimizer step.
 * ``on_epoch_end(learner, context)``: after every epoch, once its monitored
   score is in ``context.history``. Set ``context.stop = True`` to end
@@ -20,10 +20,29 @@ The hooks, in the order the loop calls them:
   and before it goes on.
 * ``on_fit_end(learner, context)``: once per run, after the best weights
   were restored.
+
+Per-run state. Before ``on_fit_begin`` every run asks each callback for the
+object it will call, ``callback.for_run()``. The base class answers with the
+callback itself. A callback that keeps state through a run (a count of
+epochs without improvement, a torch scheduler, the file it writes) answers
+with a copy of itself holding that state in attributes named with a trailing
+underscore, set in ``for_run`` or, where they need the run's network or
+optimizer, in ``on_fit_begin`` (as Keras callbacks reset theirs in
+``on_train_begin``). The copy lives as long as the run (``context.callbacks``
+holds the run's copies) and the callback in ``callbacks`` stays as it was:
+each run starts from fresh state, so nothing carries over from one
+``n_init`` restart, SPIB round or ``partial_fit`` call to the next, two
+learners may share one callback, and concurrent fits never see each other's
+state. :class:`EarlyStopping`, :class:`LRScheduler` and
+:class:`SaveBestWeights` work so. A callback that answers with itself may
+still record what it sees on itself for the caller to read after ``fit``
+(see the examples of :class:`Callback` and
+:class:`~g2v_sklearn.learners._trainer.FitContext`).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -41,10 +60,11 @@ __all__ = ["Callback", "EarlyStopping", "LRScheduler", "MetricsLog", "SaveBestWe
 class Callback:
     """Base class of the training callbacks: every hook does nothing.
 
-    Subclasses override the hooks they need. A callback must keep no
-    per-fit state on itself (it is a parameter of the learner, copied by
-    ``clone``); per-fit values go into ``context.history`` or
-    ``context.extra``.
+    Subclasses override the hooks they need. State that a training run
+    needs, fresh for every run, belongs on the copy that :meth:`for_run`
+    returns, not on the callback, which is a parameter of the learner (see
+    the module's docstring); values the learner should keep go into
+    ``context.history``.
 
     Examples
     --------
@@ -63,7 +83,34 @@ class Callback:
     ...                        callbacks=[StopAbove(1.0)]).fit(x)
     >>> len(est.history_["train"]), est.history_["stop_reason"]
     (1, 'score above 1.0')
+
+    One with state through a run keeps it on its run's copy; here it stops
+    once the score falls well below the best of the run so far:
+
+    >>> import copy
+    >>> class StopOnFall(Callback):
+    ...     def for_run(self):
+    ...         run = copy.copy(self)
+    ...         run.best_ = -np.inf
+    ...         return run
+    ...     def on_epoch_end(self, learner, context):
+    ...         if context.score < self.best_ - 0.5:
+    ...             context.stop = True
+    ...         self.best_ = max(self.best_, context.score)
+    >>> watch = StopOnFall()
+    >>> est = est.set_params(callbacks=[watch]).fit(x)
+    >>> hasattr(watch, "best_")  # the fit changed the run's copy, not the parameter
+    False
     """
+
+    def for_run(self) -> Callback:
+        """The object one training run calls: this callback itself.
+
+        A callback with state of its own through a run returns a copy
+        (``copy.copy(self)``) with that state's attributes set, trailing
+        underscore and all; the callback itself is never changed.
+        """
+        return self
 
     def on_fit_begin(self, learner, context) -> None:
         """Called once per training run, after the network and optimizer are built."""
@@ -118,33 +165,46 @@ class EarlyStopping(Callback):
     True
     """
 
+    # the state of a run, on the run's copy (for_run)
+    best_: float | None  # the best monitored score so far; None until the run's first epoch
+    stale_: int  # epochs since the score last improved
+
     def __init__(self, patience: int = 5, tolerance: float = 0.0) -> None:
         self.patience = patience
         self.tolerance = tolerance
+
+    def for_run(self) -> EarlyStopping:
+        """A copy for one run, with no best score yet and no stale epoch."""
+        run = copy.copy(self)
+        run.best_, run.stale_ = None, 0
+        return run
 
     def on_epoch_end(self, learner, context) -> None:
         if not isinstance(self.patience, Integral) or self.patience < 1:
             raise ValueError(f"EarlyStopping's patience must be a positive int; got {self.patience!r}.")
         if not isinstance(self.tolerance, Real) or self.tolerance < 0:
             raise ValueError(f"EarlyStopping's tolerance must be >= 0; got {self.tolerance!r}.")
-        key = f"early_stopping_{id(self)}"
-        # a resumed run (SaveBestWeights(resume=True)) starts from its file's best score
-        state = context.extra.setdefault(key, {"best": context.best_score, "stale": 0})
-        score = context.score
-        threshold = state["best"] + self.tolerance * abs(state["best"]) if np.isfinite(state["best"]) else -np.inf
+        if self.best_ is None:
+            # taken at the first epoch's end, not in for_run: a resumed run (SaveBestWeights(resume=True))
+            # starts from its file's best score, set in on_fit_begin and shared among the ranks after it
+            self.best_ = context.best_score
+        score, best = context.score, self.best_
+        threshold = best + self.tolerance * abs(best) if np.isfinite(best) else -np.inf
         if score > threshold:
-            state["best"], state["stale"] = score, 0
+            self.best_, self.stale_ = score, 0
         else:
-            state["best"] = max(state["best"], score)
-            state["stale"] += 1
-            if state["stale"] >= self.patience:
+            self.best_ = max(best, score)
+            self.stale_ += 1
+            if self.stale_ >= self.patience:
                 context.stop = True
                 context.stop_reason = context.stop_reason or (
                     f"no improvement for {self.patience} epochs")
 
     def on_rollback(self, learner, context) -> None:
         # training starts again from the best weights: the epochs since then count no more
-        context.extra.setdefault(f"early_stopping_{id(self)}", {"best": -np.inf, "stale": 0})["stale"] = 0
+        if self.best_ is None:  # a roll-back before the run's first scored epoch (a resumed run's)
+            self.best_ = -np.inf
+        self.stale_ = 0
 
 
 class LRScheduler(Callback):
@@ -174,9 +234,18 @@ class LRScheduler(Callback):
     [0.001, 0.0005, 0.00025]
     """
 
+    # the state of a run, on the run's copy (for_run): the scheduler on the run's optimizer
+    scheduler_: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None
+
     def __init__(self, policy, **kwargs) -> None:
         self.policy = policy
         self.kwargs = kwargs
+
+    def for_run(self) -> LRScheduler:
+        """A copy for one run, whose scheduler ``on_fit_begin`` builds on the run's optimizer."""
+        run = copy.copy(self)
+        run.scheduler_ = None
+        return run
 
     def _scheduler_class(self):
         policy = self.policy
@@ -190,10 +259,10 @@ class LRScheduler(Callback):
         return policy
 
     def on_fit_begin(self, learner, context) -> None:
-        context.extra[f"lr_scheduler_{id(self)}"] = self._scheduler_class()(context.optimizer, **self.kwargs)
+        self.scheduler_ = self._scheduler_class()(context.optimizer, **self.kwargs)
 
     def on_epoch_end(self, learner, context) -> None:
-        scheduler = context.extra[f"lr_scheduler_{id(self)}"]
+        scheduler = self.scheduler_
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(-context.score)  # it minimises by default; our scores are maximised
         else:
@@ -203,7 +272,7 @@ class LRScheduler(Callback):
         # Schedulers that compute the rate from their base rates undo the halving at every
         # step (this epoch's step, just taken, already did): halve the base rates and the
         # rate they set. ReduceLROnPlateau works on the current rate, which stays halved.
-        scheduler = context.extra[f"lr_scheduler_{id(self)}"]
+        scheduler = self.scheduler_
         if hasattr(scheduler, "base_lrs"):
             scheduler.base_lrs = [lr * 0.5 for lr in scheduler.base_lrs]
             for group in context.optimizer.param_groups:
@@ -267,9 +336,18 @@ class SaveBestWeights(Callback):
     True
     """
 
+    # the state of a run, on the run's copy (for_run): the file this run writes
+    path_: Path | None
+
     def __init__(self, directory, resume: bool = False) -> None:
         self.directory = directory
         self.resume = resume
+
+    def for_run(self) -> SaveBestWeights:
+        """A copy for one run, whose file ``on_fit_begin`` names."""
+        run = copy.copy(self)
+        run.path_ = None
+        return run
 
     def path_for(self, learner, context) -> Path:
         params = {k: v for k, v in learner.get_params(deep=False).items() if k != "callbacks"}
@@ -281,7 +359,7 @@ class SaveBestWeights(Callback):
         path = self.path_for(learner, context)
         if context.ranks.rank == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
-        context.extra[f"save_best_{id(self)}"] = path
+        self.path_ = path
         context.history["best_weights_file"] = str(path)
         if self.resume and context.ranks.rank == 0 and path.exists():  # the other ranks get rank 0's start
             self._resume(learner, context, path)
@@ -319,7 +397,7 @@ class SaveBestWeights(Callback):
     def on_epoch_end(self, learner, context) -> None:
         if context.best_epoch != context.epoch or context.ranks.rank != 0:
             return
-        path = context.extra[f"save_best_{id(self)}"]
+        path = self.path_
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         history = {k: list(context.history[k]) for k in ("train", "validation", "train_batches", "lr")}
         torch.save({"state_dict": {k: v.detach().cpu() for k, v in context.net.state_dict().items()},

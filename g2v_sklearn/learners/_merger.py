@@ -16,7 +16,7 @@ from numbers import Integral, Real
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .._compat import Interval, StrOptions, validate_parameter_constraints
+from .._compat import Interval, StrOptions, _fit_context
 from .._utils import PickleVersionMixin
 from ..nn._merger import FRAGMENT_CONVS
 from ..tokens._trajectory import MergeSpec, TokenTrajectory, check_token_list
@@ -176,6 +176,7 @@ class TokenMerger(PickleVersionMixin, TransformerMixin, BaseEstimator):
         tags.requires_fit = True
         return tags
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Validate the token trajectories and fix the merge specification.
 
@@ -191,10 +192,6 @@ class TokenMerger(PickleVersionMixin, TransformerMixin, BaseEstimator):
         -------
         self : TokenMerger
         """
-        validate_parameter_constraints(
-            self._parameter_constraints, self.get_params(deep=False),
-            caller_name=type(self).__name__,
-        )
         items = check_token_list(X, "TokenMerger")
         n_res, h = items[0].n_residues, items[0].n_channels
         if self.window > n_res:

@@ -188,8 +188,10 @@ class FitContext:
     ``train``, ``val``, ``weights``, ``device`` and ``ranks`` read it);
     everything else here changes as training goes. Nothing of it stays on
     the estimator after ``fit`` except what the estimator copies out
-    (``history`` becomes ``history_``). ``extra`` is scratch space for
-    callbacks (the learners never read it).
+    (``history`` becomes ``history_``). ``callbacks`` are the run's: what
+    each callback's ``for_run()`` returned, so that a callback's state
+    through the run is on its run's copy (see
+    :mod:`~g2v_sklearn.learners._callbacks`), not here.
 
     Examples
     --------
@@ -215,7 +217,7 @@ class FitContext:
     rng: np.random.Generator
     optimizer: torch.optim.Optimizer
     max_epochs: int
-    callbacks: list
+    callbacks: list  # the run's: each callback's for_run()
     run: int = 0  # the n_init restart (SPIB: the training round)
     total_steps: int = 1
     scheduled: bool = True
@@ -236,7 +238,6 @@ class FitContext:
     collapse_reason: str | None = None  # and how ("collapse" or the non-finite loss)
     stopped_by_collapse: bool = False  # a collapse after the last roll-back ended training
     lr_factor: float = 1.0  # halved at every roll-back after a collapse
-    extra: dict = field(default_factory=dict)  # the callbacks' scratch space
 
     def __post_init__(self) -> None:
         if self.forward is None:
@@ -269,7 +270,8 @@ class Trainer:
     config : TrainConfig
     objective : Objective
     callbacks : list of Callback
-        Called as ``callback.on_...(owner, context)``.
+        Every run calls what their ``for_run()`` returns (a copy, for a
+        callback with per-run state), as ``callback.on_...(owner, context)``.
     owner : object
         What the callbacks are told is training (the estimator).
 
@@ -296,7 +298,8 @@ class Trainer:
 
     def start(self, net, data: FitData, rng: np.random.Generator, *, max_epochs: int | None = None,
               run: int = 0, threads: ThreadBudget | None = None) -> FitContext:
-        """A training run's progress: the optimizer, its schedule, an empty history."""
+        """A training run's progress: the optimizer, its schedule, an empty history, the callbacks'
+        run copies."""
         config = self.config
         steps_per_epoch = max(1, len(range(0, len(data.train) - 1, config.batch_size)))
         epochs = int(max_epochs or config.max_epochs)
@@ -304,8 +307,10 @@ class Trainer:
         if any(isinstance(c, LRScheduler) for c in self.callbacks):
             scheduled = False  # an epoch-wise scheduler replaces the per-step schedule
         optimizer = OPTIMIZERS[config.optimizer](net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        runs = {id(c): c.for_run() for c in self.callbacks}  # a callback listed twice is one callback
         return FitContext(
-            data=data, net=net, rng=rng, optimizer=optimizer, max_epochs=epochs, callbacks=list(self.callbacks),
+            data=data, net=net, rng=rng, optimizer=optimizer, max_epochs=epochs,
+            callbacks=[runs[id(c)] for c in self.callbacks],
             run=run, total_steps=steps_per_epoch * epochs, scheduled=scheduled, threads=threads,
             forward=compiled_or_eager(net, config.who, compile=config.compile),
         )

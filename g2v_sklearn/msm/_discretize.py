@@ -14,7 +14,7 @@ from joblib import effective_n_jobs
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .._compat import Interval, StrOptions, validate_parameter_constraints
+from .._compat import Interval, StrOptions, _fit_context
 from .._utils import PickleVersionMixin, check_generator
 from .._validation import check_feature_trajs
 
@@ -160,6 +160,7 @@ class KMeansDiscretizer(PickleVersionMixin, TransformerMixin, BaseEstimator):
             raise ValueError("n_jobs=0 is not a number of threads; use None (1), -1 (all) or k > 0.")
         return int(effective_n_jobs(self.n_jobs))
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None) -> KMeansDiscretizer:
         """Cluster the frames of all trajectories.
 
@@ -174,10 +175,6 @@ class KMeansDiscretizer(PickleVersionMixin, TransformerMixin, BaseEstimator):
         -------
         self : KMeansDiscretizer
         """
-        validate_parameter_constraints(
-            self._parameter_constraints, self.get_params(deep=False),
-            caller_name=type(self).__name__,
-        )
         trajs, _ = check_feature_trajs(X, f"{type(self).__name__}.fit")
         data = np.concatenate(trajs) if len(trajs) > 1 else trajs[0]
         if self.n_clusters == "auto":

@@ -19,7 +19,7 @@ from deeptime.util.validation import implied_timescales as _implied_timescales
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from .._compat import Interval, StrOptions, transition_matrix_sampler, validate_parameter_constraints
+from .._compat import Interval, StrOptions, _fit_context, transition_matrix_sampler
 from .._utils import PickleVersionMixin, check_generator
 from .._validation import check_dtrajs, long_enough, require_nonnegative
 
@@ -255,11 +255,8 @@ class MSMEstimator(PickleVersionMixin, BaseEstimator):
         return tags
 
     # -- estimation ---------------------------------------------------------------------
-    def _validate(self) -> str:
-        validate_parameter_constraints(
-            self._parameter_constraints, self.get_params(deep=False),
-            caller_name=type(self).__name__,
-        )
+    def _count_mode(self) -> str:
+        """The count mode to estimate with (``count_mode=None`` resolved), checked against ``bayesian``."""
         count_mode = self.count_mode
         if count_mode is None:
             count_mode = "effective" if self.bayesian else "sliding"
@@ -273,9 +270,11 @@ class MSMEstimator(PickleVersionMixin, BaseEstimator):
         return count_mode
 
     def _estimate(self, dtrajs, lagtime: int, count_mode: str, rng, caller: str,
-                  restrict_to: np.ndarray | None = None):
-        """(maximum-likelihood MSM, posterior or None) at ``lagtime`` on checked ``dtrajs``."""
-        dtrajs = [dtrajs[i] for i in long_enough([len(d) for d in dtrajs], lagtime, caller)]
+                  restrict_to: np.ndarray | None = None, stacklevel: int = 4):
+        """(maximum-likelihood MSM, posterior or None) at ``lagtime`` on checked ``dtrajs``;
+        ``stacklevel`` points the short-trajectory warning at the public method's caller."""
+        lengths = [len(d) for d in dtrajs]
+        dtrajs = [dtrajs[i] for i in long_enough(lengths, lagtime, caller, stacklevel=stacklevel)]
         counts = TransitionCountEstimator(lagtime=lagtime, count_mode=count_mode) \
             .fit(dtrajs).fetch_model()
         if restrict_to is not None:
@@ -298,6 +297,7 @@ class MSMEstimator(PickleVersionMixin, BaseEstimator):
             posterior = _sample_posterior(msm, int(self.n_samples), bool(self.reversible), rng)
         return msm, posterior
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None) -> MSMEstimator:
         """Estimate the MSM on discrete trajectories.
 
@@ -313,12 +313,13 @@ class MSMEstimator(PickleVersionMixin, BaseEstimator):
         -------
         self : MSMEstimator
         """
-        count_mode = self._validate()
+        count_mode = self._count_mode()
         caller = f"{type(self).__name__}.fit"
         dtrajs, _ = check_dtrajs(X, caller)
         require_nonnegative(dtrajs, caller)
         rng = check_generator(self.random_state)
-        msm, posterior = self._estimate(dtrajs, int(self.lagtime), count_mode, rng, caller)
+        msm, posterior = self._estimate(dtrajs, int(self.lagtime), count_mode, rng, caller,
+                                        stacklevel=5)  # one frame more: _fit_context's
         self.model_ = msm
         self.posterior_ = posterior
         self.timescales_ = np.asarray(msm.timescales())
@@ -368,7 +369,8 @@ class MSMEstimator(PickleVersionMixin, BaseEstimator):
             deeptime's result, for :func:`deeptime.plots.plot_implied_timescales`;
             with ``bayesian=True`` it carries the posterior samples too.
         """
-        count_mode = self._validate()
+        self._validate_params()  # not a fit, so no _fit_context: checked here as fit checks them
+        count_mode = self._count_mode()
         caller = f"{type(self).__name__}.implied_timescales"
         if n_its is not None and (not isinstance(n_its, Integral) or n_its < 1):
             raise ValueError(f"n_its must be a positive integer or None; got {n_its!r}.")
@@ -405,7 +407,8 @@ class MSMEstimator(PickleVersionMixin, BaseEstimator):
             ``bayesian=True`` it carries confidences from the posterior.
         """
         check_is_fitted(self, "model_")
-        count_mode = self._validate()
+        self._validate_params()  # as fit checks them (set_params may have changed them since)
+        count_mode = self._count_mode()
         caller = f"{type(self).__name__}.ck_test"
         if not self.reversible:
             raise ValueError(

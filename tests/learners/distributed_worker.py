@@ -11,6 +11,7 @@ trajectories next to it); every result goes to ``OUT/rank{RANK}.npz`` and
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import pickle
@@ -44,15 +45,20 @@ def main():
     class FirstStep(Callback):
         """Records the loss and the (averaged, unclipped) gradients of the first optimizer step, then stops."""
 
+        def for_run(self):
+            run = copy.copy(self)
+            run.first_ = None
+            return run
+
         def on_batch_end(self, learner, context):
             if context.step == 1:
-                context.extra["first"] = (context.last_loss, [p.grad.detach().double().clone()
-                                                             for p in context.net.parameters() if p.grad is not None])
+                self.first_ = (context.last_loss, [p.grad.detach().double().clone()
+                                                   for p in context.net.parameters() if p.grad is not None])
                 context.stop = True
 
         def on_fit_end(self, learner, context):
-            if "first" in context.extra:
-                loss, grads = context.extra.pop("first")
+            if self.first_ is not None:
+                loss, grads = self.first_
                 arrays[f"{learner.name}_loss"] = np.array(loss)
                 arrays[f"{learner.name}_grads"] = torch.cat([g.reshape(-1) for g in grads]).numpy()
 

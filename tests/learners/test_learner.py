@@ -297,6 +297,25 @@ def test_callbacks_survive_clone_and_pickle(tmp_path):
             np.random.default_rng(0).normal(size=(60, 2)))
 
 
+def test_a_runs_callback_state_is_on_its_run_copies_never_on_the_parameters(dihedral_features, tmp_path):
+    x = [t[:800] for t in dihedral_features[:2]]
+    callbacks = [EarlyStopping(patience=1), LRScheduler("StepLR", step_size=1, gamma=0.5), SaveBestWeights(tmp_path),
+                 MetricsLog(tmp_path / "log.jsonl")]
+    before = [dict(vars(c)) for c in callbacks]
+    est = VAMPNetEstimator(lagtime=5, max_epochs=3, n_init=2, random_state=0, callbacks=callbacks, **FAST).fit(x)
+    assert [vars(c) for c in callbacks] == before  # fit left nothing on them
+    assert pickle.loads(pickle.dumps(est)).callbacks == callbacks
+    trainer, context = est.training_session(x)
+    early, scheduler, saver, log = context.callbacks[1:]  # after the EarlyStopping made from patience
+    assert log is callbacks[3]  # no state of its own: the run calls it
+    assert all(type(a) is type(b) and a is not b for a, b in zip((early, scheduler, saver), callbacks))
+    assert (early.best_, early.stale_, scheduler.scheduler_, saver.path_) == (None, 0, None, None)
+    history = trainer.fit(context)
+    assert isinstance(scheduler.scheduler_, torch.optim.lr_scheduler.StepLR)
+    assert str(saver.path_) == history["best_weights_file"] and early.best_ == history["best_score"]
+    assert [vars(c) for c in callbacks] == before
+
+
 def test_grid_search_saves_best_weights_per_candidate_and_fold(dihedral_features, tmp_path):
     x = [t[:600] for t in dihedral_features]
     log = tmp_path / "metrics.jsonl"
