@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ..backbones._neighbors import radius_graph
 from ..tokens._trajectory import MergeSpec
-from ._neighbors import radius_graph
 
 __all__ = [
     "FRAGMENT_CONVS",
