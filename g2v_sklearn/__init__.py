@@ -23,7 +23,8 @@ from .msm._estimator import MSMEstimator
 from .msm._kinetics import KineticModel, TransitionPathways, kinetic_model
 from .msm._selection import ContiguousSplit, msm_vamp2_scorer, split_trajectory
 from .tokens._format import load_tokens
-from .tokens._trajectory import MergeSpec, TokenTrajectory
+from .tokens._merge_spec import MergeSpec
+from .tokens._trajectory import TokenTrajectory
 from .tokens._writer import save_tokens
 from .structures import save_structures, source_frames, state_importance
 

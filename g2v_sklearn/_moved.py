@@ -24,7 +24,7 @@ FLAT_LAYOUT = {
     "_embedder": ("embedding._embedder", "embedding._reading", "embedding._pooling", "embedding._pretrain",
                   "tokens._trajectory", "tokens._format", "tokens._writer"),
     "_learner": ("learners._learner", "learners._trainer"),
-    "_merger": ("learners._merger", "nn._merger", "tokens._trajectory"),
+    "_merger": ("learners._merger", "nn._merger", "tokens._merge_spec"),
     "_msm": ("msm._discretize", "msm._estimator", "msm._selection"),
     "_neighbors": ("backbones._neighbors",),
     "_networks": ("nn._lobes",),
@@ -36,14 +36,16 @@ FLAT_LAYOUT = {
     "_vampnet": ("learners._vampnet",),
 }
 
-# a module of a later layout, since split or moved -> today's modules
+# a module of a later layout, since split or moved -> today's modules. A module that still
+# exists cannot be listed (its stand-in would hide it): it keeps importing the names it gave
+# away, as tokens._trajectory does MergeSpec.
 SPLIT = {
     "nn._backbone": ("backbones._backbone",),
     "nn._neighbors": ("backbones._neighbors",),
     "nn._padded_visnet": ("backbones._padded_visnet",),
     "nn._pretrained": ("backbones._pretrained",),
     "nn._torchmd": ("backbones._torchmd",),
-    "tokens._tokens": ("tokens._trajectory", "tokens._format", "tokens._writer"),
+    "tokens._tokens": ("tokens._trajectory", "tokens._merge_spec", "tokens._format", "tokens._writer"),
 }
 
 # (old module, old name) -> today's name, for names that changed as they moved
