@@ -53,9 +53,9 @@ def worker(args) -> None:
     import torch
     from MDAnalysisTests.datafiles import DCD, PSF
 
-    from g2v_sklearn.nn._backbone import load_checkpoint
-    from g2v_sklearn.nn._neighbors import radius_graph
-    from g2v_sklearn.nn._padded_visnet import padded_forward
+    from g2v_sklearn.backbones._backbone import load_checkpoint
+    from g2v_sklearn.backbones._neighbors import radius_graph
+    from g2v_sklearn.backbones._padded_visnet import padded_forward
 
     cap = None if args.cap == "none" else int(args.cap)
     traj = md.load(DCD, top=PSF)[: 2 * args.frames + 1]

@@ -238,7 +238,7 @@ def make_pyg_block(args):
     import numpy as np
     import torch
 
-    from g2v_sklearn.nn._backbone import load_checkpoint
+    from g2v_sklearn.backbones._backbone import load_checkpoint
 
     def embed(traj, heavy):
         device = args.device

@@ -13,7 +13,7 @@ One ADK frame (1,656 heavy atoms, cutoff 7.5 Angstrom, at most
     (``propagate``: gathers, attention, scatter), the edge update
     (``edge_updater``) and the rest (norms, node projections, output).
 ``ours``
-    :func:`g2v_sklearn.nn._padded_visnet.padded_forward`: neighbour search
+    :func:`g2v_sklearn.backbones._padded_visnet.padded_forward`: neighbour search
     (``radius_graph`` and the padded table), edge features and embeddings, and
     per layer ``_message_passing``, its per-edge work in blocks of
     ``EDGES_PER_CHUNK`` edges.
@@ -188,8 +188,8 @@ def run(args) -> dict:
     import numpy as np
     import torch
 
-    import g2v_sklearn.nn._padded_visnet as padded
-    from g2v_sklearn.nn._backbone import load_checkpoint
+    import g2v_sklearn.backbones._padded_visnet as padded
+    from g2v_sklearn.backbones._backbone import load_checkpoint
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)

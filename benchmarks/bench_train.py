@@ -257,7 +257,7 @@ def mean_neighbours(positions) -> float:
     """Mean number of residues within CUTOFF of a residue (self excluded), one frame."""
     import torch
 
-    from g2v_sklearn.nn._neighbors import radius_graph
+    from g2v_sklearn.backbones._neighbors import radius_graph
 
     pos = torch.as_tensor(positions)
     return radius_graph(pos, CUTOFF, loop=False).shape[1] / len(pos)

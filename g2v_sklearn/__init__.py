@@ -8,6 +8,8 @@ compose into Pipelines, clone, grid-search and pickle.
 from . import _moved
 from ._utils import VersionWarning
 from ._version import __version__  # noqa: F401 - the package version
+from .backbones._neighbors import RadiusDistance, radius_graph
+from .backbones._pretrained import CheckpointWarning, fetch_backbone
 from .embedding._embedder import GeomEmbedder
 from .learners._callbacks import Callback, EarlyStopping, LRScheduler, MetricsLog, SaveBestWeights
 from .learners._distributed import DistributedTrainingError, init_distributed
@@ -20,10 +22,9 @@ from .msm._discretize import KMeansDiscretizer
 from .msm._estimator import MSMEstimator
 from .msm._kinetics import KineticModel, TransitionPathways, kinetic_model
 from .msm._selection import ContiguousSplit, msm_vamp2_scorer, split_trajectory
-from .nn._pretrained import CheckpointWarning, fetch_backbone
-from .nn._neighbors import RadiusDistance, radius_graph
 from .tokens._format import load_tokens
-from .tokens._trajectory import MergeSpec, TokenTrajectory
+from .tokens._merge_spec import MergeSpec
+from .tokens._trajectory import TokenTrajectory
 from .tokens._writer import save_tokens
 from .structures import save_structures, source_frames, state_importance
 

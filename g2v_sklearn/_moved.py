@@ -5,8 +5,9 @@ Up to 0.1.0.dev0 every module sat flat in the package (``g2v_sklearn._vampnet``,
 and function it holds. Each old name is registered here as a stand-in module
 whose attributes are looked up, by name, in the modules that hold that code
 today; unpickling (and ``import g2v_sklearn._vampnet``) then finds the classes
-of today. Modules split since then are registered the same way
-(``g2v_sklearn.tokens._tokens``, which held the token store's four jobs).
+of today. Modules split or moved since then are registered the same way
+(``g2v_sklearn.tokens._tokens``, which held the token store's four jobs, and
+the frozen featurisers that sat in ``g2v_sklearn.nn``).
 Nothing else is kept of the old modules: no code lives here.
 """
 
@@ -18,16 +19,16 @@ import types
 
 # old flat module -> today's modules, searched in order for a name.
 FLAT_LAYOUT = {
-    "_backbone": ("nn._backbone",),
+    "_backbone": ("backbones._backbone",),
     "_callbacks": ("learners._callbacks",),
     "_embedder": ("embedding._embedder", "embedding._reading", "embedding._pooling", "embedding._pretrain",
                   "tokens._trajectory", "tokens._format", "tokens._writer"),
     "_learner": ("learners._learner", "learners._trainer"),
-    "_merger": ("learners._merger", "nn._merger", "tokens._trajectory"),
+    "_merger": ("learners._merger", "nn._merger", "tokens._merge_spec"),
     "_msm": ("msm._discretize", "msm._estimator", "msm._selection"),
-    "_neighbors": ("nn._neighbors",),
+    "_neighbors": ("backbones._neighbors",),
     "_networks": ("nn._lobes",),
-    "_padded_visnet": ("nn._padded_visnet",),
+    "_padded_visnet": ("backbones._padded_visnet",),
     "_spib": ("learners._spib", "nn._spib"),
     "_tokens": ("tokens._trajectory", "tokens._format", "tokens._writer"),
     "_topology": ("embedding._topology",),
@@ -35,9 +36,16 @@ FLAT_LAYOUT = {
     "_vampnet": ("learners._vampnet",),
 }
 
-# a module of a later layout, since split -> today's modules
+# a module of a later layout, since split or moved -> today's modules. A module that still
+# exists cannot be listed (its stand-in would hide it): it keeps importing the names it gave
+# away, as tokens._trajectory does MergeSpec.
 SPLIT = {
-    "tokens._tokens": ("tokens._trajectory", "tokens._format", "tokens._writer"),
+    "nn._backbone": ("backbones._backbone",),
+    "nn._neighbors": ("backbones._neighbors",),
+    "nn._padded_visnet": ("backbones._padded_visnet",),
+    "nn._pretrained": ("backbones._pretrained",),
+    "nn._torchmd": ("backbones._torchmd",),
+    "tokens._tokens": ("tokens._trajectory", "tokens._merge_spec", "tokens._format", "tokens._writer"),
 }
 
 # (old module, old name) -> today's name, for names that changed as they moved

@@ -13,8 +13,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "g2v_sklearn"
 
 # lowest first; a layer may import itself and the layers before it
 BASE = {"_compat", "_validation", "_utils", "_threads", "_version", "_moved", "_runtime"}
-ORDER = ["base", "tokens", "nn", "embedding", "learners"]
+ORDER = ["base", "tokens", "backbones", "nn", "embedding", "learners"]
 ALLOWED = {layer: set(ORDER[: i + 1]) for i, layer in enumerate(ORDER)}
+ALLOWED["embedding"] -= {"nn"}  # the embedder runs frozen featurisers; trainable networks are the learners'
 ALLOWED["msm"] = {"base", "tokens", "msm"}  # the MSM end knows only trajectories
 ALLOWED["learners"] |= {"msm"}  # SPIB starts from k-means states
 ALLOWED["top"] = set(ORDER) | {"msm", "top"}  # __init__, plotting, reporting, structures, datasets, the command line
@@ -83,16 +84,17 @@ def test_no_module_imports_a_layer_above_its_own(name):
     assert not above, f"{name} ({layer}) imports from a layer above it: {above}"
 
 
-def test_nn_does_not_import_scikit_learn_even_indirectly():
-    closure, todo = set(), [n for n in GRAPH if layer_of(n) == "nn"]
+@pytest.mark.parametrize("room", ["backbones", "nn"])
+def test_the_torch_rooms_do_not_import_scikit_learn_even_indirectly(room):
+    closure, todo = set(), [n for n in GRAPH if layer_of(n) == room]
     while todo:
         module = known(todo.pop())
         if module not in closure:
             closure.add(module)
             todo.extend(GRAPH[module][0])
     offenders = sorted(m for m in closure if "sklearn" in GRAPH[m][1])
-    assert not offenders, f"nn/ reaches scikit-learn through {offenders}"
-    assert all(layer_of(m) in ("base", "tokens", "nn") for m in closure)
+    assert not offenders, f"{room}/ reaches scikit-learn through {offenders}"
+    assert all(layer_of(m) in ALLOWED[room] for m in closure)
 
 
 def test_the_layering_test_sees_real_imports():
@@ -101,5 +103,9 @@ def test_the_layering_test_sees_real_imports():
     assert "g2v_sklearn.msm._discretize" in internal and "g2v_sklearn.nn._spib" in internal
     assert "sklearn" in external and "torch" in external
     assert layer_of(known("g2v_sklearn.embedding._embedder")) == "embedding"
+    # the frozen featurisers and the trainable networks are two rooms, the second above the first
+    assert "g2v_sklearn.backbones._neighbors" in GRAPH["g2v_sklearn.nn._merger"][0]
+    assert layer_of(known("g2v_sklearn.backbones._backbone")) == "backbones"
+    assert "nn" not in ALLOWED["backbones"] and "nn" not in ALLOWED["embedding"]
     with pytest.raises(AssertionError, match="belongs to no layer"):
         layer_of("g2v_sklearn._somewhere_new")

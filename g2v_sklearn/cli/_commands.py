@@ -12,7 +12,7 @@ import click
 import numpy as np
 
 from .._version import __version__
-from ..nn._pretrained import BACKBONES
+from ..backbones._pretrained import BACKBONES
 from ._config import ConfigError, read_config
 
 __all__ = ["main"]
@@ -68,7 +68,7 @@ def fetch(names, progress):
     al., J. Chem. Phys. 162, 2025; github.com/dinner-group/geom2vec), MIT
     licence.
     """
-    from ..nn._pretrained import fetch_backbone
+    from ..backbones._pretrained import fetch_backbone
 
     for name in names or list(BACKBONES):
         click.echo(f"{name}\t{fetch_backbone(name, progress=progress)}")

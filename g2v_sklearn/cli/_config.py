@@ -24,7 +24,7 @@ from ..learners._spib import SPIBEstimator
 from ..learners._vampnet import VAMPNetEstimator
 from ..msm._discretize import KMeansDiscretizer
 from ..msm._estimator import MSMEstimator
-from ..nn._pretrained import BACKBONES
+from ..backbones._pretrained import BACKBONES
 
 if sys.version_info >= (3, 11):
     import tomllib

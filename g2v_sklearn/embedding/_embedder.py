@@ -30,7 +30,7 @@ from .._utils import (
     torch_generator,
     weights_sha256,
 )
-from ..nn._backbone import (
+from ..backbones._backbone import (
     ARCHITECTURES,
     BackboneConfig,
     DenoisingHead,
@@ -38,9 +38,9 @@ from ..nn._backbone import (
     file_sha256,
     load_checkpoint,
 )
-from ..nn._neighbors import radius_graph
-from ..nn._padded_visnet import padded_forward, supports_padded
-from ..nn._pretrained import resolve_checkpoint
+from ..backbones._neighbors import radius_graph
+from ..backbones._padded_visnet import padded_forward, supports_padded
+from ..backbones._pretrained import resolve_checkpoint
 from ..tokens._format import _discard_damaged, load_tokens
 from ..tokens._trajectory import TokenTrajectory
 from ..tokens._writer import RamTokenWriter, TokenStoreWriter, human_bytes

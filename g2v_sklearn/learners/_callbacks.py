@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..nn._backbone import _unreadable_checkpoint
+from ..backbones._backbone import _unreadable_checkpoint
 
 __all__ = ["Callback", "EarlyStopping", "LRScheduler", "MetricsLog", "SaveBestWeights"]
 

@@ -5,6 +5,13 @@
 the learner that follows in the pipeline builds the torch module
 (:class:`g2v_sklearn.nn._merger.TokenMergerModule`) from it, owns it and
 trains it end to end. A downstream ``fit`` therefore never mutates this step.
+
+The token merger is three files, one per layer: ``tokens/_merge_spec.py``
+says what a merge is (:class:`~g2v_sklearn.MergeSpec`, which token
+trajectories carry), ``nn/_merger.py`` is the torch module that merges
+(:class:`~g2v_sklearn.nn._merger.TokenMergerModule`), and
+``learners/_merger.py`` is the scikit-learn step that makes the spec and
+attaches it (:class:`~g2v_sklearn.TokenMerger`).
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ from sklearn.utils.validation import check_is_fitted
 from .._compat import Interval, StrOptions, _fit_context
 from .._utils import PickleVersionMixin
 from ..nn._merger import FRAGMENT_CONVS
-from ..tokens._trajectory import MergeSpec, TokenTrajectory, check_token_list
+from ..tokens._merge_spec import MergeSpec
+from ..tokens._trajectory import TokenTrajectory, check_token_list
 
 __all__ = ["MergedTokens", "TokenMerger"]
 

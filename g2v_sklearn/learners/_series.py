@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..tokens._trajectory import MergeSpec
+from ..tokens._merge_spec import MergeSpec
 from ._distributed import Ranks
 
 __all__ = ["FitData", "PairFrames", "TimeSeries", "grouped_pairs", "pair_arrays", "pair_frames"]

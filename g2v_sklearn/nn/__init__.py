@@ -1,4 +1,4 @@
-"""Torch modules and their helpers: neighbour search, backbones, lobes, merger.
+"""Trainable networks: the learners' torch modules (lobes and mixers, the token merger, SPIB).
 
 Internal layout; the public names are exported from :mod:`g2v_sklearn`.
 """

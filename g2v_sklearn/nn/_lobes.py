@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..tokens._trajectory import MergeSpec
+from ..tokens._merge_spec import MergeSpec
 from ._merger import TokenMergerModule, VectorLinear, reset_children, sinusoidal_encoding
 
 __all__ = [

@@ -6,6 +6,13 @@ encoding over fragment index. The scikit-learn step that sets it up is
 :class:`g2v_sklearn.TokenMerger`; the learner after it builds this module from
 the step's :class:`~g2v_sklearn.MergeSpec` and trains it end to end.
 
+The token merger is three files, one per layer: ``tokens/_merge_spec.py``
+says what a merge is (:class:`~g2v_sklearn.MergeSpec`, which token
+trajectories carry), ``nn/_merger.py`` is the torch module that merges
+(:class:`~g2v_sklearn.nn._merger.TokenMergerModule`), and
+``learners/_merger.py`` is the scikit-learn step that makes the spec and
+attaches it (:class:`~g2v_sklearn.TokenMerger`).
+
 Equivariance is kept exactly: the vector rows only pass through bias-free
 linear maps over channels (shared by x, y and z) and are multiplied by gates
 computed from invariants; nonlinearities, biases, norms and the positional
@@ -18,8 +25,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..tokens._trajectory import MergeSpec
-from ._neighbors import radius_graph
+from ..backbones._neighbors import radius_graph
+from ..tokens._merge_spec import MergeSpec
 
 __all__ = [
     "FRAGMENT_CONVS",

@@ -173,7 +173,7 @@ def test_an_architecture_the_checkpoint_contradicts(small_ala2, visnet_checkpoin
 
 
 def test_a_bad_checkpoint_fails_fit_with_the_loaders_message(small_ala2, visnet_checkpoint, tmp_path):
-    # Every kind of bad file is tested on the loader itself (tests/nn/test_backbone.py);
+    # Every kind of bad file is tested on the loader itself (tests/backbones/test_backbone.py);
     # here only that its message reaches the user of GeomEmbedder, on the real checkpoint.
     state = torch.load(visnet_checkpoint, map_location="cpu", weights_only=True)
     partial = dict(state)

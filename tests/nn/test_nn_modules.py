@@ -1,4 +1,7 @@
-"""Habits every torch module of g2v_sklearn.nn keeps (torch-geometric's): reset_parameters, one return type."""
+"""Habits every torch module keeps (torch-geometric's): reset_parameters, one return type.
+
+The trainable networks of g2v_sklearn.nn and the frozen backbones' modules of g2v_sklearn.backbones alike.
+"""
 
 import inspect
 import math
@@ -7,16 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-import g2v_sklearn.nn._backbone
+import g2v_sklearn.backbones._backbone
+import g2v_sklearn.backbones._neighbors
 import g2v_sklearn.nn._lobes
 import g2v_sklearn.nn._merger
-import g2v_sklearn.nn._neighbors
 import g2v_sklearn.nn._spib
 from g2v_sklearn import MergeSpec
-from g2v_sklearn.nn._backbone import DenoisingHead
+from g2v_sklearn.backbones._backbone import DenoisingHead
+from g2v_sklearn.backbones._neighbors import RadiusDistance
 from g2v_sklearn.nn._lobes import EquivariantMixerBlock, MixerBlock, MLPLobe, TokenLobe
 from g2v_sklearn.nn._merger import GraphConv, ResGatedGraphConv, TokenMergerModule, VectorLinear
-from g2v_sklearn.nn._neighbors import RadiusDistance
 from g2v_sklearn.nn._spib import SPIBModule
 
 SPEC = MergeSpec(window=3, operator="rggc", cutoff=8.0, in_channels=8, hidden_channels=8,
@@ -69,10 +72,10 @@ def test_reset_parameters_redraws_every_parameter_as_a_fresh_module_would(name):
 
 def test_every_module_with_parameters_has_reset_parameters():
     # The list above must not fall behind the package: every nn.Module class defined
-    # in g2v_sklearn.nn that owns parameters defines reset_parameters itself.
+    # in g2v_sklearn.nn (or a backbone's module) that owns parameters defines reset_parameters itself.
     missing = []
-    for module in (g2v_sklearn.nn._backbone, g2v_sklearn.nn._lobes, g2v_sklearn.nn._merger,
-                   g2v_sklearn.nn._neighbors, g2v_sklearn.nn._spib):
+    for module in (g2v_sklearn.backbones._backbone, g2v_sklearn.nn._lobes, g2v_sklearn.nn._merger,
+                   g2v_sklearn.backbones._neighbors, g2v_sklearn.nn._spib):
         for name, cls in inspect.getmembers(module, inspect.isclass):
             if cls.__module__ == module.__name__ and issubclass(cls, nn.Module):
                 if "reset_parameters" not in vars(cls) and name not in PARAMETER_FREE:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from g2v_sklearn.nn import _neighbors
-from g2v_sklearn.nn._neighbors import RadiusDistance, radius_graph
+from g2v_sklearn.backbones import _neighbors
+from g2v_sklearn.backbones._neighbors import RadiusDistance, radius_graph
 
 
 # --------------------------------------------------------------------------

@@ -386,7 +386,7 @@ def dense_forward(block: ViSNetBlock, z: Tensor, pos: Tensor, batch: Tensor, n_a
     Same function as :func:`table_forward` (sums over neighbours add exact
     zeros at the masked pairs; otherwise the rounding differs only where
     operations are grouped differently), checked in
-    ``tests/nn/test_padded_visnet.py``.
+    ``tests/backbones/test_padded_visnet.py``.
     """
     from ._neighbors import _check_pos, _graph_sizes
 

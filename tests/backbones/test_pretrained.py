@@ -1,4 +1,4 @@
-"""Named backbones (g2v_sklearn.nn._pretrained): fetched, verified, cached; known files checked.
+"""Named backbones (g2v_sklearn.backbones._pretrained): fetched, verified, cached; known files checked.
 
 Every download here comes from a server on 127.0.0.1 that serves the files of
 ../shared/checkpoints under ``/good/``, and misbehaves under other prefixes:
@@ -30,8 +30,8 @@ from conftest import CHECKPOINTS, need
 
 from g2v_sklearn import CheckpointWarning, GeomEmbedder, fetch_backbone
 from g2v_sklearn.datasets import load_alanine_dipeptide
-from g2v_sklearn.nn._backbone import load_checkpoint
-from g2v_sklearn.nn._pretrained import BACKBONES, CACHE_ENV, MIRROR_ENV
+from g2v_sklearn.backbones._backbone import load_checkpoint
+from g2v_sklearn.backbones._pretrained import BACKBONES, CACHE_ENV, MIRROR_ENV
 
 # Embeddings compared bit for bit across runs: the same torch threads in every run.
 pytestmark = pytest.mark.usefixtures("fixed_threads")

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from g2v_sklearn import GeomEmbedder, radius_graph
+from g2v_sklearn.backbones import _padded_visnet as padded
+from g2v_sklearn.backbones._backbone import BackboneConfig, build_backbone
 from g2v_sklearn.embedding import _embedder as embedder_module
-from g2v_sklearn.nn import _padded_visnet as padded
-from g2v_sklearn.nn._backbone import BackboneConfig, build_backbone
 
 # Embeddings compared bit for bit across runs: the same torch threads in every run.
 pytestmark = pytest.mark.usefixtures("fixed_threads")

@@ -1,4 +1,4 @@
-"""Checkpoint parsing (g2v_sklearn.nn._backbone), on a backbone's own state_dict: no files from ../shared.
+"""Checkpoint parsing (g2v_sklearn.backbones._backbone), on a backbone's own state_dict: no files from ../shared.
 
 A geom2vec checkpoint is a plain state_dict: the backbone under
 ``representation_model.``, the denoising head under ``vec_out.``, and entries
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from g2v_sklearn.nn._backbone import BackboneConfig, DenoisingHead, build_backbone, load_checkpoint
+from g2v_sklearn.backbones._backbone import BackboneConfig, DenoisingHead, build_backbone, load_checkpoint
 
 CONFIG = BackboneConfig(hidden_channels=16, num_layers=2, num_rbf=8, cutoff=5.0)
 NAME = "visnet_l2_h16_rbf8_r50.pth"  # geom2vec's naming: layers, hidden, rbf, cutoff x 10
