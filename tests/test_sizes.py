@@ -1,7 +1,8 @@
 """Size limits that keep the package readable: read from the source with ``ast``, as tests/test_layout.py does.
 
 No function (or method) longer than 60 lines of code, no module longer than
-1,000 lines, no class with more than 20 methods. Lines of code are the lines
+1,000 lines, no class with more than 20 methods, and no function that hands
+back a bare tuple of more than three values (more travel as a named type). Lines of code are the lines
 that hold code: blank lines, comment lines and docstrings do not count.
 """
 
@@ -18,6 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "g2v_sklearn"
 MAX_FUNCTION_LINES = 60
 MAX_FILE_LINES = 1000
 MAX_METHODS = 20
+MAX_RETURNED_VALUES = 3
 
 #: What is over a limit today, each with why; the test below fails once an entry is no longer
 #: over it, so this list only shrinks.
@@ -97,6 +99,27 @@ def test_no_class_has_more_than_20_methods(path):
     assert crowded_classes(path) == []
 
 
+def wide_returns(path: Path) -> list[str]:
+    """``return a, b, c, d``: state read back by position, which a named type would name."""
+    out = []
+    for fn in _functions(ast.parse(path.read_text())):
+        inside = list(fn.body)
+        while inside:  # the function's own statements, not those of functions defined in it
+            node = inside.pop()
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+                continue
+            if isinstance(node, ast.Return) and isinstance(node.value, ast.Tuple) \
+                    and len(node.value.elts) > MAX_RETURNED_VALUES:
+                out.append(f"{fn.name} (line {node.lineno}): {len(node.value.elts)} values")
+            inside.extend(ast.iter_child_nodes(node))
+    return out
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PACKAGE.parent)))
+def test_no_function_returns_a_tuple_of_more_than_three_values(path):
+    assert wide_returns(path) == []
+
+
 def test_every_known_exception_is_still_over_its_limit():
     over = set()
     for path in modules():
@@ -113,3 +136,9 @@ def test_every_known_exception_is_still_over_its_limit():
 def test_the_counts_see_code_and_skip_docstrings_and_comments():
     source = 'def f():\n    """Doc.\n\n    More.\n    """\n    # a comment\n\n    x = (1,\n         2)\n    return x\n'
     assert code_lines(source) == {1, 8, 9, 10}
+
+
+def test_wide_returns_are_seen(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("def f():\n    def g():\n        return 1, 2, 3, 4\n    return 1, 2, 3\n")
+    assert wide_returns(path) == ["g (line 3): 4 values"]

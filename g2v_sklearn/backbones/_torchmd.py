@@ -72,13 +72,13 @@ class ExpNormalRBF(nn.Module):
         return cosine_cutoff(dist, self.cutoff) * exponent.clamp_min(floor).exp()
 
 
-def _edges(pos: Tensor, neighbors: Tensor, valid: Tensor, cutoff: float):
-    """Neighbour vectors ``pos_j - pos_i``, lengths, unit vectors (0 on self-loops and
-    padding) and the cutoff weights (0 on padding)."""
+def _edges(pos: Tensor, neighbors: Tensor, valid: Tensor, cutoff: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Lengths of the neighbour vectors ``pos_j - pos_i``, their unit vectors (0 on
+    self-loops and padding) and the cutoff weights (0 on padding)."""
     vec = _gather(pos, neighbors) - pos.unsqueeze(1)  # (n, K, 3)
     r = torch.linalg.vector_norm(vec, dim=-1)
     unit = vec / r.clamp_min(torch.finfo(r.dtype).tiny).unsqueeze(-1)
-    return vec, r, unit, cosine_cutoff(r, cutoff) * valid.to(pos.dtype)
+    return r, unit, cosine_cutoff(r, cutoff) * valid.to(pos.dtype)
 
 
 class _PaddedBackbone(nn.Module):
@@ -155,7 +155,7 @@ def et_table_forward(block: EquivariantTransformer, z: Tensor, pos: Tensor, neig
                      valid: Tensor, rows_per_chunk: int | None = None) -> tuple[Tensor, Tensor]:
     """Atom scalars (n, H) and vectors (n, 3, H) of ``block`` on a padded neighbour table."""
     n = pos.size(0)
-    _, r, unit, cut = _edges(pos, neighbors, valid, block.cutoff)
+    r, unit, cut = _edges(pos, neighbors, valid, block.cutoff)
     rbf = _by_blocks(lambda rows: block.distance_expansion(r[rows]), n, rows_per_chunk)
     mask = valid.to(pos.dtype).unsqueeze(-1)
     x = block.embedding(z)
@@ -315,7 +315,7 @@ def tensornet_table_forward(block: TensorNet, z: Tensor, pos: Tensor, neighbors:
     n = pos.size(0)
     hidden = block.hidden_channels
     # TensorNet's edge vectors point from the neighbour to the atom: pos_i - pos_j
-    _, r, unit, cut = _edges(pos, neighbors, valid, block.cutoff)
+    r, unit, cut = _edges(pos, neighbors, valid, block.cutoff)
     unit = -unit
     rbf = _by_blocks(lambda rows: block.distance_expansion(r[rows]), n, rows_per_chunk)
     x_tensor = _embed_tensors(block.tensor_embedding, z, rbf, neighbors, cut, unit, rows_per_chunk)

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -261,10 +262,11 @@ def sym_inverse_sqrt(mat: torch.Tensor, *, epsilon: float = 1e-6, mode: str = "t
 
 
 def _whitened(x, y, epsilon, mode, weights):
+    """The time-lagged covariance and the inverse square roots of the two instantaneous ones."""
     c00, c0t, ctt = covariances(x, y, remove_mean=True, weights=weights)
     c00_isqrt = sym_inverse_sqrt(c00, epsilon=epsilon, mode=mode)
     ctt_isqrt = sym_inverse_sqrt(ctt, epsilon=epsilon, mode=mode)
-    return c00, c0t, ctt, c00_isqrt, ctt_isqrt
+    return c0t, c00_isqrt, ctt_isqrt
 
 
 def koopman_matrix(
@@ -298,7 +300,7 @@ def koopman_matrix(
     -------
     torch.Tensor of shape (k, k), float64
     """
-    _, c0t, _, c00_isqrt, ctt_isqrt = _whitened(x, y, epsilon, mode, weights)
+    c0t, c00_isqrt, ctt_isqrt = _whitened(x, y, epsilon, mode, weights)
     return (c00_isqrt @ c0t @ ctt_isqrt).T
 
 
@@ -481,7 +483,17 @@ def _check_pairs_numpy(x, y, weights, *, name: str = ""):
     return x, y, weights
 
 
-def _np_moments(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None):
+class _Moments(NamedTuple):
+    """Weighted means of the instantaneous and time-lagged data, and their covariances."""
+
+    mean_0: np.ndarray
+    mean_t: np.ndarray
+    c00: np.ndarray
+    c0t: np.ndarray
+    ctt: np.ndarray
+
+
+def _np_moments(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None) -> _Moments:
     """Weighted means and 1/W-normalised mean-free covariances (deeptime's VAMP)."""
     if weights is None:
         weights = np.ones(x.shape[0])
@@ -496,7 +508,7 @@ def _np_moments(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None):
     ctt = (yc * weights[:, None]).T @ yc / total
     c00 = 0.5 * (c00 + c00.T)
     ctt = 0.5 * (ctt + ctt.T)
-    return mean_0, mean_t, c00, c0t, ctt
+    return _Moments(mean_0, mean_t, c00, c0t, ctt)
 
 
 def _np_spd_eig(mat: np.ndarray, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
@@ -830,7 +842,8 @@ def vamp_cv_score(
         raise ValueError(
             f"The test data have {x_test.shape[1]} features but the model was fitted on {model.n_features}."
         )
-    _, _, c00, c0t, ctt = _np_moments(x_test, y_test, weights)
+    moments = _np_moments(x_test, y_test, weights)
+    c00, c0t, ctt = moments.c00, moments.c0t, moments.ctt
     u = model.left[:, :k]
     v = model.right[:, :k]
     if r == "E":

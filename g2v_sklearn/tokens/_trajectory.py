@@ -53,6 +53,16 @@ def _check_count(value: Any, name: str) -> int:
     return int(value)
 
 
+class _Metadata(NamedTuple):
+    """A token trajectory's metadata, checked and normalised."""
+
+    residue_names: tuple
+    chain_ids: tuple
+    residue_ids: np.ndarray
+    timestep: float | None
+    provenance: dict
+
+
 def _validate_metadata(
     n_residues: int,
     residue_names: Sequence[str],
@@ -111,7 +121,7 @@ def _validate_metadata(
         json.dumps(prov, default=_json_default)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"provenance must be JSON-serialisable: {exc}") from exc
-    return names, tuple(chains), resids, timestep, prov
+    return _Metadata(names, tuple(chains), resids, timestep, prov)
 
 
 class StoreRef(NamedTuple):
@@ -230,15 +240,10 @@ class TokenTrajectory:
             )
         _float_dtype(features.dtype, "features")
         _float_dtype(positions.dtype, "positions")
-        (
-            self.residue_names,
-            self.chain_ids,
-            self.residue_ids,
-            self.timestep,
-            self.provenance,
-        ) = _validate_metadata(
-            features.shape[1], residue_names, chain_ids, residue_ids, timestep, provenance
-        )
+        metadata = _validate_metadata(features.shape[1], residue_names, chain_ids, residue_ids, timestep,
+                                      provenance)
+        self.residue_names, self.chain_ids = metadata.residue_names, metadata.chain_ids
+        self.residue_ids, self.timestep, self.provenance = metadata.residue_ids, metadata.timestep, metadata.provenance
         self.features = features
         self.positions = positions
         self.merge_spec = _check_merge_spec(merge_spec, features.shape[1], features.shape[3])

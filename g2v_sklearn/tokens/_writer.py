@@ -35,7 +35,14 @@ from ._format import (_FEATURES, _FORMAT, _FORMAT_VERSION, _META, _POSITIONS, _a
                       _chunk_digests, _is_complete, _open_store)
 from ._locks import (_OLD_RE, _OWNER, _PARTIAL_RE, _PROGRESS, _directory_lock, _listdir, _owner_record,
                      _writer_is_busy, _writer_is_gone)
-from ._trajectory import TokenTrajectory, _check_count, _float_dtype, _json_default, _validate_metadata
+from ._trajectory import (
+    TokenTrajectory,
+    _check_count,
+    _float_dtype,
+    _json_default,
+    _Metadata,
+    _validate_metadata,
+)
 
 __all__ = ["FAULT_POINTS", "RamTokenWriter", "TokenStoreWriter", "human_bytes", "save_tokens", "set_fault_hook"]
 
@@ -605,7 +612,7 @@ class TokenStoreWriter:
                     f"only {self.n_written} of n_frames={self.n_frames} frames were "
                     "written; the partial store was discarded"
                 )
-            names, chains, resids, timestep, prov = _validate_metadata(
+            metadata = _validate_metadata(
                 self.n_residues, residue_names, chain_ids, residue_ids, timestep, provenance
             )
             if (self._chunks[-1][0] if self._chunks else 0) != self.n_written:
@@ -617,7 +624,7 @@ class TokenStoreWriter:
             partial = self._partial
             for fname in (_FEATURES, _POSITIONS):
                 _fsync(os.path.join(partial, fname))
-            self._write_meta(partial, names, chains, resids, timestep, prov)
+            self._write_meta(partial, metadata)
             tokens = self._commit(partial)
         except BaseException:
             if self._state == "open":
@@ -629,7 +636,7 @@ class TokenStoreWriter:
         self._cleanup.detach()
         return tokens
 
-    def _write_meta(self, partial: str, names, chains, resids, timestep, prov) -> None:
+    def _write_meta(self, partial: str, metadata: _Metadata) -> None:
         """``meta.json`` of the store, last of its files, fsynced with the directory."""
         meta = {
             "format": _FORMAT,
@@ -642,11 +649,11 @@ class TokenStoreWriter:
             "positions_dtype": self.positions_dtype.str,
             "features_shape": [self.n_frames, self.n_residues, 4, self.n_channels],
             "positions_shape": [self.n_frames, self.n_residues, 3],
-            "residue_names": list(names),
-            "chain_ids": list(chains),
-            "residue_ids": resids.tolist(),
-            "timestep": timestep,
-            "provenance": prov,
+            "residue_names": list(metadata.residue_names),
+            "chain_ids": list(metadata.chain_ids),
+            "residue_ids": metadata.residue_ids.tolist(),
+            "timestep": metadata.timestep,
+            "provenance": metadata.provenance,
             "chunks": self._chunks,
         }
         try:
