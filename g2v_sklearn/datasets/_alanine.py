@@ -144,6 +144,43 @@ def _trajectory_seeds(seed, n_trajectories):
     return [int(s % (2**31 - 2)) + 1 for s in children]
 
 
+def _check_simulation(n_trajectories, length_ns, save_every_ps, seed) -> None:
+    """The arguments of :func:`simulate_alanine_dipeptide`, each in the user's terms."""
+    _check_positive("n_trajectories", n_trajectories, integer=True)
+    _check_positive("length_ns", length_ns)
+    _check_positive("save_every_ps", save_every_ps)
+    steps = save_every_ps * 1000.0 / _RECIPE["timestep_fs"]
+    if abs(steps - round(steps)) > 1e-9:
+        raise ValueError(
+            f"save_every_ps={save_every_ps} is not a whole number of {_RECIPE['timestep_fs']:g}-fs steps."
+        )
+    if length_ns * 1000.0 < save_every_ps:
+        raise ValueError(
+            f"length_ns={length_ns} is shorter than one saved frame (save_every_ps={save_every_ps})."
+        )
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer; got {seed!r}.")
+
+
+def _cached_positions(path: Path | None, settings: dict, simulate) -> np.ndarray:
+    """The positions stored at ``path``; else ``simulate()``'s, stored there atomically (when
+    ``path`` is not None) with the ``settings`` that made them."""
+    if path is not None and path.exists():
+        with np.load(path) as stored:
+            return stored["xyz"]
+    xyz = simulate()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.partial-{secrets.token_hex(4)}.npz")
+        try:
+            np.savez(tmp, xyz=xyz, settings=json.dumps(settings))
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    return xyz
+
+
 def simulate_alanine_dipeptide(
     n_trajectories=1,
     length_ns=1.0,
@@ -212,20 +249,7 @@ def simulate_alanine_dipeptide(
     >>> data.trajectories[0].n_frames, data.trajectories[0].n_atoms, data.timestep_ps
     (10, 22, 1.0)
     """
-    _check_positive("n_trajectories", n_trajectories, integer=True)
-    _check_positive("length_ns", length_ns)
-    _check_positive("save_every_ps", save_every_ps)
-    steps = save_every_ps * 1000.0 / _RECIPE["timestep_fs"]
-    if abs(steps - round(steps)) > 1e-9:
-        raise ValueError(
-            f"save_every_ps={save_every_ps} is not a whole number of {_RECIPE['timestep_fs']:g}-fs steps."
-        )
-    if length_ns * 1000.0 < save_every_ps:
-        raise ValueError(
-            f"length_ns={length_ns} is shorter than one saved frame (save_every_ps={save_every_ps})."
-        )
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer; got {seed!r}.")
+    _check_simulation(n_trajectories, length_ns, save_every_ps, seed)
     _require_openmm()
     import mdtraj as md
 
@@ -251,22 +275,9 @@ def simulate_alanine_dipeptide(
         per_traj["trajectory_seed"] = traj_seed
         key = hashlib.sha256(json.dumps(per_traj, sort_keys=True).encode()).hexdigest()[:16]
         path = home / f"traj-{key}.npz" if home is not None else None
-        xyz = None
-        if path is not None and path.exists():
-            with np.load(path) as stored:
-                xyz = stored["xyz"]
-        if xyz is None:
-            xyz = _simulate_one(length_ns, save_every_ps, traj_seed, platform, progress,
-                                f"alanine dipeptide {i + 1}/{n_trajectories}")[:, keep]
-            if path is not None:
-                home.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f"{path.stem}.partial-{secrets.token_hex(4)}.npz")
-                try:
-                    np.savez(tmp, xyz=xyz, settings=json.dumps(per_traj))
-                    os.replace(tmp, path)
-                finally:
-                    if tmp.exists():
-                        tmp.unlink()
+        label = f"alanine dipeptide {i + 1}/{n_trajectories}"
+        xyz = _cached_positions(path, per_traj, lambda: _simulate_one(
+            length_ns, save_every_ps, traj_seed, platform, progress, label)[:, keep])
         time = save_every_ps * np.arange(1, len(xyz) + 1)
         trajectories.append(md.Trajectory(xyz, topology, time=time))
     return Bunch(trajectories=trajectories, timestep_ps=float(save_every_ps), settings=settings)
