@@ -24,9 +24,10 @@ The hooks, in the order the loop calls them:
 Per-run state. Before ``on_fit_begin`` every run asks each callback for the
 object it will call, ``callback.for_run()``. The base class answers with the
 callback itself. A callback that keeps state through a run (a count of
-epochs without improvement, a torch scheduler, the file it writes) answers
-with a copy of itself holding that state in attributes named with a trailing
-underscore, set in ``for_run`` or, where they need the run's network or
+epochs without improvement, a torch scheduler, the file it writes) names
+that state's attributes (with a trailing underscore) and their starting
+values in its class attribute ``run_state``, and is answered with a copy of
+itself holding them, set there or, where they need the run's network or
 optimizer, in ``on_fit_begin`` (as Keras callbacks reset theirs in
 ``on_train_begin``). The copy lives as long as the run (``context.callbacks``
 holds the run's copies) and the callback in ``callbacks`` stays as it was:
@@ -48,6 +49,7 @@ import json
 import os
 from numbers import Integral, Real
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -87,12 +89,8 @@ class Callback:
     One with state through a run keeps it on its run's copy; here it stops
     once the score falls well below the best of the run so far:
 
-    >>> import copy
     >>> class StopOnFall(Callback):
-    ...     def for_run(self):
-    ...         run = copy.copy(self)
-    ...         run.best_ = -np.inf
-    ...         return run
+    ...     run_state = {"best_": -np.inf}
     ...     def on_epoch_end(self, learner, context):
     ...         if context.score < self.best_ - 0.5:
     ...             context.stop = True
@@ -103,14 +101,20 @@ class Callback:
     False
     """
 
-    def for_run(self) -> Callback:
-        """The object one training run calls: this callback itself.
+    #: The attributes a training run changes, and their values at its start (names end in
+    #: an underscore). A callback with any is copied for every run; one without is called itself.
+    run_state: ClassVar[dict] = {}
 
-        A callback with state of its own through a run returns a copy
-        (``copy.copy(self)``) with that state's attributes set, trailing
-        underscore and all; the callback itself is never changed.
-        """
-        return self
+    def for_run(self) -> Callback:
+        """The object one training run calls: this callback itself, or, for a callback with
+        :attr:`run_state`, a copy (``copy.copy(self)``) with that state at its starting
+        values. The callback itself is never changed."""
+        if not self.run_state:
+            return self
+        run = copy.copy(self)
+        for name, value in self.run_state.items():
+            setattr(run, name, value)
+        return run
 
     def on_fit_begin(self, learner, context) -> None:
         """Called once per training run, after the network and optimizer are built."""
@@ -165,19 +169,15 @@ class EarlyStopping(Callback):
     True
     """
 
-    # the state of a run, on the run's copy (for_run)
-    best_: float | None  # the best monitored score so far; None until the run's first epoch
-    stale_: int  # epochs since the score last improved
+    # the state of a run, on the run's copy (for_run): the best monitored score so far (None
+    # until the run's first epoch) and the epochs since it last improved
+    run_state = {"best_": None, "stale_": 0}
+    best_: float | None
+    stale_: int
 
     def __init__(self, patience: int = 5, tolerance: float = 0.0) -> None:
         self.patience = patience
         self.tolerance = tolerance
-
-    def for_run(self) -> EarlyStopping:
-        """A copy for one run, with no best score yet and no stale epoch."""
-        run = copy.copy(self)
-        run.best_, run.stale_ = None, 0
-        return run
 
     def on_epoch_end(self, learner, context) -> None:
         if not isinstance(self.patience, Integral) or self.patience < 1:
@@ -235,17 +235,12 @@ class LRScheduler(Callback):
     """
 
     # the state of a run, on the run's copy (for_run): the scheduler on the run's optimizer
+    run_state = {"scheduler_": None}
     scheduler_: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None
 
     def __init__(self, policy, **kwargs) -> None:
         self.policy = policy
         self.kwargs = kwargs
-
-    def for_run(self) -> LRScheduler:
-        """A copy for one run, whose scheduler ``on_fit_begin`` builds on the run's optimizer."""
-        run = copy.copy(self)
-        run.scheduler_ = None
-        return run
 
     def _scheduler_class(self):
         policy = self.policy
@@ -337,17 +332,12 @@ class SaveBestWeights(Callback):
     """
 
     # the state of a run, on the run's copy (for_run): the file this run writes
+    run_state = {"path_": None}
     path_: Path | None
 
     def __init__(self, directory, resume: bool = False) -> None:
         self.directory = directory
         self.resume = resume
-
-    def for_run(self) -> SaveBestWeights:
-        """A copy for one run, whose file ``on_fit_begin`` names."""
-        run = copy.copy(self)
-        run.path_ = None
-        return run
 
     def path_for(self, learner, context) -> Path:
         params = {k: v for k, v in learner.get_params(deep=False).items() if k != "callbacks"}
