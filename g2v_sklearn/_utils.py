@@ -89,6 +89,18 @@ class VersionWarning(UserWarning):
     """
 
 
+def keep_parameters(estimator, arguments: dict) -> None:
+    """Keep every constructor argument, unchanged, as the estimator's attribute of its name.
+
+    Called as ``keep_parameters(self, locals())`` in ``__init__``: scikit-learn's
+    rule for the constructor (no logic, no validation, no renaming: ``get_params``
+    and ``clone`` read the attributes back) then holds by construction, however
+    many parameters the estimator has.
+    """
+    for name in estimator._get_param_names():
+        setattr(estimator, name, arguments[name])
+
+
 class PickleVersionMixin:
     """Pickling for the estimators: the package version goes with the state, and a
     fitted torch network is stored on the CPU.

@@ -24,6 +24,7 @@ from .._threads import ThreadBudget
 from .._utils import (
     PickleVersionMixin,
     check_generator,
+    keep_parameters,
     local_torch_seed,
     resolve_device,
     supports_bfloat16,
@@ -529,34 +530,7 @@ class GeomEmbedder(PickleVersionMixin, TransformerMixin, BaseEstimator):
         progress=True,
         random_state=None,
     ):
-        self.checkpoint = checkpoint
-        self.architecture = architecture
-        self.topology = topology
-        self.selection = selection
-        self.atomic_numbers = atomic_numbers
-        self.pretrain = pretrain
-        self.hidden_channels = hidden_channels
-        self.num_layers = num_layers
-        self.num_rbf = num_rbf
-        self.cutoff = cutoff
-        self.lmax = lmax
-        self.max_num_neighbors = max_num_neighbors
-        self.pooling = pooling
-        self.residue_position = residue_position
-        self.stride = stride
-        self.batch_size = batch_size
-        self.chunk_size = chunk_size
-        self.dtype = dtype
-        self.device = device
-        self.compile = compile
-        self.store_dir = store_dir
-        self.memory = memory
-        self.n_jobs = n_jobs
-        self.noise_std = noise_std
-        self.pretrain_steps = pretrain_steps
-        self.pretrain_lr = pretrain_lr
-        self.progress = progress
-        self.random_state = random_state
+        keep_parameters(self, locals())
 
     #: Parameters added since 0.1.0.dev0, with the value that reproduces the embedders
     #: made before: a pickle made without them unpickles with them.

@@ -129,17 +129,6 @@ class TorchLearner(PickleVersionMixin, BaseEstimator):
         "random_state": ["random_state", np.random.Generator],
     }
 
-    def _keep_parameters(self, arguments: dict) -> None:
-        """Keep every constructor argument, unchanged, as the attribute of its name.
-
-        ``arguments`` is the constructor's ``locals()``. scikit-learn's rule for
-        ``__init__`` (no logic, no validation, no renaming: ``get_params`` and
-        ``clone`` read the attributes back) holds by construction, however
-        many parameters a learner has.
-        """
-        for name in self._get_param_names():
-            setattr(self, name, arguments[name])
-
     #: Parameters added since 0.1.0.dev0, with the value that reproduces the fits made
     #: before: a pickle made without them unpickles with them.
     _ADDED_PARAMETERS = {"mixer": "invariant"}

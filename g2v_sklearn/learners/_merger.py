@@ -24,7 +24,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from .._compat import Interval, StrOptions, _fit_context
-from .._utils import PickleVersionMixin
+from .._utils import PickleVersionMixin, keep_parameters
 from ..nn._merger import FRAGMENT_CONVS
 from ..tokens._merge_spec import MergeSpec
 from ..tokens._trajectory import TokenTrajectory, check_token_list
@@ -172,11 +172,7 @@ class TokenMerger(PickleVersionMixin, TransformerMixin, BaseEstimator):
 
     def __init__(self, window=4, *, operator="graphconv", cutoff=8.0, hidden_channels=None,
                  positional_encoding=True):
-        self.window = window
-        self.operator = operator
-        self.cutoff = cutoff
-        self.hidden_channels = hidden_channels
-        self.positional_encoding = positional_encoding
+        keep_parameters(self, locals())
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

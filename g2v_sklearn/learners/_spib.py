@@ -15,7 +15,7 @@ from sklearn.base import TransformerMixin
 
 from .._compat import Interval, StrOptions, _fit_context
 from .._threads import ThreadBudget
-from .._utils import torch_generator
+from .._utils import keep_parameters, torch_generator
 from .._validation import with_lagged_pair
 from ..msm._discretize import KMeansDiscretizer
 from ..nn._spib import SPIBModule
@@ -525,7 +525,7 @@ class SPIBEstimator(TransformerMixin, TorchLearner):
                  validation_split="blocks", n_init=1, lr_schedule="constant", warmup=0.0, max_grad_norm=None,
                  memory_budget="auto", compile=False, callbacks=None, precision="float32", device="auto",
                  progress=True, random_state=None):
-        self._keep_parameters(locals())
+        keep_parameters(self, locals())
 
     # ------------------------------------------------------------------ fit
     @_fit_context(prefer_skip_nested_validation=True)

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .._compat import Interval, StrOptions, _fit_context
 from .._threads import ThreadBudget
-from .._utils import local_torch_seed
+from .._utils import keep_parameters, local_torch_seed
 from ._distributed import Ranks
 from ._forward import Inference
 from ._history import History
@@ -380,7 +380,7 @@ class VAMPNetEstimator(TransformerMixin, TorchLearner):
                  lr_schedule="cosine", warmup=0.05, max_grad_norm=1.0, memory_budget="auto",
                  compile=False, callbacks=None, precision="float32", device="auto",
                  progress=True, random_state=None):
-        self._keep_parameters(locals())
+        keep_parameters(self, locals())
 
     # ------------------------------------------------------------------ fit
     @_fit_context(prefer_skip_nested_validation=True)

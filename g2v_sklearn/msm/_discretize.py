@@ -15,7 +15,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from .._compat import Interval, StrOptions, _fit_context
-from .._utils import PickleVersionMixin, check_generator
+from .._utils import PickleVersionMixin, check_generator, keep_parameters
 from .._validation import check_feature_trajs
 
 __all__ = ["KMeansDiscretizer"]
@@ -141,13 +141,7 @@ class KMeansDiscretizer(PickleVersionMixin, TransformerMixin, BaseEstimator):
         random_state=None,
         n_jobs=None,
     ):
-        self.n_clusters = n_clusters
-        self.method = method
-        self.max_iter = max_iter
-        self.tol = tol
-        self.batch_size = batch_size
-        self.random_state = random_state
-        self.n_jobs = n_jobs
+        keep_parameters(self, locals())
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -20,7 +20,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from .._compat import Interval, StrOptions, _fit_context, transition_matrix_sampler
-from .._utils import PickleVersionMixin, check_generator
+from .._utils import PickleVersionMixin, check_generator, keep_parameters
 from .._validation import check_dtrajs, long_enough, require_nonnegative
 
 __all__ = ["MSMEstimator"]
@@ -239,13 +239,7 @@ class MSMEstimator(PickleVersionMixin, BaseEstimator):
         score_k=5,
         random_state=None,
     ):
-        self.lagtime = lagtime
-        self.reversible = reversible
-        self.bayesian = bayesian
-        self.n_samples = n_samples
-        self.count_mode = count_mode
-        self.score_k = score_k
-        self.random_state = random_state
+        keep_parameters(self, locals())
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
