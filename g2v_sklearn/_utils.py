@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
+import re
 import warnings
 from contextlib import contextmanager
 from numbers import Integral
@@ -87,6 +89,30 @@ class VersionWarning(UserWarning):
     ...     issubclass(VersionWarning, UserWarning)
     True
     """
+
+
+def unreadable_checkpoint(path, exc: Exception) -> str:
+    """Why torch could not read ``path`` weights-only, in a line, without torch's advice to
+    load it with ``weights_only=False`` (which runs whatever code a pickle holds, and cannot
+    help a damaged file)."""
+    text = str(exc)
+    unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if unsafe:
+        return (
+            f"Checkpoint {os.fspath(path)!r} could not be read as a weights-only torch file: it holds "
+            f"Python objects besides tensors (first: {unsafe.group(1)}); only plain state_dicts of "
+            f"tensors are read, since unpickling "
+            f"anything else can run arbitrary code. If the file is yours, save the weights alone, "
+            f"torch.save(model.state_dict(), path), and pass that file."
+        )
+    reason = text.splitlines()[0].split(". ")[0] if text.strip() else "no detail"
+    if "weights_only" in reason or "Weights only load failed" in reason:
+        reason = "its pickle is not one torch.save writes"
+    return (
+        f"Checkpoint {os.fspath(path)!r} could not be read as a weights-only torch file: it is damaged "
+        f"or not a torch checkpoint ({type(exc).__name__}: {reason[:200]}), e.g. a download cut short, "
+        f"a file overwritten in part, or another kind of file. Use a good copy of the checkpoint."
+    )
 
 
 def keep_parameters(estimator, arguments: dict) -> None:

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn.models.visnet import EquivariantScalar, ViSNetBlock
 
+from .._utils import unreadable_checkpoint
 from ._neighbors import RadiusDistance
 from ._pretrained import check_known_file, file_sha256, missing_file_hint
 from ._torchmd import EquivariantTransformer, TensorNet
@@ -197,30 +198,6 @@ class DenoisingHead(nn.Module):
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
-def _unreadable_checkpoint(path, exc: Exception) -> str:
-    """Why torch could not read ``path`` weights-only, in a line, without torch's advice to
-    load it with ``weights_only=False`` (which runs whatever code a pickle holds, and cannot
-    help a damaged file)."""
-    text = str(exc)
-    unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-    if unsafe:
-        return (
-            f"Checkpoint {os.fspath(path)!r} could not be read as a weights-only torch file: it holds "
-            f"Python objects besides tensors (first: {unsafe.group(1)}); only plain state_dicts of "
-            f"tensors are read, since unpickling "
-            f"anything else can run arbitrary code. If the file is yours, save the weights alone, "
-            f"torch.save(model.state_dict(), path), and pass that file."
-        )
-    reason = text.splitlines()[0].split(". ")[0] if text.strip() else "no detail"
-    if "weights_only" in reason or "Weights only load failed" in reason:
-        reason = "its pickle is not one torch.save writes"
-    return (
-        f"Checkpoint {os.fspath(path)!r} could not be read as a weights-only torch file: it is damaged "
-        f"or not a torch checkpoint ({type(exc).__name__}: {reason[:200]}), e.g. a download cut short, "
-        f"a file overwritten in part, or another kind of file. Use a good copy of the checkpoint."
-    )
-
-
 def _read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     if os.path.isdir(path):
         raise IsADirectoryError(
@@ -242,7 +219,7 @@ def _read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, unsafe globals, corrupt zip...
-        raise ValueError(_unreadable_checkpoint(path, exc)) from exc
+        raise ValueError(unreadable_checkpoint(path, exc)) from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]  # a Lightning-style wrapper
     if not isinstance(state, dict):

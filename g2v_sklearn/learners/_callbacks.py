@@ -54,7 +54,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ..backbones._backbone import _unreadable_checkpoint
+from .._utils import unreadable_checkpoint
 
 __all__ = ["Callback", "EarlyStopping", "LRScheduler", "MetricsLog", "SaveBestWeights"]
 
@@ -364,7 +364,7 @@ class SaveBestWeights(Callback):
         except Exception as exc:  # noqa: BLE001 - torch's advice (weights_only=False) is not ours
             raise ValueError(
                 f"SaveBestWeights(resume=True) could not resume from {path}: "
-                f"{_unreadable_checkpoint(path, exc)}; move the file away to start afresh."
+                f"{unreadable_checkpoint(path, exc)}; move the file away to start afresh."
             ) from exc
         try:
             context.net.load_state_dict(saved["state_dict"])
