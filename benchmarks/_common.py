@@ -33,6 +33,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def timings(fn, repeats: int, warm_up: bool = True) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn()`` (``time.perf_counter``), after one
+    untimed call when ``warm_up`` (page faults, kernel selection, caches)."""
+    import time
+
+    if warm_up:
+        fn()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
 def max_rss_mib() -> float:
     import resource
 

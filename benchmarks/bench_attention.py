@@ -40,22 +40,13 @@ import argparse
 import json
 import os
 import statistics
-import time
 from pathlib import Path
 
-from _common import cpu_model
+from _common import cpu_model, timings
 
 HERE = Path(__file__).resolve().parent
 
 
-def best_seconds(fn, repeats: int) -> tuple[float, float]:
-    fn()  # warm-up: page faults, kernel selection
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times), statistics.median(times)
 
 
 def main(argv=None) -> None:
@@ -84,7 +75,8 @@ def main(argv=None) -> None:
     rows = {}
 
     def row(name, fn, n_scores):
-        best, median = best_seconds(fn, args.repeats)
+        seconds = timings(fn, args.repeats)
+        best, median = min(seconds), statistics.median(seconds)
         rows[name] = {"seconds_best": best, "seconds_median": median, "scores": n_scores,
                       "scores_per_s": n_scores / best}
 

@@ -62,7 +62,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import cpu_model, matmul_rates
+from _common import cpu_model, matmul_rates, timings
 
 HERE = Path(__file__).resolve().parent
 CHECKPOINTS = Path(os.environ.get("G2V_SHARED", HERE.parent.parent / "shared")) / "checkpoints"
@@ -79,13 +79,7 @@ SIZES = {
 # limits
 # ----------------------------------------------------------------------------------
 def _best_seconds(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+    return min(timings(fn, repeats))
 
 
 def machine_limits(quick: bool) -> dict:

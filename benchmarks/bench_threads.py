@@ -28,7 +28,7 @@ import os
 import time
 from pathlib import Path
 
-from _common import cpu_model
+from _common import cpu_model, timings
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("G2V_SHARED", HERE.parent.parent / "shared"))
@@ -56,12 +56,7 @@ class Busy:
 
 
 def timed(fn, repeats=1):
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+    return min(timings(fn, repeats, warm_up=False))
 
 
 def main() -> None:
