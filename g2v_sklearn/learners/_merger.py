@@ -6,12 +6,8 @@ the learner that follows in the pipeline builds the torch module
 (:class:`g2v_sklearn.nn._merger.TokenMergerModule`) from it, owns it and
 trains it end to end. A downstream ``fit`` therefore never mutates this step.
 
-The token merger is three files, one per layer: ``tokens/_merge_spec.py``
-says what a merge is (:class:`~g2v_sklearn.MergeSpec`, which token
-trajectories carry), ``nn/_merger.py`` is the torch module that merges
-(:class:`~g2v_sklearn.nn._merger.TokenMergerModule`), and
-``learners/_merger.py`` is the scikit-learn step that makes the spec and
-attaches it (:class:`~g2v_sklearn.TokenMerger`).
+The merger's other two files: ``tokens/_merge_spec.py`` (what a merge is)
+and ``nn/_merger.py`` (the module that merges).
 """
 
 from __future__ import annotations

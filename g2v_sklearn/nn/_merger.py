@@ -6,12 +6,9 @@ encoding over fragment index. The scikit-learn step that sets it up is
 :class:`g2v_sklearn.TokenMerger`; the learner after it builds this module from
 the step's :class:`~g2v_sklearn.MergeSpec` and trains it end to end.
 
-The token merger is three files, one per layer: ``tokens/_merge_spec.py``
-says what a merge is (:class:`~g2v_sklearn.MergeSpec`, which token
-trajectories carry), ``nn/_merger.py`` is the torch module that merges
-(:class:`~g2v_sklearn.nn._merger.TokenMergerModule`), and
-``learners/_merger.py`` is the scikit-learn step that makes the spec and
-attaches it (:class:`~g2v_sklearn.TokenMerger`).
+Of the token merger's three files (one per layer) this is the second: a
+merge is described in ``tokens/_merge_spec.py`` and set up by the step in
+``learners/_merger.py``.
 
 Equivariance is kept exactly: the vector rows only pass through bias-free
 linear maps over channels (shared by x, y and z) and are multiplied by gates

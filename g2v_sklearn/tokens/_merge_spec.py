@@ -1,11 +1,9 @@
 """What a merge is: :class:`MergeSpec`, the window, operator and sizes of one.
 
-The token merger is three files, one per layer: ``tokens/_merge_spec.py``
-says what a merge is (:class:`~g2v_sklearn.MergeSpec`, which token
-trajectories carry), ``nn/_merger.py`` is the torch module that merges
-(:class:`~g2v_sklearn.nn._merger.TokenMergerModule`), and
-``learners/_merger.py`` is the scikit-learn step that makes the spec and
-attaches it (:class:`~g2v_sklearn.TokenMerger`).
+This is the first of the token merger's three files, one per layer; the
+torch module that merges is in ``nn/_merger.py`` and the scikit-learn step
+that makes a spec and attaches it is in ``learners/_merger.py`` (see "How the
+package is built" in the guide).
 The spec sits in the lowest layer because token trajectories carry it
 (``TokenTrajectory.merge_spec``); NumPy and the standard library only.
 """
