@@ -42,6 +42,7 @@ matplotlib.use("Agg")  # files only: runs on machines with no display
 import matplotlib.pyplot as plt
 import mdtraj as md
 import numpy as np
+import torch
 from joblib import Parallel, delayed
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, KFold
@@ -75,7 +76,7 @@ SIZES = {
 # The four fits of the grid search run two at a time in worker processes, one core each, and
 # SPIB then trains in one of those workers beside the refit: a network this small does not keep
 # two threads busy (on a 2-core AMD EPYC the refit takes 12 s on both cores and 18 s on one,
-# SPIB 20 s on both; side by side, the job takes 59 s by its own clock instead of 67 s).
+# SPIB 20 s on both; side by side, the job takes 60-62 s by its own clock instead of 67 s).
 N_JOBS = min(4, os.cpu_count() or 1)
 LAGS_PS = (50, 100, 200, 400, 700, 1000)  # implied timescales up to half the slow process's ~2 ns
 
@@ -209,6 +210,8 @@ def main(argv=None) -> dict:
     spib = Pipeline([("merge", TokenMerger(window=1)),
                      ("spib", SPIBEstimator(lagtime=lag, progress=False, random_state=0, **budget))])
     spib_fit = Parallel(n_jobs=N_JOBS, return_as="generator")([delayed(Pipeline.fit)(spib, tokens)])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads - 1))  # one core is SPIB's until it is done
     best = clone(pipe).set_params(**search.best_params_).fit(tokens)
     print(f"refit      : {time.perf_counter() - clock:.0f} s so far")
 
@@ -300,6 +303,7 @@ def main(argv=None) -> dict:
 
     # 6. SPIB's states (fitted in 3b, beside all of the above), on the same tokens
     spib = next(spib_fit)
+    torch.set_num_threads(threads)
     states = np.concatenate(spib.predict(tokens))
     populations = np.bincount(states) / states.size
     spib_precision, spib_recall = states_alpha_l_recovery(states, in_alpha_l)
