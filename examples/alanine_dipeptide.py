@@ -43,6 +43,7 @@ import matplotlib.pyplot as plt
 import mdtraj as md
 import numpy as np
 import torch
+import joblib
 from joblib import Parallel, delayed
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, KFold
@@ -211,7 +212,8 @@ def main(argv=None) -> dict:
                      ("spib", SPIBEstimator(lagtime=lag, progress=False, random_state=0, **budget))])
     spib_fit = Parallel(n_jobs=N_JOBS, return_as="generator")([delayed(Pipeline.fit)(spib, tokens)])
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads - 1))  # one core is SPIB's until it is done
+    spib_threads = max(1, joblib.cpu_count() // N_JOBS)  # what joblib gives each of its workers
+    torch.set_num_threads(max(1, threads - spib_threads))  # SPIB's cores are its own until it is done
     best = clone(pipe).set_params(**search.best_params_).fit(tokens)
     print(f"refit      : {time.perf_counter() - clock:.0f} s so far")
 
