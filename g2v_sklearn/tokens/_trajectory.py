@@ -56,8 +56,8 @@ def _check_count(value: Any, name: str) -> int:
 class _Metadata(NamedTuple):
     """A token trajectory's metadata, checked and normalised."""
 
-    residue_names: tuple
-    chain_ids: tuple
+    residue_names: tuple[str, ...]
+    chain_ids: tuple[str | int, ...]
     residue_ids: np.ndarray
     timestep: float | None
     provenance: dict
@@ -70,7 +70,7 @@ def _validate_metadata(
     residue_ids: Sequence[int],
     timestep: float | None,
     provenance: Mapping[str, Any] | None,
-) -> tuple[tuple[str, ...], tuple[str | int, ...], np.ndarray, float | None, dict]:
+) -> _Metadata:
     """Check per-residue metadata against ``n_residues`` and normalise it."""
     if isinstance(residue_names, str):
         raise ValueError("residue_names must be a sequence of str, not a single str")
