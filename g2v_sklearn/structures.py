@@ -106,6 +106,12 @@ def _one_frame(item, frame: int, index: int, topology) -> md.Trajectory:
         group.universe.trajectory[frame]
         top = mdanalysis.mdanalysis_topology(group, False)
         return md.Trajectory(group.positions[None].astype(np.float32) / 10.0, top)
+    path = _readable_file(item, index, topology)
+    return md.load_frame(path, frame, top=topology)
+
+
+def _readable_file(item, index: int, topology) -> str:
+    """``item``'s path, once it is known to exist and a topology to read it with is given."""
     path = os.fspath(item)
     if not os.path.isfile(path):
         raise FileNotFoundError(
@@ -114,7 +120,7 @@ def _one_frame(item, frame: int, index: int, topology) -> md.Trajectory:
         )
     if topology is None:
         raise ValueError(f"Trajectory {index} is the file {path!r}: pass topology= to read its frames.")
-    return md.load_frame(path, frame, top=topology)
+    return path
 
 
 def _write_atomic(path: Path, save) -> None:
@@ -190,14 +196,22 @@ def save_structures(model, folder, source=None, *, tokens=None, topology=None, s
     if stride is None:
         strides = {int((getattr(t, "provenance", None) or {}).get("stride", 1)) for t in tokens or []}
         stride = strides.pop() if len(strides) == 1 else 1
+    if len(sources) != len(model.assignments):
+        raise ValueError(
+            f"source has {len(sources)} trajectories, but the kinetic model was built from "
+            f"{len(model.assignments)}: pass the trajectories given to GeomEmbedder, in their order."
+        )
+    for index, item in enumerate(sources):  # every file, not only those the draw reads: same error on any seed
+        if isinstance(item, (str, os.PathLike)):
+            _readable_file(item, index, topology)
     typical = model.typical_frames()
     drawn = model.sample_frames(n_samples, random_state=random_state)
+    read = [(source_frames(sources, [typical[k]], topology=topology, stride=stride),
+             source_frames(sources, drawn[k], topology=topology, stride=stride)) for k in range(model.n_sets)]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
-    for k in range(model.n_sets):
-        first = source_frames(sources, [typical[k]], topology=topology, stride=stride)
-        samples = source_frames(sources, drawn[k], topology=topology, stride=stride)
+    for k, (first, samples) in enumerate(read):
         paths = {"typical": folder / f"set{k}_typical.pdb", "samples": folder / f"set{k}_samples.{format}",
                  "topology": folder / f"set{k}_samples.pdb"}
         for traj, name in ((first, "typical"), (samples[0], "topology"), (samples, "samples")):

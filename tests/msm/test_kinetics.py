@@ -192,9 +192,28 @@ def test_structures_need_their_source_frames(ala2_model, ala2_files, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"traj_0.xtc', which no longer exists"):
         save_structures(km, tmp_path / "out", [str(m) for m in moved], topology=pdb, stride=20)
     with pytest.raises(ValueError, match="pass topology="):
-        save_structures(km, tmp_path / "out", [str(m) for m in moved[1:]] * 4)
+        save_structures(km, tmp_path / "out", [str(m) for m in moved[1:]] + [str(moved[1])])
     with pytest.raises(ValueError, match="needs source="):
         save_structures(km, tmp_path / "out")
+    with pytest.raises(ValueError, match="source has 3 trajectories, but the kinetic model was built from 4"):
+        save_structures(km, tmp_path / "out", [str(m) for m in moved[1:]], topology=pdb)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_file_is_refused_whichever_frames_are_drawn(ala2_model, ala2_files, tmp_path, monkeypatch):
+    """The files are checked before any frame is read or written: a missing one is an error
+    even when no drawn frame lies in it, and nothing is written."""
+    import shutil
+
+    _, km = ala2_model
+    pdb, paths = ala2_files
+    moved = [shutil.copy(p, tmp_path / f"traj_{i}.xtc") for i, p in enumerate(paths)]
+    (tmp_path / "traj_0.xtc").unlink()
+    monkeypatch.setattr(km, "typical_frames", lambda: [(1, 0)] * km.n_sets)
+    monkeypatch.setattr(km, "sample_frames", lambda n, random_state=None: [np.array([[2, 0], [3, 1]])] * km.n_sets)
+    with pytest.raises(FileNotFoundError, match=r"traj_0.xtc', which no longer exists"):
+        save_structures(km, tmp_path / "out", [str(m) for m in moved], topology=pdb, stride=20)
+    assert not (tmp_path / "out").exists()
 
 
 def test_spib_states_take_the_same_path(dihedral_features, ala2_trajs, tmp_path):
