@@ -109,3 +109,24 @@ def test_the_layering_test_sees_real_imports():
     assert "nn" not in ALLOWED["backbones"] and "nn" not in ALLOWED["embedding"]
     with pytest.raises(AssertionError, match="belongs to no layer"):
         layer_of("g2v_sklearn._somewhere_new")
+
+
+def test_torch_geometric_is_imported_only_to_build_a_visnet():
+    """torch-geometric is most of the import time: the package, its command line and a
+    learner's fit (what joblib's workers run in a grid search) do without it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, g2v_sklearn, g2v_sklearn.cli\n"
+        "from g2v_sklearn import TokenMerger, VAMPNetEstimator\n"
+        "from g2v_sklearn.backbones._backbone import BackboneConfig, build_backbone\n"
+        "x = [np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32)]\n"
+        "VAMPNetEstimator(lagtime=1, n_components=1, max_epochs=1, hidden_layer_sizes=(4,), progress=False).fit(x)\n"
+        "build_backbone(BackboneConfig(architecture='et'))\n"
+        "print('torch_geometric' in sys.modules)\n"
+        "build_backbone(BackboneConfig(architecture='visnet'))\n"
+        "print('torch_geometric' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True"]

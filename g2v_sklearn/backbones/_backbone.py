@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.nn.models.visnet import EquivariantScalar, ViSNetBlock
 
 from .._utils import unreadable_checkpoint
 from ._neighbors import RadiusDistance
@@ -147,6 +146,8 @@ def build_backbone(config: BackboneConfig) -> nn.Module:
             max_num_neighbors=config.max_num_neighbors)
     if config.architecture != "visnet":
         raise ValueError(f"Unknown architecture {config.architecture!r}; expected one of {ARCHITECTURES}.")
+    from torch_geometric.nn.models.visnet import ViSNetBlock  # seconds to import: only for ViSNet
+
     block = ViSNetBlock(
         lmax=config.lmax,
         vecnorm_type=config.vecnorm_type,
@@ -180,6 +181,8 @@ class DenoisingHead(nn.Module):
     """
 
     def __init__(self, hidden_channels: int) -> None:
+        from torch_geometric.nn.models.visnet import EquivariantScalar
+
         super().__init__()
         self.output_network = EquivariantScalar(hidden_channels).output_network
 

@@ -29,19 +29,16 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
-from torch_geometric.nn.models.visnet import (
-    ExpNormalSmearing,
-    VecLayerNorm,
-    ViS_MP,
-    ViS_MP_Vertex,
-    ViSNetBlock,
-)
-
 from ._neighbors import _squared_distances, radius_graph
+
+if TYPE_CHECKING:
+    from torch_geometric.nn.models.visnet import VecLayerNorm, ViS_MP, ViSNetBlock
 
 __all__ = ["dense_forward", "neighbor_table", "padded_forward", "supports_padded", "table_forward"]
 
@@ -66,16 +63,33 @@ DENSE_MAX_ATOMS = 32
 DENSE_PAIRS_PER_CHUNK = 4096
 
 
+def _pyg_visnet(name: str):
+    """``name`` from torch-geometric's ViSNet module if that module is loaded, else None.
+
+    torch-geometric takes seconds to import (most of ``import g2v_sklearn``), and only
+    ViSNet backbones need it: they import it when they are built, so an object that is
+    one of its classes exists only once it is loaded. Processes that never embed with
+    ViSNet (the learners' workers, the command line) skip the import.
+    """
+    module = sys.modules.get("torch_geometric.nn.models.visnet")
+    return None if module is None else getattr(module, name)
+
+
+def _is_visnet_block(block) -> bool:
+    visnet_block = _pyg_visnet("ViSNetBlock")
+    return visnet_block is not None and isinstance(block, visnet_block)
+
+
 def supports_padded(block) -> bool:
     """Whether :func:`padded_forward` computes ``block``'s function.
 
     True for the backbones of :mod:`._torchmd` (they have a ``table_forward``)
     and for ViSNet blocks with lmax 1 and no vertex terms.
     """
-    if not isinstance(block, ViSNetBlock):
+    if not _is_visnet_block(block):
         return callable(getattr(block, "table_forward", None))
     return block.lmax == 1 and not any(
-        isinstance(layer, ViS_MP_Vertex) for layer in block.vis_mp_layers
+        isinstance(layer, _pyg_visnet("ViS_MP_Vertex")) for layer in block.vis_mp_layers
     )
 
 
@@ -147,7 +161,8 @@ def _smearing(expansion, r: Tensor) -> Tensor:
     smallest normal number, so an entry changes by at most
     ``exp(log(tiny) + 8)`` (3.5e-35 in float32), far below rounding.
     """
-    if not isinstance(expansion, ExpNormalSmearing):
+    smearing = _pyg_visnet("ExpNormalSmearing")
+    if smearing is None or not isinstance(expansion, smearing):
         return expansion(r)
     dist = r.unsqueeze(-1)
     floor = math.log(torch.finfo(dist.dtype).tiny) + 8.0
@@ -280,7 +295,7 @@ def padded_forward(block: ViSNetBlock, z: Tensor, pos: Tensor, batch: Tensor, *,
         edge_index = torch.stack([target[order], source[order]])
     neighbors, valid = neighbor_table(edge_index, pos.size(0))
     # ViSNet's pass is a function of the torch-geometric block; the other backbones own one
-    forward = table_forward if isinstance(block, ViSNetBlock) else type(block).table_forward
+    forward = table_forward if _is_visnet_block(block) else type(block).table_forward
     if compile:
         return _compiled(forward)(block, z, pos, neighbors, valid)
     if edges_per_chunk == "auto":
@@ -353,7 +368,7 @@ def dense_atoms(block, pos: Tensor, batch: Tensor) -> int | None:
     molecule, not by the frames in the batch, so every batch of one trajectory takes
     the same path.
     """
-    if not isinstance(block, ViSNetBlock) or pos.dim() != 2 or pos.size(0) == 0:
+    if not _is_visnet_block(block) or pos.dim() != 2 or pos.size(0) == 0:
         return None
     cap = block.distance.max_num_neighbors
     if batch is None or batch.dim() != 1 or batch.size(0) != pos.size(0):
