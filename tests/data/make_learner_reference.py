@@ -5,7 +5,10 @@ Run once, at one thread, with the code whose outputs are the reference:
     G2V_THREAD_BUDGET=0 OMP_NUM_THREADS=1 python tests/data/make_learner_reference.py
 
 tests/learners/test_reference_fits.py refits the same estimators on the same data
-and compares every array with ``np.array_equal``.
+and compares every array with ``np.array_equal`` on the kind of machine recorded
+in learner_reference.json (write the processor's maker, torch's
+``torch.backends.cpu.get_cpu_capability()`` and ``torch.__version__`` there when
+the reference is made again); elsewhere, to the tolerance that test explains.
 """
 
 from __future__ import annotations
