@@ -69,15 +69,24 @@ def test_bad_stride_is_refused(stride):
 
 
 def test_the_shipped_data_came_from_simulate_alanine_dipeptide(shipped, tmp_path):
-    """Re-running the recipe with the shipped seed reproduces the first frames (XTC precision)."""
+    """Re-running the recipe with the shipped seed reproduces the first frames (XTC precision).
+
+    The first frame lies thousands of Langevin steps in: molecular dynamics is chaotic, so a
+    last-bit difference in the maths library's exp or sqrt (another C library, processor
+    architecture or OpenMM build) grows to tenths of a nanometre by then. The coordinates are
+    compared on the kind of platform the data were made on (x86-64 Linux, glibc's routines,
+    OpenMM's Reference platform), the recipe's times and sizes everywhere."""
+    import platform
+
     pytest.importorskip("openmm")
     s = SHIPPED_SETTINGS
     again = simulate_alanine_dipeptide(1, 0.03, save_every_ps=s["save_every_ps"], seed=s["seed"],
                                        heavy_atoms_only=True, cache=False, progress=False)
     (traj,) = again.trajectories
-    assert traj.n_frames == 3
-    np.testing.assert_allclose(traj.xyz, shipped.trajectories[0].xyz[:3], atol=1.5e-3)
+    assert traj.n_frames == 3 and traj.n_atoms == shipped.trajectories[0].n_atoms
     np.testing.assert_allclose(traj.time, shipped.trajectories[0].time[:3])
+    if sys.platform == "linux" and platform.machine() == "x86_64" and platform.libc_ver()[0] == "glibc":
+        np.testing.assert_allclose(traj.xyz, shipped.trajectories[0].xyz[:3], atol=1.5e-3)
 
 
 def test_simulation_is_cached_and_reproducible(tmp_path, monkeypatch):

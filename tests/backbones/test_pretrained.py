@@ -63,6 +63,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 server.active += 1
                 server.peak = max(server.peak, server.active)
             try:
+                if server.together is not None:  # hold each download until the others have started
+                    server.together.wait()
                 for piece in np.array_split(np.frombuffer(data, np.uint8), 8):
                     self.wfile.write(piece.tobytes())
                     self.wfile.flush()
@@ -81,7 +83,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def server():
     need(CHECKPOINTS / VISNET.filename)
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.requests, httpd.lock, httpd.active, httpd.peak = [], threading.Lock(), 0, 0
+    httpd.requests, httpd.lock, httpd.active, httpd.peak, httpd.together = [], threading.Lock(), 0, 0, None
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield httpd
@@ -180,6 +182,9 @@ def test_two_processes_fetching_at_once_both_end_with_the_verified_file(server, 
     barrier, results = context.Barrier(2), context.Queue()
     children = [context.Process(target=_fetch_in_child, args=(barrier, results)) for _ in range(2)]
     server.peak = 0
+    # both downloads in flight at once, however late the second process starts (a loaded
+    # machine): neither sends a byte before the other has asked
+    monkeypatch.setattr(server, "together", threading.Barrier(2, timeout=60))
     for child in children:
         child.start()
     # meanwhile, whatever is under the final name is the whole verified file
