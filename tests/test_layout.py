@@ -122,7 +122,7 @@ def test_torch_geometric_is_imported_only_to_build_a_visnet():
         "from g2v_sklearn import TokenMerger, VAMPNetEstimator\n"
         "from g2v_sklearn.backbones._backbone import BackboneConfig, build_backbone\n"
         "x = [np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32)]\n"
-        "VAMPNetEstimator(lagtime=1, n_components=1, max_epochs=1, hidden_layer_sizes=(4,), progress=False).fit(x)\n"
+        "VAMPNetEstimator(lagtime=1, n_components=1, max_epochs=1, hidden_layer_sizes=(4,), progress=False, random_state=0).fit(x)\n"
         "build_backbone(BackboneConfig(architecture='et'))\n"
         "print('torch_geometric' in sys.modules)\n"
         "build_backbone(BackboneConfig(architecture='visnet'))\n"
