@@ -153,7 +153,8 @@ class EarlyStopping(Callback):
     Parameters
     ----------
     patience : int, default=5
-        Epochs without an improvement before stopping.
+        Epochs in a row without an improvement before stopping (a run's
+        first epoch improves on nothing before it, so it never counts).
     tolerance : float, default=0.0
         An epoch improves only when it beats the best score by more than
         ``tolerance`` times its magnitude.
@@ -185,9 +186,11 @@ class EarlyStopping(Callback):
         if not isinstance(self.tolerance, Real) or self.tolerance < 0:
             raise ValueError(f"EarlyStopping's tolerance must be >= 0; got {self.tolerance!r}.")
         if self.best_ is None:
-            # taken at the first epoch's end, not in for_run: a resumed run (SaveBestWeights(resume=True))
-            # starts from its file's best score, set in on_fit_begin and shared among the ranks after it
-            self.best_ = context.best_score
+            # the best score before the run's first epoch, taken at that epoch's end, not in for_run: a
+            # resumed run (SaveBestWeights(resume=True)) starts from its file's best score, set in
+            # on_fit_begin and shared among the ranks after it. The trainer has already counted this
+            # epoch: if it is the best so far, it improved on whatever came before (nothing, in a new run)
+            self.best_ = -np.inf if context.best_epoch == context.epoch else context.best_score
         score, best = context.score, self.best_
         threshold = best + self.tolerance * abs(best) if np.isfinite(best) else -np.inf
         if score > threshold:

@@ -4,6 +4,13 @@ Run once, at one thread, with the code whose outputs are the reference:
 
     G2V_THREAD_BUDGET=0 OMP_NUM_THREADS=1 python tests/data/make_learner_reference.py
 
+The pickles beside it stay as the code of that day made them (old pickles must keep
+loading and giving the same outputs). When a deliberate change of training moves
+some fits, record only what moved, in learner_reference_update.npz, and say why in
+learner_reference.json's "updates":
+
+    G2V_THREAD_BUDGET=0 OMP_NUM_THREADS=1 python tests/data/make_learner_reference.py --update
+
 tests/learners/test_reference_fits.py refits the same estimators on the same data
 and compares every array with ``np.array_equal`` on the kind of machine recorded
 in learner_reference.json (write the processor's maker, torch's
@@ -21,6 +28,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 FILE = HERE / "learner_reference.npz"
+UPDATE = HERE / "learner_reference_update.npz"  # the fits that deliberate changes moved since FILE
 PICKLES = HERE / "learner_reference.pkl"  # the same fitted estimators, pickled by the code that made them
 
 
@@ -112,10 +120,25 @@ def compute(fitted: dict | None = None) -> dict[str, np.ndarray]:
     return arrays
 
 
+def expected_refits() -> dict[str, np.ndarray]:
+    """What a refit must give today: the reference, with the updates on top."""
+    expected = dict(np.load(FILE))
+    if UPDATE.exists():
+        expected.update(np.load(UPDATE))
+    return expected
+
+
 if __name__ == "__main__":
     import pickle
+    import sys
 
-    estimators = {}
-    np.savez_compressed(FILE, **compute(estimators))
-    PICKLES.write_bytes(pickle.dumps(estimators))
-    print(f"wrote {FILE} and {PICKLES}")
+    if "--update" in sys.argv[1:]:
+        got, before = compute(), dict(np.load(FILE))
+        moved = {k: v for k, v in got.items() if not (np.shape(v) == before[k].shape and np.array_equal(v, before[k]))}
+        np.savez_compressed(UPDATE, **moved)
+        print(f"wrote {UPDATE}: {sorted(moved)}")
+    else:
+        estimators = {}
+        np.savez_compressed(FILE, **compute(estimators))
+        PICKLES.write_bytes(pickle.dumps(estimators))
+        print(f"wrote {FILE} and {PICKLES}")

@@ -157,6 +157,24 @@ def test_without_validation_the_best_training_epoch_is_kept(dihedral_features):
     assert est.score(x) == pytest.approx(h["best_score"], rel=1e-6)
 
 
+@pytest.mark.parametrize("patience", [1, 2])
+def test_early_stopping_counts_only_epochs_that_fail_to_improve(dihedral_features, patience):
+    """A run stops at its patience-th epoch in a row that does not beat every epoch before it;
+    its first epoch improves on nothing before it and never counts against it."""
+    x = [t[:800] for t in dihedral_features[:2]]
+    est = VAMPNetEstimator(lagtime=5, lr=1e-3, max_epochs=12, patience=None, random_state=0,
+                           callbacks=[EarlyStopping(patience=patience)], **FAST).fit(x)
+    scores = est.history_["train"]
+    assert len(scores) > patience  # not before `patience` epochs after the first
+    best, stale, expected = -np.inf, 0, 12
+    for epoch, score in enumerate(scores):
+        best, stale = (score, 0) if score > best else (best, stale + 1)
+        if stale == patience:
+            expected = epoch + 1
+            break
+    assert len(scores) == expected
+
+
 def test_n_init_keeps_the_best_of_three_and_records_all(dihedral_features):
     x = [t[:1500] for t in dihedral_features]
     est = VAMPNetEstimator(lagtime=5, max_epochs=2, n_init=3, validation_fraction=0, random_state=0,
