@@ -88,9 +88,8 @@ def supports_padded(block) -> bool:
     """
     if not _is_visnet_block(block):
         return callable(getattr(block, "table_forward", None))
-    return block.lmax == 1 and not any(
-        isinstance(layer, _pyg_visnet("ViS_MP_Vertex")) for layer in block.vis_mp_layers
-    )
+    vertex = _pyg_visnet("ViS_MP_Vertex")
+    return block.lmax == 1 and not any(isinstance(layer, vertex) for layer in block.vis_mp_layers)
 
 
 def neighbor_table(edge_index: Tensor, n_nodes: int) -> tuple[Tensor, Tensor]:
