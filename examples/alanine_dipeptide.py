@@ -230,7 +230,8 @@ def main(argv=None) -> dict:
     precision, recall = alpha_l_recovery(np.concatenate(z)[:, 0], in_alpha_l)
     print(f"alpha_L    : learned coordinate 1, split in two by 1-D k-means, finds the frames with phi > 0 at "
           f"precision {precision:.3f} and recall {recall:.3f}")
-    msm_pipe, dtrajs = msm_on(z, lag, seed=args.seed)  # the discretiser's default number of centres for learned coordinates
+    # the learned coordinates take the discretiser's default number of centres
+    msm_pipe, dtrajs = msm_on(z, lag, seed=args.seed)
     ref_pipe, ref_dtrajs = msm_on(dihedral_feats, lag, size["clusters"])  # the reference: seed 0 every run
     msm, ref_msm = msm_pipe["msm"], ref_pipe["msm"]
     # with 95 % credible intervals from the Bayesian MSMs: alpha_L is visited rarely, so they are wide

@@ -107,10 +107,10 @@ def test_pickles_made_before_the_redesign_give_the_same_outputs(one_thread):
     estimators = pickle.loads((DATA / "learner_reference.pkl").read_bytes())
     specs = maker.fits()
     assert sorted(estimators) == sorted(specs)
+    exact = same_kind_of_machine()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name, est in estimators.items():
             got = maker.outputs(name, est, specs[name][1])
             for key, value in got.items():
-                assert not differs(f"{name}/{key}", value, expected[f"{name}/{key}"], same_kind_of_machine()), \
-                    f"{name}/{key}"
+                assert not differs(f"{name}/{key}", value, expected[f"{name}/{key}"], exact), f"{name}/{key}"
